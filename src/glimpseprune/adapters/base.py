@@ -1,0 +1,229 @@
+"""What a model family must provide to the engine, and the parts shared by every Llama-style decoder.
+
+A family adapter wraps a *stock* transformers model (no forked modeling code) and answers a few questions:
+how to embed a batch and where its visual tokens and grids are (``prepare``), how positions turn into rotary
+tables, and how to read ViT features for the VIP. Running decoder layers, recomputing one query's attention row
+and decoding are the same for every family whose layers follow the transformers 5.x decoder-layer signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+
+from ..config import GlimpsePruneConfig
+
+_REGISTRY: dict[str, type["FamilyAdapter"]] = {}
+
+
+def register_adapter(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
+    for model_type in cls.model_types:
+        _REGISTRY[model_type] = cls
+    return cls
+
+
+def _load_family_modules() -> None:
+    """Import every module of this package once: each family file registers itself, so a new family is one file."""
+    import importlib
+    import pkgutil
+
+    from .. import adapters
+
+    for info in pkgutil.iter_modules(adapters.__path__):
+        if info.name != "base":
+            importlib.import_module(f"{adapters.__name__}.{info.name}")
+
+
+def adapter_for(model) -> "FamilyAdapter":
+    """Pick the adapter from the model's config (``model_type``), never from a user flag."""
+    _load_family_modules()
+    model_type = model.config.model_type
+    if model_type not in _REGISTRY:
+        raise ValueError(f"no GlimpsePrune adapter for model_type {model_type!r}; supported: {sorted(_REGISTRY)}")
+    return _REGISTRY[model_type](model)
+
+
+def supported_model_types() -> list[str]:
+    _load_family_modules()
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class ImageInfo:
+    grid: tuple[int, int]  # merged visual-token grid (rows, cols) as the LLM sees it
+    num_tokens: int
+
+
+@dataclass
+class PreparedBatch:
+    """A batch ready for the decoder: embedded, left-aligned, with positions and visual-token bookkeeping."""
+
+    input_ids: torch.Tensor  # [bs, L]
+    attention_mask: torch.Tensor  # [bs, L] long
+    inputs_embeds: torch.Tensor  # [bs, L, D]
+    position_ids: torch.Tensor  # family layout, sequence in the last dim (Qwen [4, bs, L], Llama [bs, L])
+    visual_mask: torch.Tensor  # [bs, L] bool: prunable image tokens (video tokens are never included)
+    images: list[list[ImageInfo]]  # per sample, in sequence order
+    vit_features: list[torch.Tensor] | None = None  # per VIP layer: [T, D_v], all images of the batch in order
+    source_index: torch.Tensor | None = None  # [bs, L]: column in the caller's input row of every position
+    extras: dict = field(default_factory=dict)
+
+
+class FamilyAdapter:
+    model_types: tuple[str, ...] = ()
+    family: str = ""
+
+    def __init__(self, model):
+        self.model = model
+
+    # ---- module access (override where the layout differs) -------------------------------------------------
+    @property
+    def text_model(self):
+        return self.model.model.language_model
+
+    @property
+    def text_config(self):
+        return self.text_model.config
+
+    @property
+    def layers(self):
+        return self.text_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def lm_head(self):
+        return self.model.lm_head
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text_model.embed_tokens(ids)
+
+    # ---- family-specific hooks ------------------------------------------------------------------------------
+    def prepare(self, inputs: dict, vit_layers: list[int] | None = None) -> PreparedBatch:
+        raise NotImplementedError
+
+    def rope(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each [bs, L, head_dim], for the family's position layout."""
+        raise NotImplementedError
+
+    def mask_positions(self, position_ids: torch.Tensor) -> torch.Tensor | None:
+        """The 1-D text positions that transformers passes to mask creation and to the layers."""
+        raise NotImplementedError
+
+    def apply_rotary(self, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
+        raise NotImplementedError
+
+    # ---- shared machinery ------------------------------------------------------------------------------------
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.text_config)
+
+    def causal_mask(self, hidden, attention_mask, cache, position_ids, layer_idx: int | None = None):
+        return create_causal_mask(
+            config=self.text_config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=self.mask_positions(position_ids),
+            layer_idx=layer_idx,
+        )
+
+    def run_layer(self, i: int, hidden, mask, cos_sin, position_ids, cache) -> torch.Tensor:
+        return self.layers[i](
+            hidden,
+            attention_mask=mask,
+            position_embeddings=cos_sin,
+            position_ids=self.mask_positions(position_ids),
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+
+    def next_positions(self, position_ids: torch.Tensor, steps: int = 1) -> torch.Tensor:
+        """Positions of the next ``steps`` tokens after the last one: last + 1, + 2, ... on every axis.
+
+        This is what ``generate`` does, and it never looks at the cache length, so dropped tokens do not shift it.
+        """
+        offsets = torch.arange(1, steps + 1, device=position_ids.device, dtype=position_ids.dtype)
+        return position_ids[..., -1:] + offsets
+
+    def attention_row(
+        self,
+        layer_idx: int,
+        layer_input: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        log_softmax: bool,
+    ) -> torch.Tensor:
+        """One query's attention over every key of a layer: [bs, H, L] (method.md §4).
+
+        ``layer_input`` is the residual stream entering the layer at the query position ([bs, 1, D]); ``keys``
+        are that layer's post-RoPE cached keys [bs, H_kv, L, d]. Only one row is computed, so this works the same
+        under eager, SDPA and flash attention and never materialises an attention map.
+        """
+        layer = self.layers[layer_idx]
+        attn = layer.self_attn
+        x = layer.input_layernorm(layer_input)
+        bs = x.shape[0]
+        q = attn.q_proj(x).view(bs, 1, -1, attn.head_dim).transpose(1, 2)  # [bs, H, 1, d]
+        if getattr(attn, "q_norm", None) is not None:  # Qwen3-style per-head query norm
+            q = attn.q_norm(q)
+        q = self.apply_rotary(q, cos, sin)
+        n_kv = keys.shape[1]
+        groups = q.shape[1] // n_kv  # query head a reads KV head a // groups (repeat_kv grouping)
+        q = q.view(bs, n_kv, groups, attn.head_dim).float()
+        logits = torch.einsum("bcgd,bcld->bcgl", q, keys.float()).reshape(bs, n_kv * groups, -1) * attn.scaling
+        if not log_softmax:
+            return logits
+        if attention_mask is not None:
+            logits = logits.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
+        return torch.log_softmax(logits, dim=-1)
+
+
+def split_images(visual_mask: torch.Tensor, image_tokens: list[int], grids: list[tuple[int, int]]) -> list[list[ImageInfo]]:
+    """Assign the batch's images (in order) to samples by walking each row's runs of visual tokens.
+
+    Raises a clear error when the placeholders and the images disagree, instead of scattering features into the
+    wrong slots.
+    """
+    per_sample: list[list[ImageInfo]] = []
+    cursor = 0
+    for row in visual_mask:
+        count = int(row.sum())
+        infos = []
+        while count > 0:
+            if cursor >= len(image_tokens):
+                raise ValueError("more image placeholder tokens in the prompts than image features supplied")
+            if image_tokens[cursor] > count:
+                raise ValueError(
+                    f"an image needs {image_tokens[cursor]} placeholder tokens but its prompt has only {count} left; "
+                    "the number of images does not match the image placeholders"
+                )
+            infos.append(ImageInfo(grid=grids[cursor], num_tokens=image_tokens[cursor]))
+            count -= image_tokens[cursor]
+            cursor += 1
+        per_sample.append(infos)
+    if cursor != len(image_tokens):
+        raise ValueError(
+            f"{len(image_tokens)} images supplied but the prompts have placeholders for only {cursor}; "
+            "the number of images does not match the image placeholders"
+        )
+    return per_sample
+
+
+def left_align(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Index [bs, L] that moves every row's valid tokens to the right end (left padding), or None if already so."""
+    if attention_mask is None or bool(attention_mask[:, -1].all()):
+        return None
+    bs, length = attention_mask.shape
+    valid = attention_mask.bool()
+    # Stable sort on "is valid" puts pads first and keeps the order of valid tokens.
+    return torch.sort(valid.to(torch.int8), dim=1, stable=True).indices

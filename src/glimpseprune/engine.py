@@ -1,0 +1,268 @@
+"""Prefill with a one-shot cut at layer K, then decoding on the short cache (method.md §1, §8, §9).
+
+The whole idea in one loop:
+
+    h = [prompt embeddings ; glimpse]                       # glimpse only if the method uses it
+    for i in 0..L-1:
+        if i == K:  keep = method.select(...)               # e.g. VIP(glimpse row at K-1, ViT features) > 0.5
+                    h, positions, mask, KV[0..K-1] = gather(keep)   # glimpse and dropped tokens gone, no renumbering
+        if 0 < i < K: h[glimpse] += u(i)                     # per-layer glimpse injection
+        h = layer_i(h)
+    logits = lm_head(norm(h[last real prompt token]))
+
+Decoding then runs the stock decoder stack one token at a time with explicit positions (last + 1, + 2, ...), so
+the dropped tokens never shift positions. No state is kept on any module: everything a call produces is returned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .adapters.base import FamilyAdapter, PreparedBatch
+from .methods.base import PruneMethod, SelectContext
+from .prune_state import ImagePruning, PruneState, SamplePruning, gather_seq, pack_keep_indices, prune_cache_layers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Prefill:
+    logits: torch.Tensor  # [bs, V] next-token logits after the last prompt token
+    cache: object
+    attention_mask: torch.Tensor  # [bs, L'] over the (possibly pruned) cache
+    last_positions: torch.Tensor  # position ids of the last real prompt token, [..., bs, 1]
+    pruning: PruneState
+    seconds: float = 0.0
+
+
+def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | None = None) -> Prefill:
+    device = batch.inputs_embeds.device
+    _sync(device)
+    start = time.perf_counter()
+    h, pos, am = batch.inputs_embeds, batch.position_ids, batch.attention_mask
+    bs = h.shape[0]
+    cache = adapter.new_cache()
+    cut = method.prune_layer if method is not None else None
+    if cut is not None and not 0 <= cut < adapter.num_layers:
+        raise ValueError(f"prune_layer {cut} out of range for a {adapter.num_layers}-layer model")
+
+    glimpse_vectors, n_glimpse = {}, 0
+    if method is not None and method.uses_glimpse:
+        if cut < 1:
+            raise ValueError("a glimpse-based method needs prune_layer >= 1 (its row is read at layer K-1)")
+        glimpse_vectors = method.glimpse.vectors(cut, h.dtype)
+        n_glimpse = method.glimpse.length
+        # Appended after the generation prompt: causal and last, so no prompt token can see it.
+        h = torch.cat([h, glimpse_vectors[0].expand(bs, -1, -1)], dim=1)
+        pos = torch.cat([pos, adapter.next_positions(pos, n_glimpse)], dim=-1)
+        am = torch.cat([am, am.new_ones(bs, n_glimpse)], dim=1)
+
+    cos, sin = adapter.rope(h, pos)
+    mask = adapter.causal_mask(h, am, cache, pos)
+    glimpse_rows, selection = None, None
+    for i in range(adapter.num_layers):
+        if i == cut:
+            ctx = SelectContext(adapter, batch, i, h, cache, glimpse_rows)
+            selection = method.select(ctx)
+            keep_index = _keep_index(batch, selection.keep)
+            index, am = pack_keep_indices(keep_index)
+            h = gather_seq(h, index, 1)
+            cos, sin = gather_seq(cos, index, 1), gather_seq(sin, index, 1)
+            pos = gather_seq(pos, index, -1)
+            prune_cache_layers(cache, range(i), index)
+            mask = adapter.causal_mask(h, am, cache, pos, layer_idx=i)
+        elif n_glimpse and 0 < i < cut and i in glimpse_vectors:
+            # In place on a layer output that no autograd node saved, so it is safe in training too.
+            h[:, -n_glimpse:] += glimpse_vectors[i]
+        layer_input = h
+        h = adapter.run_layer(i, h, mask, (cos, sin), pos, cache)
+        if n_glimpse and i == cut - 1:
+            g = slice(h.shape[1] - 1, h.shape[1])  # only the last glimpse token's row is read
+            glimpse_rows = adapter.attention_row(
+                i,
+                layer_input[:, g],
+                cos[:, g],
+                sin[:, g],
+                cache.layers[i].keys,
+                am,
+                log_softmax=not method.config.attention_logits,
+            )
+    h = adapter.text_model.norm(h[:, -1:])
+    logits = adapter.lm_head(h)[:, -1].float()
+    _sync(device)
+    state = _prune_state(adapter, batch, method, selection, am)
+    return Prefill(
+        logits=logits,
+        cache=cache,
+        attention_mask=am,
+        last_positions=batch.position_ids[..., -1:],
+        pruning=state,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _keep_index(batch: PreparedBatch, keep: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sorted sequence indices per row: every valid text token plus the kept visual tokens (glimpse excluded)."""
+    out = []
+    for b, keep_b in enumerate(keep):
+        stays = batch.attention_mask[b].bool() & ~batch.visual_mask[b]
+        visual_cols = batch.visual_mask[b].nonzero().squeeze(1)
+        if keep_b.numel() != visual_cols.numel():
+            raise ValueError(f"sample {b}: keep mask has {keep_b.numel()} entries for {visual_cols.numel()} visual tokens")
+        stays = stays.clone()
+        stays[visual_cols[keep_b.to(stays.device)]] = True
+        out.append(stays.nonzero().squeeze(1))
+    return out
+
+
+def _prune_state(adapter, batch, method, selection, attention_mask) -> PruneState:
+    samples = []
+    for b, images in enumerate(batch.images):
+        n = sum(im.num_tokens for im in images)
+        keep = selection.keep[b].cpu() if selection is not None else torch.ones(n, dtype=torch.bool)
+        scores = selection.scores[b].detach().float().cpu() if selection is not None and selection.scores else None
+        per_image, start = [], 0
+        for im in images:
+            part = slice(start, start + im.num_tokens)
+            per_image.append(ImagePruning(im.grid, keep[part], None if scores is None else scores[part]))
+            start += im.num_tokens
+        rows = batch.attention_mask[b].bool().clone()
+        rows[batch.visual_mask[b].nonzero().squeeze(1)[~keep.to(rows.device)]] = False
+        seq = rows.nonzero().squeeze(1)
+        if batch.source_index is not None:
+            seq = batch.source_index[b, seq]
+        samples.append(SamplePruning(per_image, seq.cpu()))
+    return PruneState(
+        method=method.name if method is not None else "none",
+        prune_layer=method.prune_layer if method is not None else None,
+        num_layers=adapter.num_layers,
+        samples=samples,
+        kv_lengths=attention_mask.sum(1).tolist(),
+    )
+
+
+# ---- decoding ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 32
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    eos_token_id: list[int] = field(default_factory=list)
+    pad_token_id: int | None = None
+
+    @classmethod
+    def resolve(cls, generation_config: GenerationConfig | None, **overrides) -> "GenerationParams":
+        """The model's generation config, then explicit keyword overrides (None means 'not given')."""
+        gc = generation_config or GenerationConfig()
+        unsupported = {k for k in ("num_beams", "num_return_sequences") if (overrides.get(k) or 1) != 1}
+        if unsupported:
+            raise ValueError(f"unsupported generation options: {sorted(unsupported)} (only greedy/sampling decode)")
+        values = dict(
+            max_new_tokens=gc.max_new_tokens if gc.max_new_tokens is not None else 32,
+            min_new_tokens=gc.min_new_tokens or 0,
+            do_sample=bool(gc.do_sample),
+            temperature=gc.temperature if gc.temperature is not None else 1.0,
+            top_k=gc.top_k,
+            top_p=gc.top_p,
+            repetition_penalty=gc.repetition_penalty,
+            eos_token_id=gc.eos_token_id,
+            pad_token_id=gc.pad_token_id,
+        )
+        values.update({k: v for k, v in overrides.items() if k in values and v is not None})
+        eos = values["eos_token_id"]
+        values["eos_token_id"] = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        if values["pad_token_id"] is None and values["eos_token_id"]:
+            values["pad_token_id"] = values["eos_token_id"][0]
+        params = cls(**values)
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+        return params
+
+    def processors(self, prompt_length: int) -> LogitsProcessorList:
+        procs = LogitsProcessorList()
+        if self.repetition_penalty not in (None, 1.0):
+            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.min_new_tokens and self.eos_token_id:
+            procs.append(MinNewTokensLengthLogitsProcessor(prompt_length, self.min_new_tokens, self.eos_token_id))
+        if self.do_sample:
+            if self.temperature not in (None, 1.0):
+                procs.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k:
+                procs.append(TopKLogitsWarper(self.top_k))
+            if self.top_p is not None and self.top_p < 1.0:
+                procs.append(TopPLogitsWarper(self.top_p))
+        return procs
+
+
+@dataclass
+class Decoded:
+    tokens: torch.Tensor  # [bs, T] generated ids (finished rows padded with pad_token_id)
+    seconds: float
+    steps: int
+
+
+def decode(
+    adapter: FamilyAdapter,
+    pre: Prefill,
+    input_ids: torch.Tensor,
+    params: GenerationParams,
+    generator: torch.Generator | None = None,
+) -> Decoded:
+    device = pre.logits.device
+    _sync(device)
+    start = time.perf_counter()
+    procs = params.processors(input_ids.shape[1])
+    history = input_ids  # processors (repetition penalty, min length) look at prompt + generated ids
+    bs = input_ids.shape[0]
+    unfinished = torch.ones(bs, dtype=torch.bool, device=device)
+    eos = torch.tensor(params.eos_token_id, device=device) if params.eos_token_id else None
+    logits, am, cache = pre.logits, pre.attention_mask, pre.cache
+    out = []
+    for step in range(params.max_new_tokens):
+        scores = procs(history, logits)
+        if params.do_sample:
+            probs = torch.softmax(scores, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            token = scores.argmax(-1)
+        if eos is not None and params.pad_token_id is not None:
+            token = torch.where(unfinished, token, torch.full_like(token, params.pad_token_id))
+        out.append(token)
+        history = torch.cat([history, token[:, None]], dim=1)
+        if eos is not None:
+            unfinished &= ~torch.isin(token, eos)
+            if not bool(unfinished.any()):
+                break
+        if step == params.max_new_tokens - 1:
+            break
+        pos = pre.last_positions + step + 1
+        am = torch.cat([am, am.new_ones(bs, 1)], dim=1)
+        h = adapter.embed_tokens(token[:, None])
+        cos_sin = adapter.rope(h, pos)
+        mask = adapter.causal_mask(h, am, cache, pos)
+        for i in range(adapter.num_layers):
+            h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)
+        logits = adapter.lm_head(adapter.text_model.norm(h))[:, -1].float()
+    _sync(device)
+    return Decoded(tokens=torch.stack(out, dim=1), seconds=time.perf_counter() - start, steps=len(out))

@@ -1,0 +1,418 @@
+"""Analytic FLOPs of GlimpsePrune and of the unpruned baseline, and layer-averaged token retention.
+
+This is the corrected FLOPs model of method.md §15.4. Conventions, applied everywhere:
+
+* 2 FLOPs per multiply-accumulate; only matrix products are counted. Biases, norms, activations, softmax, RoPE,
+  embedding look-ups and the gathers of the pruning step are ignored (they are linear in the tokens and small).
+* Attention at query length n over m keys costs 2·n·m·H·d_h for the scores and the same for the weighted sum. With
+  the default ``causal=False`` the full n·m rectangle is counted, not the causal half: that is the reference
+  counter's convention, kept so our numbers compare with published ones. ``causal=True`` counts only the
+  query/key pairs a causal mask lets through.
+* The LM head runs once per token whose logits are needed: in prefill only the last prompt token (the first answer
+  token comes from it), in decoding once per generated step.
+* Projections use the real widths (H·d_h for Q/O, H_kv·d_h for K/V: grouped-query attention is not rounded to D²),
+  and the LLM MLP is the 3-matrix gated one (gate, up, down) of Qwen2 and Llama.
+
+The reference counter had three defects that this model fixes: after pruning it counted only the kept *visual*
+tokens (we count text + kept visual), it did not multiply the VIP's output projection by the token count (every
+VIP projection here scales with N), and it ignored the glimpse token and its extra attention row (counted here).
+
+The ``dims_from_hf_config`` constructor reads the sizes from transformers config objects, so the FLOPs of a model
+can be computed without loading weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LMDims:
+    """Sizes of the language model."""
+
+    hidden: int  # D
+    layers: int  # L
+    heads: int  # H, query heads
+    kv_heads: int  # H_kv
+    head_dim: int  # d_h
+    ffn: int  # MLP intermediate width (gated: gate and up are both D x ffn)
+    vocab: int  # LM-head output size
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    """Sizes of the vision tower and of the projector/merger that turns its output into LLM tokens.
+
+    ``patches_per_token`` ViT positions make one LLM visual token: 4 for Qwen's 2x2 merge, 1 for LLaVA.
+    ``extra_tokens_per_image`` are ViT positions that never become LLM tokens (CLIP's CLS, dropped by LLaVA).
+    ``projector`` lists the (in, out) widths of the linear layers applied once per LLM visual token.
+    ``window_patches`` is the number of patches in one local-attention window; blocks not listed in
+    ``full_attention_blocks`` attend only inside their window. ``None`` means every block attends to the whole image.
+    """
+
+    hidden: int  # D_v
+    depth: int
+    mlp: int  # MLP intermediate width
+    gated_mlp: bool  # SwiGLU-style 3-matrix MLP (Qwen2.5-VL) or 2-matrix MLP (CLIP, Qwen2-VL)
+    patches_per_token: int
+    patch_input: int  # values per patch entering the patch embedding: channels x temporal patch x patch^2
+    projector: tuple[tuple[int, int], ...]
+    extra_tokens_per_image: int = 0
+    window_patches: int | None = None
+    full_attention_blocks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class VIPDims:
+    """Sizes of the VIP (method.md §6.1). ``input_width`` is S·H, the width of the stacked glimpse rows.
+
+    ``heads`` does not change the FLOPs (the Q/K and V widths are split, not multiplied); it is kept so the dims
+    describe the module completely.
+    """
+
+    input_width: int  # S·H
+    vision_width: int  # D_v, width of the visual conditions
+    size: int = 256  # F
+    cond_size: int = 512  # C
+    layers: int = 4
+    heads: int = 4
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    lm: LMDims
+    vision: VisionDims
+    vip: VIPDims
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading sizes from transformers configs
+
+
+def _lm_dims(text_config) -> LMDims:
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return LMDims(
+        hidden=text_config.hidden_size,
+        layers=text_config.num_hidden_layers,
+        heads=heads,
+        kv_heads=text_config.num_key_value_heads or heads,
+        head_dim=head_dim,
+        ffn=text_config.intermediate_size,
+        vocab=text_config.vocab_size,
+    )
+
+
+def _qwen_vision_dims(
+    vc, *, width: int, mlp: int, gated: bool, out_width: int, window_patches: int | None, full_blocks: Sequence[int]
+) -> VisionDims:
+    merge = vc.spatial_merge_size**2
+    return VisionDims(
+        hidden=width,
+        depth=vc.depth,
+        mlp=mlp,
+        gated_mlp=gated,
+        patches_per_token=merge,
+        patch_input=vc.in_channels * vc.temporal_patch_size * vc.patch_size**2,
+        # The merger: norm, then Linear(4·D_v -> 4·D_v), GELU, Linear(4·D_v -> LLM width).
+        projector=((merge * width, merge * width), (merge * width, out_width)),
+        window_patches=window_patches,
+        full_attention_blocks=tuple(full_blocks),
+    )
+
+
+def dims_from_hf_config(config, selected_layers: int = 1, vip_layers: int = 4) -> ModelDims:
+    """Build LLM, ViT and VIP dims from a ``Qwen2_5_VLConfig``, ``Qwen2VLConfig`` or ``LlavaConfig``.
+
+    ``selected_layers`` is S, the number of LLM layers whose glimpse row feeds the VIP (1 in every release), so the
+    VIP input width is S·H. ``vip_layers`` is the number of VIP blocks (= number of ViT condition layers).
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ("qwen2_5_vl", "qwen2_vl", "llava"):
+        raise TypeError(
+            f"unsupported config (model_type={model_type!r}); expected Qwen2_5_VLConfig, Qwen2VLConfig or LlavaConfig"
+        )
+    lm = _lm_dims(config.text_config)
+    vc = config.vision_config
+    if model_type == "qwen2_5_vl":
+        # 3-matrix SiLU-gated MLP; windowed attention except in the full-attention blocks. window_size is in
+        # pixels, so one window holds (window_size / patch_size)^2 patches (8x8 = 64 for the released models).
+        vision = _qwen_vision_dims(
+            vc,
+            width=vc.hidden_size,
+            mlp=vc.intermediate_size,
+            gated=True,
+            out_width=vc.out_hidden_size,
+            window_patches=(vc.window_size // vc.patch_size) ** 2,
+            full_blocks=vc.fullatt_block_indexes,
+        )
+    elif model_type == "qwen2_vl":
+        # Qwen2-VL's vision config calls its width embed_dim (its hidden_size is the LLM width); 2-matrix MLP,
+        # full attention in every block.
+        vision = _qwen_vision_dims(
+            vc,
+            width=vc.embed_dim,
+            mlp=int(vc.embed_dim * vc.mlp_ratio),
+            gated=False,
+            out_width=vc.hidden_size,
+            window_patches=None,
+            full_blocks=(),
+        )
+    else:  # llava
+        if vc.model_type != "clip_vision_model":
+            raise ValueError(f"LLaVA FLOPs support a CLIP vision tower only, got {vc.model_type!r}")
+        layers = config.vision_feature_layer
+        n_feature_layers = 1 if isinstance(layers, int) else len(layers)
+        vision = VisionDims(
+            hidden=vc.hidden_size,
+            depth=vc.num_hidden_layers,  # the whole tower runs even though features come from layer -2
+            mlp=vc.intermediate_size,
+            gated_mlp=False,
+            patches_per_token=1,
+            patch_input=vc.num_channels * vc.patch_size**2,
+            projector=((vc.hidden_size * n_feature_layers, lm.hidden), (lm.hidden, lm.hidden)),
+            # The "default" strategy drops CLS after the ViT; "full" keeps it as an LLM token.
+            extra_tokens_per_image=1 if config.vision_feature_select_strategy == "default" else 0,
+        )
+    vip = VIPDims(input_width=selected_layers * lm.heads, vision_width=vision.hidden, layers=vip_layers)
+    return ModelDims(lm=lm, vision=vision, vip=vip)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _attention_pairs(n: int, m: int, causal: bool) -> int:
+    """Query/key pairs for n queries over m keys; causal: the queries are the last n of the m positions."""
+    if not causal:
+        return n * m
+    if m < n:
+        raise ValueError(f"causal attention needs at least as many keys as queries (n={n}, m={m})")
+    return n * (m - n) + n * (n + 1) // 2
+
+
+def _lm_linear_flops(lm: LMDims, n: int) -> int:
+    q_width, kv_width = lm.heads * lm.head_dim, lm.kv_heads * lm.head_dim
+    projections = 2 * n * lm.hidden * (2 * q_width + 2 * kv_width)  # Q, O and K, V
+    mlp = 3 * 2 * n * lm.hidden * lm.ffn  # gate, up, down
+    return projections + mlp
+
+
+def decoder_layer_flops(lm: LMDims, n: int, m: int | None = None, causal: bool = False) -> int:
+    """One decoder layer with n query tokens over m keys (default m = n, a prefill without cache).
+
+    Q/O projections 2·n·D·(H·d_h) each, K/V 2·n·D·(H_kv·d_h) each, scores and weighted sum 2·n·m·H·d_h each
+    (full rectangle unless ``causal``), MLP 3·2·n·D·FFN.
+    """
+    m = n if m is None else m
+    return _lm_linear_flops(lm, n) + 2 * 2 * _attention_pairs(n, m, causal) * lm.heads * lm.head_dim
+
+
+def lm_linear_flops_per_token(lm: LMDims) -> int:
+    """Projection and MLP FLOPs of all L layers for one token, without attention scores and without the LM head."""
+    return lm.layers * _lm_linear_flops(lm, 1)
+
+
+def lm_head_flops(lm: LMDims, tokens: int = 1) -> int:
+    return 2 * tokens * lm.hidden * lm.vocab
+
+
+def _check_counts(image_token_counts: Sequence[int] | None, n_visual: int) -> list[int]:
+    counts = [n_visual] if image_token_counts is None else [int(c) for c in image_token_counts]
+    if any(c < 0 for c in counts) or sum(counts) != n_visual:
+        raise ValueError(f"image_token_counts {counts} must be non-negative and sum to n_visual={n_visual}")
+    return counts
+
+
+def vip_flops(vip: VIPDims, image_token_counts: Sequence[int]) -> int:
+    """The VIP over N = sum(image_token_counts) visual tokens; attention is block-diagonal, one block per image.
+
+    Per VIP layer: condition projection 2·N·D_v·C; Q and K projections 2·N·(F+C)² each (they act on [x; condition]);
+    V and O projections 2·N·F² each; scores 2·N_img²·(F+C) and weighted sum 2·N_img²·F per image; gated MLP
+    F -> 2F (gate and up) -> F, i.e. 3·2·N·F·2F. Once: input projection 2·N·(S·H)·F and output head 2·N·F.
+    """
+    counts = [int(c) for c in image_token_counts]
+    n = sum(counts)
+    f, qk = vip.size, vip.size + vip.cond_size
+    per_layer = (
+        2 * n * vip.vision_width * vip.cond_size
+        + 2 * (2 * n * qk * qk)
+        + 2 * (2 * n * f * f)
+        + sum(2 * c * c * qk + 2 * c * c * f for c in counts)
+        + 3 * 2 * n * f * (2 * f)
+    )
+    return vip.layers * per_layer + 2 * n * vip.input_width * f + 2 * n * f
+
+
+def vision_flops(vision: VisionDims, image_token_counts: Sequence[int]) -> int:
+    """The ViT and projector for images producing the given numbers of LLM visual tokens.
+
+    Per image with p ViT positions (tokens·patches_per_token + extra): patch embedding 2·patches·patch_input·D_v;
+    per block the Q, K, V, O projections 4·2·p·D_v² and the MLP (3 or 2)·2·p·D_v·mlp; attention 2·2·p²·D_v in
+    full-attention blocks and 2·2·p·w·D_v in windowed blocks (w = patches per window, capped at p). The windowed term
+    assumes the image tiles into whole windows; Qwen pads edge windows, which this ignores. The projector runs once per
+    LLM token. CLIP's class embedding is not a patch and costs no patch embedding.
+    """
+    total = 0
+    for tokens in image_token_counts:
+        patches = tokens * vision.patches_per_token
+        p = patches + vision.extra_tokens_per_image
+        total += 2 * patches * vision.patch_input * vision.hidden
+        mlp_matrices = 3 if vision.gated_mlp else 2
+        total += vision.depth * (4 * 2 * p * vision.hidden**2 + mlp_matrices * 2 * p * vision.hidden * vision.mlp)
+        for block in range(vision.depth):
+            windowed = vision.window_patches is not None and block not in vision.full_attention_blocks
+            keys = min(p, vision.window_patches) if windowed else p
+            total += 2 * 2 * p * keys * vision.hidden
+        total += sum(2 * tokens * d_in * d_out for d_in, d_out in vision.projector)
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prefill and decode
+
+
+def prefill_flops(
+    lm: LMDims,
+    n_text: int,
+    n_visual: int,
+    n_kept: int,
+    prune_layer_K: int,
+    *,
+    glimpse: bool = True,
+    vip: VIPDims | None = None,
+    image_token_counts: Sequence[int] | None = None,
+    vision: VisionDims | None = None,
+    causal: bool = False,
+) -> dict[str, int]:
+    """Prefill FLOPs of a GlimpsePrune forward pass, by part.
+
+    ``n_text`` counts every non-visual prompt token (system prompt, question, chat-template tokens including the
+    generation prompt); n = n_text + n_visual. Layers 0..K-1 run on n + 1 tokens (the glimpse is appended when
+    ``glimpse``), layers K..L-1 on n' = n_text + n_kept tokens: the text is still there after pruning.
+    ``image_token_counts`` splits the visual tokens per image (default: one image); it matters for the block-diagonal
+    VIP attention and the per-image ViT attention.
+
+    Parts:
+
+    * ``llm_full_layers``: K layers at length n (+1 with the glimpse);
+    * ``llm_pruned_layers``: L - K layers at length n';
+    * ``glimpse_row``: the glimpse query against all keys of layer K-1, 2·H·d_h·(n+1). It is computed a second time
+      because fused attention kernels do not return probabilities. The glimpse's own Q projection is not added: the
+      glimpse is one of the n+1 tokens whose projections ``llm_full_layers`` already counts;
+    * ``vip``: see :func:`vip_flops`; ``vision``: see :func:`vision_flops` (0 unless ``vision`` is given);
+    * ``lm_head``: the last token's logits;
+    * ``total`` and ``total_without_vision``.
+
+    The unpruned baseline is the same call with n_kept = n_visual, K = L, no glimpse and no VIP
+    (:func:`baseline_prefill_flops`).
+    """
+    if not 0 <= prune_layer_K <= lm.layers:
+        raise ValueError(f"prune_layer_K must be in [0, {lm.layers}], got {prune_layer_K}")
+    if not 0 <= n_kept <= n_visual or n_text < 0:
+        raise ValueError(f"need n_text >= 0 and 0 <= n_kept <= n_visual, got {n_text}, {n_kept}, {n_visual}")
+    if glimpse and prune_layer_K == 0:
+        raise ValueError("the glimpse row is read from layer K-1, so glimpse=True needs prune_layer_K >= 1")
+    counts = _check_counts(image_token_counts, n_visual)
+
+    n_full = n_text + n_visual + int(glimpse)
+    n_pruned = n_text + n_kept
+    parts = {
+        "llm_full_layers": prune_layer_K * decoder_layer_flops(lm, n_full, causal=causal),
+        "llm_pruned_layers": (lm.layers - prune_layer_K) * decoder_layer_flops(lm, n_pruned, causal=causal),
+        "glimpse_row": 2 * lm.heads * lm.head_dim * n_full if glimpse else 0,
+        "vip": vip_flops(vip, counts) if vip is not None else 0,
+        "lm_head": lm_head_flops(lm, 1),
+        "vision": vision_flops(vision, counts) if vision is not None else 0,
+    }
+    parts["total"] = sum(parts.values())
+    parts["total_without_vision"] = parts["total"] - parts["vision"]
+    return parts
+
+
+def baseline_prefill_flops(
+    lm: LMDims,
+    n_text: int,
+    n_visual: int,
+    *,
+    image_token_counts: Sequence[int] | None = None,
+    vision: VisionDims | None = None,
+    causal: bool = False,
+) -> dict[str, int]:
+    """Prefill FLOPs of the unpruned model: every layer at n = n_text + n_visual, no glimpse, no VIP."""
+    return prefill_flops(
+        lm,
+        n_text,
+        n_visual,
+        n_visual,
+        lm.layers,
+        glimpse=False,
+        vip=None,
+        image_token_counts=image_token_counts,
+        vision=vision,
+        causal=causal,
+    )
+
+
+def decode_flops(lm: LMDims, context_len: int, new_tokens: int) -> dict[str, int]:
+    """FLOPs of ``new_tokens`` single-token decode steps over a KV cache that starts at ``context_len`` tokens.
+
+    Step i (0-based) attends to context_len + i + 1 keys (the cache plus itself) in all L layers and computes its
+    logits. For GlimpsePrune ``context_len`` is the pruned length n' = n_text + n_kept: every layer's cache is
+    pruned. The prefill already produced the first answer token, so T answer tokens take T - 1 decode steps.
+    A single query sees every key, so the causal convention does not change decoding.
+    """
+    if context_len < 0 or new_tokens < 0:
+        raise ValueError(f"context_len and new_tokens must be >= 0, got {context_len}, {new_tokens}")
+    keys = new_tokens * context_len + new_tokens * (new_tokens + 1) // 2  # sum of the steps' key lengths
+    llm = lm.layers * (_lm_linear_flops(lm, new_tokens) + 2 * 2 * keys * lm.heads * lm.head_dim)
+    head = lm_head_flops(lm, new_tokens)
+    return {"llm_layers": llm, "lm_head": head, "total": llm + head}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Retention
+
+
+def layer_averaged_retention_schedule(stages: Sequence[tuple[int, float]], num_layers: int) -> float:
+    """Mean over all layers of the fraction of the original visual tokens present.
+
+    ``stages`` is a list of (layer, ratio): from 0-based layer ``layer`` on, until the next stage, ``ratio`` of the
+    original visual tokens are present. Layers before the first stage hold all of them. A method pruning before the
+    LLM is ``[(0, r)]``; GlimpsePrune is ``[(K, kept_ratio)]``; multi-stage methods (PyramidDrop, VScan) list several.
+    """
+    layers = [layer for layer, _ in stages]
+    if any(not 0 <= layer <= num_layers for layer in layers) or any(a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"stage layers must be strictly increasing within [0, {num_layers}], got {list(stages)}")
+    previous_layer, previous_ratio, covered = 0, 1.0, 0.0
+    for layer, ratio in stages:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"stage ratios must be in [0, 1], got {ratio}")
+        covered += (layer - previous_layer) * previous_ratio
+        previous_layer, previous_ratio = layer, ratio
+    covered += (num_layers - previous_layer) * previous_ratio
+    return covered / num_layers
+
+
+def layer_averaged_retention(kept_ratio: float, K: int, L: int) -> float:
+    """GlimpsePrune's layer-averaged retention, (K + (L - K)·kept_ratio) / L: K layers see every visual token."""
+    return layer_averaged_retention_schedule([(K, kept_ratio)], L)
+
+
+def kept_ratio_for_layer_averaged(target: float, K: int, L: int) -> float:
+    """The kept ratio after layer K that gives a layer-averaged retention of ``target`` (inverse of the above).
+
+    Targets below K/L are unreachable: layers 0..K-1 always hold every visual token.
+    """
+    if not 0 < K < L:
+        raise ValueError(f"need 0 < K < L to prune anything, got K={K}, L={L}")
+    if target > 1.0:
+        raise ValueError(f"a retention above 1 is impossible, got {target}")
+    floor = K / L
+    if target < floor:
+        raise ValueError(
+            f"layer-averaged retention {target:.4f} is unreachable with K={K} of L={L} full layers: "
+            f"the first K layers keep every visual token, so the retention is at least K/L = {floor:.4f}"
+        )
+    return max(0.0, (target * L - K) / (L - K))

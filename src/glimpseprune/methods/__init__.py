@@ -1,0 +1,26 @@
+"""Pruning methods. GlimpsePrune and fixed masks live here; each baseline is one more file that registers itself."""
+
+from .base import PruneMethod, SelectContext, Selection
+from .fixed import FixedKeep
+from .glimpse import GlimpsePruneMethod
+
+_REGISTRY: dict = {}
+
+
+def register_method(name: str):
+    """Decorator for a factory ``f(model: GlimpsePrune, prune_layer=None, **options) -> PruneMethod``."""
+
+    def wrap(factory):
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def get_method(name: str, model, **options) -> PruneMethod:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown pruning method {name!r}; available: {['glimpse', 'none', *sorted(_REGISTRY)]}")
+    return _REGISTRY[name](model, **options)
+
+
+__all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method"]

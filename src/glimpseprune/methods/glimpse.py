@@ -1,0 +1,40 @@
+"""GlimpsePrune: the glimpse's attention row at layer K-1 and multi-level ViT features -> VIP -> keep policy."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import GlimpsePruneConfig
+from ..modules import VIP, GlimpseToken
+from ..policy import KeepPolicy
+from .base import PruneMethod, SelectContext, Selection, split_by_sample
+
+
+class GlimpsePruneMethod(PruneMethod):
+    name = "glimpse"
+    uses_glimpse = True
+
+    def __init__(self, glimpse: GlimpseToken, vip: VIP, config: GlimpsePruneConfig, policy: KeepPolicy):
+        self.glimpse = glimpse
+        self.vip = vip
+        self.config = config
+        self.policy = policy.validate()
+        self.prune_layer = config.prune_layer
+        self.vit_layers = list(config.vip_visual_layers)
+
+    def logits(self, ctx: SelectContext) -> torch.Tensor:
+        """Keep logits [T] over every visual token of the batch (all samples, all images, in order)."""
+        rows = ctx.visual_columns(ctx.glimpse_rows)
+        if rows.shape[0] == 0:  # text-only batch: nothing to score
+            return rows.new_zeros(0, dtype=torch.float32)
+        grids = [im.grid for images in ctx.batch.images for im in images]
+        return self.vip(rows, ctx.batch.vit_features, grids)
+
+    def select(self, ctx: SelectContext) -> Selection:
+        probs = torch.sigmoid(self.logits(ctx))
+        per_sample = split_by_sample(probs, ctx.batch)
+        keep = [
+            self.policy.select(p, [im.num_tokens for im in images])
+            for p, images in zip(per_sample, ctx.batch.images)
+        ]
+        return Selection(keep=keep, scores=per_sample)

@@ -1,0 +1,204 @@
+"""The user-facing wrapper: a stock transformers VLM + GlimpsePrune modules, ``generate`` with pruning."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .adapters import adapter_for
+from .checkpoint import build_modules, load_modules, save_modules
+from .config import GlimpsePruneConfig
+from .engine import GenerationParams, decode, prefill
+from .methods import FixedKeep, GlimpsePruneMethod, PruneMethod
+from .policy import KeepPolicy
+from .prune_state import PruneState
+
+_GENERATION_KEYS = (
+    "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+    "eos_token_id", "pad_token_id", "num_beams", "num_return_sequences",
+)
+_MODEL_INPUT_KEYS = (
+    "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos",
+    "video_grid_thw", "second_per_grid_ts", "image_sizes",
+)
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # [bs, L_in + T]: the caller's input ids followed by the generated ids (like HF)
+    pruning: PruneState
+    prefill_seconds: float
+    decode_seconds: float
+    new_tokens: int
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.sequences[:, self.sequences.shape[1] - self.new_tokens:]
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        return 1000.0 * self.decode_seconds / max(self.new_tokens - 1, 1)
+
+
+class GlimpsePrune:
+    """A stock VLM with GlimpsePrune. Holds weights only: every call's pruning comes back in its output."""
+
+    def __init__(self, model, processor=None, config: GlimpsePruneConfig | None = None, glimpse=None, vip=None):
+        self.model = model.eval()
+        self.processor = processor
+        self.adapter = adapter_for(model)
+        self.config = config
+        self.glimpse, self.vip = glimpse, vip
+        if (glimpse is None) != (vip is None) or (glimpse is not None and config is None):
+            raise ValueError("glimpse, vip and config must be given together")
+        if glimpse is not None:
+            param = next(model.parameters())
+            self.glimpse = glimpse.to(device=param.device, dtype=param.dtype).eval()
+            self.vip = vip.to(device=param.device, dtype=param.dtype).eval()
+
+    # ---- construction ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | os.PathLike,
+        glimpse: str | os.PathLike | None = None,
+        *,
+        init_glimpse: bool = False,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = None,
+        adapter: str | os.PathLike | None = None,
+        **config_overrides,
+    ) -> "GlimpsePrune":
+        """Load a base VLM (local folder or hub id) and GlimpsePrune modules (our format or the reference's).
+
+        ``adapter``: a PEFT LoRA folder (GlimpsePrune+) merged into the LLM *before* the modules are attached.
+        ``init_glimpse``: create fresh, untrained modules (for training, or to benchmark the mechanics).
+        """
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        from .checkpoint import resolve_directory
+        from .processing import load_processor
+
+        base_dir = resolve_directory(base)
+        base_config = AutoConfig.from_pretrained(base_dir)
+        kwargs = {"dtype": dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(base_dir, **kwargs)
+        if device is not None:
+            model = model.to(device)
+        if adapter is not None:
+            from .lora import merge_reference_lora
+
+            merge_reference_lora(model, adapter)
+        processor = load_processor(base_dir, base_config.model_type)
+        wrapper = cls(model, processor)
+        if glimpse is not None:
+            expected = wrapper.adapter.default_glimpse_config()
+            config, g, v = load_modules(glimpse, expected)
+            if config_overrides:
+                config = replace(config, **config_overrides)
+            return cls(model, processor, config, g, v)
+        if init_glimpse:
+            return wrapper.with_new_modules(**config_overrides)
+        return wrapper
+
+    def with_new_modules(self, seed: int | None = None, **config_overrides) -> "GlimpsePrune":
+        """This model with freshly initialised (untrained) glimpse + VIP modules."""
+        config = self.adapter.default_glimpse_config(**config_overrides)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            g, v = build_modules(config)
+        return GlimpsePrune(self.model, self.processor, config, g, v)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save the GlimpsePrune modules (not the base model) as safetensors + glimpse_config.json."""
+        if self.glimpse is None:
+            raise ValueError("this model has no GlimpsePrune modules to save")
+        return save_modules(directory, self.config, self.glimpse, self.vip)
+
+    # ---- inference -------------------------------------------------------------------------------------------
+    def policy(self, threshold=None, max_keep_ratio=..., min_keep=None, per_image=None) -> KeepPolicy:
+        """The config's keep policy with per-call overrides (``max_keep_ratio=None`` means 'no cap')."""
+        c = self.config
+        base = KeepPolicy(c.threshold, c.max_keep_ratio, c.min_keep, c.per_image) if c else KeepPolicy()
+        return KeepPolicy(
+            threshold=base.threshold if threshold is None else threshold,
+            max_keep_ratio=base.max_keep_ratio if max_keep_ratio is ... else max_keep_ratio,
+            min_keep=base.min_keep if min_keep is None else min_keep,
+            per_image=base.per_image if per_image is None else per_image,
+        ).validate()
+
+    def method(self, method="glimpse", keep_masks=None, prune_layer=None, **policy_kwargs) -> PruneMethod | None:
+        if isinstance(method, PruneMethod):
+            return method
+        if keep_masks is not None:
+            layer = prune_layer if prune_layer is not None else (self.config.prune_layer if self.config else None)
+            if layer is None:
+                raise ValueError("keep_masks need a prune_layer (no GlimpsePrune config to take it from)")
+            return FixedKeep(keep_masks, layer)
+        if method in (None, "none"):
+            return None
+        if method == "glimpse":
+            if self.glimpse is None:
+                raise ValueError(
+                    "no GlimpsePrune modules loaded: pass glimpse=... to from_pretrained, or method='none'"
+                )
+            config = self.config if prune_layer is None else replace(self.config, prune_layer=prune_layer)
+            return GlimpsePruneMethod(self.glimpse, self.vip, config, self.policy(**policy_kwargs))
+        from .methods import get_method  # baselines register by name
+
+        return get_method(method, self, prune_layer=prune_layer, **policy_kwargs)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        method: str | PruneMethod | None = "glimpse",
+        keep_masks: list[torch.Tensor] | None = None,
+        prune_layer: int | None = None,
+        threshold: float | None = None,
+        max_keep_ratio: float | None = ...,
+        min_keep: int | None = None,
+        per_image: bool | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> GenerateOutput:
+        """Generate with pruning. ``kwargs``: processor outputs (input_ids, pixel_values, ...) and generation
+        options (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id, ...)."""
+        gen = {k: kwargs.pop(k) for k in list(kwargs) if k in _GENERATION_KEYS}
+        inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_INPUT_KEYS}
+        if kwargs:
+            raise TypeError(f"unexpected arguments to generate: {sorted(kwargs)}")
+        if "input_ids" not in inputs:
+            raise ValueError("generate needs input_ids (pass the processor's output: model.generate(**inputs))")
+        policy_kwargs = dict(threshold=threshold, max_keep_ratio=max_keep_ratio, min_keep=min_keep, per_image=per_image)
+        chosen = self.method(method, keep_masks, prune_layer, **policy_kwargs)
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        params = GenerationParams.resolve(self.model.generation_config, **gen)
+        batch = self.adapter.prepare(inputs, chosen.vit_layers if chosen is not None else None)
+        pre = prefill(self.adapter, batch, chosen)
+        dec = decode(self.adapter, pre, batch.input_ids, params, generator)
+        return GenerateOutput(
+            sequences=torch.cat([inputs["input_ids"], dec.tokens], dim=1),
+            pruning=pre.pruning,
+            prefill_seconds=pre.seconds,
+            decode_seconds=dec.seconds,
+            new_tokens=dec.steps,
+        )
+
+    def answer(self, images: list, question: str, **kwargs) -> tuple[str, GenerateOutput]:
+        """One question about zero or more images -> (answer text, full output)."""
+        from .processing import build_inputs
+
+        if self.processor is None:
+            raise ValueError("this model has no processor; build inputs yourself and call generate")
+        inputs = build_inputs(self.processor, [question], [list(images)])
+        out = self.generate(**inputs, **kwargs)
+        text = self.processor.batch_decode(out.generated, skip_special_tokens=True)[0]
+        return text.strip(), out

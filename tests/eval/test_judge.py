@@ -1,0 +1,241 @@
+"""The judge client against a local stub of an OpenAI-compatible server (127.0.0.1, ephemeral port)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from glimpseprune.eval.judge import LLMJudge, load_prompt, parse_score
+
+MAX_REQUESTS = 20  # the stub refuses anything beyond this, so a retry loop gone wrong cannot spin forever
+
+
+class StubServer:
+    """Answers POSTs with canned (status, reply text) pairs, in order, and records what it received."""
+
+    def __init__(self):
+        self.replies: list[tuple[int, str]] = []
+        self.requests: list[dict] = []  # {"path", "headers", "body"}
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if len(stub.requests) > MAX_REQUESTS or not stub.replies:
+                    status, text = 503, "stub exhausted"
+                else:
+                    status, text = stub.replies.pop(0)
+                if status == 200:
+                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+                else:
+                    payload = {"error": {"message": text}}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def stub():
+    with StubServer() as server:
+        yield server
+
+
+def make_judge(stub, cache_dir, **kwargs):
+    kwargs = {"timeout": 5, "retry_backoff": 0.0, **kwargs}
+    return LLMJudge(stub.base_url, "judge-model-x", cache_dir=cache_dir, **kwargs)
+
+
+QUESTION = "What colour is the bus on the left?"
+REFERENCE = "The bus on the left is yellow."
+PREDICTION = "It is a yellow school bus."
+
+
+def test_request_shape_and_score(stub, tmp_path):
+    stub.replies = [(200, "score: 0.9")]
+    judge = make_judge(stub, tmp_path, seed=7)
+    result = judge.score(QUESTION, REFERENCE, PREDICTION)
+
+    assert (result.score, result.ok, result.cached, result.error) == (0.9, True, False, None)
+    assert result.raw == "score: 0.9"
+    (request,) = stub.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert "Authorization" not in request["headers"]
+    body = request["body"]
+    assert body["model"] == "judge-model-x"
+    assert body["temperature"] == 0
+    assert body["max_tokens"] == 32
+    assert body["seed"] == 7
+    prompt = " ".join(m["content"] for m in body["messages"])
+    for text in (QUESTION, REFERENCE, PREDICTION, "score: <number between 0 and 1>"):
+        assert text in prompt
+    assert judge.stats.requests == 1
+    assert judge.metadata == {
+        "judge_model": "judge-model-x",
+        "prompt_version": "v1",
+        "base_url": stub.base_url,
+        "temperature": 0,
+    }
+
+
+def test_cache_hits_skip_the_network_across_instances(stub, tmp_path):
+    stub.replies = [(200, "Score: 0.5")]
+    judge = make_judge(stub, tmp_path)
+    first = judge.score(QUESTION, REFERENCE, PREDICTION)
+    second = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (first.score, first.cached) == (0.5, False)
+    assert (second.score, second.cached, second.ok) == (0.5, True, True)
+    assert len(stub.requests) == 1
+    assert (judge.stats.requests, judge.stats.cache_hits) == (1, 1)
+
+    fresh = make_judge(stub, tmp_path)
+    third = fresh.score(QUESTION, REFERENCE, PREDICTION)
+    assert (third.score, third.cached) == (0.5, True)
+    assert len(stub.requests) == 1
+    assert (fresh.stats.requests, fresh.stats.cache_hits) == (0, 1)
+
+
+def test_cache_key_covers_every_field(stub, tmp_path):
+    stub.replies = [(200, "score: 1"), (200, "score: 0")]
+    judge = make_judge(stub, tmp_path)
+    assert judge.score(QUESTION, REFERENCE, PREDICTION).score == 1.0
+    assert judge.score(QUESTION, REFERENCE, "It is red.").score == 0.0
+    assert len(stub.requests) == 2
+    keys = {
+        judge.cache_key("q", "r", "p"),
+        judge.cache_key("q", "r", "p2"),
+        judge.cache_key("q", "r2", "p"),
+        judge.cache_key("q2", "r", "p"),
+        make_judge(stub, tmp_path, max_tokens=8).cache_key("q", "r", "p"),  # same model and prompt: same key
+    }
+    assert len(keys) == 4
+
+
+def test_truncated_cache_line_is_ignored(stub, tmp_path):
+    stub.replies = [(200, "score: 0.25"), (200, "score: 0.75")]
+    judge = make_judge(stub, tmp_path)
+    judge.score(QUESTION, REFERENCE, PREDICTION)
+    with (tmp_path / "judge_cache.jsonl").open("a") as f:
+        f.write('{"key": "abc", "ra')  # a crash mid-append
+    fresh = make_judge(stub, tmp_path)
+    assert fresh.score(QUESTION, REFERENCE, PREDICTION).cached
+    assert fresh.score(QUESTION, REFERENCE, "another answer").score == 0.75
+
+
+def test_malformed_reply_scores_zero(stub, tmp_path):
+    stub.replies = [(200, "I think it's good")]
+    judge = make_judge(stub, tmp_path)
+    result = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (result.score, result.ok, result.raw) == (0.0, False, "I think it's good")
+    assert "score" in result.error
+    assert judge.stats.malformed == 1
+    assert judge.stats.errors == 0
+
+
+def test_score_is_clamped(stub, tmp_path):
+    stub.replies = [(200, "Score: 1.7")]
+    judge = make_judge(stub, tmp_path)
+    result = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (result.score, result.ok) == (1.0, True)
+
+
+def test_server_error_retries_then_scores_zero(stub, tmp_path):
+    stub.replies = [(500, "boom")] * 3 + [(200, "score: 0.8")]
+    judge = make_judge(stub, tmp_path, max_retries=2)
+    result = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (result.score, result.ok, result.cached) == (0.0, False, False)
+    assert "500" in result.error
+    assert len(stub.requests) == 3  # one attempt + two retries
+    assert (judge.stats.requests, judge.stats.errors) == (3, 1)
+
+    # Failures are not cached: the next call asks again and gets the real verdict.
+    again = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (again.score, again.ok) == (0.8, True)
+    assert len(stub.requests) == 4
+
+
+def test_transient_error_recovers_within_retries(stub, tmp_path):
+    stub.replies = [(503, "busy"), (200, "score: 0.6")]
+    judge = make_judge(stub, tmp_path, max_retries=2)
+    result = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (result.score, result.ok) == (0.6, True)
+    assert (judge.stats.requests, judge.stats.errors) == (2, 0)
+
+
+def test_client_error_is_not_retried(stub, tmp_path):
+    stub.replies = [(400, "bad request"), (200, "score: 1")]
+    judge = make_judge(stub, tmp_path, max_retries=2)
+    result = judge.score(QUESTION, REFERENCE, PREDICTION)
+    assert (result.ok, len(stub.requests), judge.stats.errors) == (False, 1, 1)
+    assert "400" in result.error
+
+
+def test_unreachable_server_is_an_error(tmp_path):
+    with StubServer() as server:
+        base_url = server.base_url
+    judge = LLMJudge(base_url, "m", cache_dir=tmp_path, timeout=2, max_retries=1, retry_backoff=0.0)
+    result = judge.score("q", "r", "p")
+    assert (result.score, result.ok) == (0.0, False)
+    assert (judge.stats.requests, judge.stats.errors) == (2, 1)
+
+
+def test_api_key_from_environment(stub, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_KEY", "secret-123")
+    stub.replies = [(200, "score: 1")]
+    make_judge(stub, tmp_path, api_key_env="MY_JUDGE_KEY").score("q", "r", "p")
+    assert stub.requests[0]["headers"]["Authorization"] == "Bearer secret-123"
+
+    monkeypatch.delenv("MY_JUDGE_KEY")
+    with pytest.raises(ValueError, match="MY_JUDGE_KEY"):
+        make_judge(stub, tmp_path, api_key_env="MY_JUDGE_KEY")
+
+
+def test_as_scorer_takes_the_best_reference(stub, tmp_path):
+    stub.replies = [(200, "score: 0.2"), (200, "score: 0.7")]
+    scorer = make_judge(stub, tmp_path).as_scorer()
+    assert scorer.needs_question
+    assert scorer.metadata["prompt_version"] == "v1"
+    assert scorer("yellow", ["red", "yellow"], question=QUESTION) == 0.7
+    assert all(QUESTION in r["body"]["messages"][0]["content"] for r in stub.requests)
+
+
+def test_parse_score():
+    assert parse_score("score: 0.85") == 0.85
+    assert parse_score("SCORE : .5") == 0.5
+    assert parse_score("Reasoning... Score:1") == 1.0
+    assert parse_score("score: 3") == 1.0
+    assert parse_score("score: -0.5") is None  # no negative scores: treated as malformed
+    assert parse_score("the answer is good") is None
+
+
+def test_prompt_file_is_versioned():
+    template = load_prompt("v1")
+    assert "{question}" in template and "{reference}" in template and "{prediction}" in template
+    assert "version" not in template.splitlines()[0]  # the header is not sent to the judge
+    with pytest.raises(ValueError, match="available: v1"):
+        load_prompt("v999")
+
+
+def test_temperature_cannot_be_raised(tmp_path):
+    with pytest.raises(TypeError):
+        LLMJudge("http://127.0.0.1:9/v1", "m", cache_dir=tmp_path, temperature=0.7)

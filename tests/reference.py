@@ -14,8 +14,13 @@ import torch
 
 
 @torch.no_grad()
-def reference_generate(model, inputs: dict, keep_visual: torch.Tensor, prune_layer: int, max_new_tokens: int):
-    """Greedy tokens and first-step logits for ONE sample (batch 1, no padding)."""
+def reference_generate(model, inputs: dict, keep_visual, prune_layer: int, max_new_tokens: int, replace=None):
+    """Greedy tokens and first-step logits for ONE sample (batch 1, no padding).
+
+    Multi-stage: pass ``keep_visual`` as a list of (layer, keep mask) with nested keep sets; ``prune_layer`` is then
+    ignored. ``replace``: hidden states [kept, D] that the kept visual tokens take on entering the (last) cut layer.
+    """
+    stages = keep_visual if isinstance(keep_visual, list) else [(prune_layer, keep_visual)]
     vlm = model.model
     lm = vlm.language_model
     ids = inputs["input_ids"]
@@ -28,8 +33,13 @@ def reference_generate(model, inputs: dict, keep_visual: torch.Tensor, prune_lay
         ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
     )  # [3, 1, n]
     n = ids.shape[1]
-    kept = torch.ones(n, dtype=torch.bool)
-    kept[image_mask[0].nonzero().squeeze(1)] = keep_visual
+    visual_cols = image_mask[0].nonzero().squeeze(1)
+    kept_at = []  # (layer, bool over prompt columns)
+    for layer, keep in stages:
+        kept = torch.ones(n, dtype=torch.bool)
+        kept[visual_cols] = keep
+        kept_at.append((layer, kept))
+    final = kept_at[-1][1]
     tokens, first_logits = [], None
     for step in range(max_new_tokens):
         total = n + step
@@ -40,15 +50,26 @@ def reference_generate(model, inputs: dict, keep_visual: torch.Tensor, prune_lay
         else:
             embeds_all, pos_all = embeds, pos
         causal = torch.ones(total, total, dtype=torch.bool).tril()
-        key_ok = torch.cat([kept, torch.ones(step, dtype=torch.bool)])
+        gen = torch.ones(step, dtype=torch.bool)
         is_generated = torch.arange(total) >= n
-        early = causal & (key_ok[None, :] | ~is_generated[:, None])  # prompt queries see all, generated see kept
-        late = causal & key_ok[None, :]
+        final_ok = torch.cat([final, gen])
+
+        def layer_mask(i):
+            prompt_ok = torch.ones(n, dtype=torch.bool)
+            for layer, kept in kept_at:
+                if i >= layer:
+                    prompt_ok = kept
+            ok = torch.cat([prompt_ok, gen])
+            # prompt queries see the keys present at this layer; generated queries only ever see the final set
+            return causal & torch.where(is_generated[:, None], final_ok[None, :], ok[None, :])
+
         h = embeds_all
         cos_sin = lm.rotary_emb(h, pos_all)
         for i, layer in enumerate(lm.layers):
-            mask = (early if i < prune_layer else late)[None, None]
-            h = layer(h, attention_mask=mask, position_embeddings=cos_sin, position_ids=None)
+            if replace is not None and i == kept_at[-1][0]:
+                h = h.clone()
+                h[0, visual_cols[stages[-1][1]]] = replace
+            h = layer(h, attention_mask=layer_mask(i)[None, None], position_embeddings=cos_sin, position_ids=None)
         logits = model.lm_head(lm.norm(h[:, -1]))[0].float()
         if first_logits is None:
             first_logits = logits

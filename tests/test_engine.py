@@ -175,3 +175,69 @@ def test_stateless_between_calls(qwen, gp, images):
     assert torch.equal(first.sequences, again.sequences)
     assert gp.model.model.rope_deltas is sentinel
     gp.model.model.rope_deltas = None
+
+
+class _TwoStage(FixedKeep):
+    """Keep `first` at layer 1, then the subset `second` at layer 3 (a PyramidDrop-shaped schedule)."""
+
+    name = "two_stage"
+
+    def __init__(self, first, second, replace=None):
+        super().__init__([first], 1)
+        self.first, self.second, self.replace = first, second, replace
+
+    @property
+    def prune_layers(self):
+        return [1, 3]
+
+    def select(self, ctx):
+        from glimpseprune.methods import Selection
+
+        if ctx.layer == 1:
+            return Selection(keep=[self.first])
+        present = ctx.present()[0]
+        assert torch.equal(present, self.first)  # the context reports what the first cut left
+        return Selection(keep=[self.second], replace=None if self.replace is None else [self.replace])
+
+
+def test_multi_stage_cuts_and_replacement_match_slow_reference(qwen, gp, images):
+    model, processor = qwen
+    inputs = build_inputs(processor, [QUESTION], [[images["square"]]])
+    n = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    g = torch.Generator().manual_seed(5)
+    first = torch.rand(n, generator=g) < 0.5
+    second = first & (torch.rand(n, generator=g) < 0.5)
+    ref_tokens, _ = reference_generate(model, dict(inputs), [(1, first), (3, second)], None, 8)
+    out = gp.generate(**inputs, method=_TwoStage(first, second), max_new_tokens=8, min_new_tokens=8)
+    assert out.generated[0].tolist() == ref_tokens
+    assert out.pruning.stages == [(1, [int(first.sum())]), (3, [int(second.sum())])]
+    expected = (1 + 2 * first.sum().item() / n + 1 * second.sum().item() / n) / 4
+    assert abs(out.pruning.layer_averaged_retention - expected) < 1e-9
+    merged = torch.randn(int(second.sum()), model.config.text_config.hidden_size, generator=g)
+    ref_tokens, _ = reference_generate(model, dict(inputs), [(1, first), (3, second)], None, 8, replace=merged)
+    out = gp.generate(**inputs, method=_TwoStage(first, second, merged), max_new_tokens=8, min_new_tokens=8)
+    assert out.generated[0].tolist() == ref_tokens
+
+
+def test_last_token_row_matches_eager_attention(qwen, gp, images):
+    """The one-row recomputation equals the stock eager attention probabilities of the last prompt token."""
+    from glimpseprune.methods import Selection
+
+    model, processor = qwen
+    inputs = build_inputs(processor, [QUESTION], [[images["wide"]]])
+    seen = {}
+
+    class Probe(FixedKeep):
+        def select(self, ctx):
+            seen["row"] = ctx.last_token_row(log_softmax=True).exp()
+            return Selection(keep=[torch.ones(n, dtype=torch.bool)])
+
+    n = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    gp.generate(**inputs, method=Probe([torch.ones(n, dtype=torch.bool)], 2), max_new_tokens=1)
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            stock = model(**inputs, output_attentions=True).attentions[1][:, :, -1]
+    finally:
+        model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(seen["row"], stock.float(), atol=1e-5, rtol=1e-4)

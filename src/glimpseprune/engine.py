@@ -55,43 +55,50 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
     _sync(device)
     start = time.perf_counter()
     h, pos, am = batch.inputs_embeds, batch.position_ids, batch.attention_mask
-    bs = h.shape[0]
+    bs, width = am.shape
     cache = adapter.new_cache()
-    cut = method.prune_layer if method is not None else None
-    if cut is not None and not 0 <= cut < adapter.num_layers:
-        raise ValueError(f"prune_layer {cut} out of range for a {adapter.num_layers}-layer model")
+    cuts = sorted(set(method.prune_layers)) if method is not None else []
+    if any(not 0 <= c < adapter.num_layers for c in cuts):
+        raise ValueError(f"prune layers {cuts} out of range for a {adapter.num_layers}-layer model")
+    # source[b, j]: the prepared-batch column held by current column j (-1: padding or the glimpse).
+    source = torch.arange(width, device=device).expand(bs, -1).masked_fill(am == 0, -1)
 
     glimpse_vectors, n_glimpse = {}, 0
     if method is not None and method.uses_glimpse:
-        if cut < 1:
+        if cuts[0] < 1:
             raise ValueError("a glimpse-based method needs prune_layer >= 1 (its row is read at layer K-1)")
-        glimpse_vectors = method.glimpse.vectors(cut, h.dtype)
+        glimpse_vectors = method.glimpse.vectors(cuts[0], h.dtype)
         n_glimpse = method.glimpse.length
         # Appended after the generation prompt: causal and last, so no prompt token can see it.
         h = torch.cat([h, glimpse_vectors[0].expand(bs, -1, -1)], dim=1)
         pos = torch.cat([pos, adapter.next_positions(pos, n_glimpse)], dim=-1)
         am = torch.cat([am, am.new_ones(bs, n_glimpse)], dim=1)
+        source = torch.cat([source, source.new_full((bs, n_glimpse), -1)], dim=1)
 
     cos, sin = adapter.rope(h, pos)
     mask = adapter.causal_mask(h, am, cache, pos)
-    glimpse_rows, selection = None, None
+    glimpse_rows, selection, layer_input, stages = None, None, None, []
     for i in range(adapter.num_layers):
-        if i == cut:
-            ctx = SelectContext(adapter, batch, i, h, cache, glimpse_rows)
+        if i in cuts:
+            ctx = SelectContext(adapter, batch, i, h, cache, layer_input, cos, sin, am, source, glimpse_rows)
             selection = method.select(ctx)
-            keep_index = _keep_index(batch, selection.keep)
-            index, am = pack_keep_indices(keep_index)
+            index, am = pack_keep_indices(_keep_columns(batch, source, am, selection.keep))
+            source = source.gather(1, index).masked_fill(am == 0, -1)
             h = gather_seq(h, index, 1)
+            if selection.replace is not None:
+                h = _replace_visual(h, batch, source, selection.replace)
             cos, sin = gather_seq(cos, index, 1), gather_seq(sin, index, 1)
             pos = gather_seq(pos, index, -1)
             prune_cache_layers(cache, range(i), index)
             mask = adapter.causal_mask(h, am, cache, pos, layer_idx=i)
-        elif n_glimpse and 0 < i < cut and i in glimpse_vectors:
+            glimpse_rows, n_glimpse = None, 0  # the glimpse is gone after the first cut
+            stages.append((i, [int(k.sum()) for k in selection.keep]))
+        elif n_glimpse and 0 < i and i in glimpse_vectors:
             # In place on a layer output that no autograd node saved, so it is safe in training too.
             h[:, -n_glimpse:] += glimpse_vectors[i]
         layer_input = h
         h = adapter.run_layer(i, h, mask, (cos, sin), pos, cache)
-        if n_glimpse and i == cut - 1:
+        if n_glimpse and i == cuts[0] - 1:
             g = slice(h.shape[1] - 1, h.shape[1])  # only the last glimpse token's row is read
             glimpse_rows = adapter.attention_row(
                 i,
@@ -105,7 +112,7 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
     h = adapter.text_model.norm(h[:, -1:])
     logits = adapter.lm_head(h)[:, -1].float()
     _sync(device)
-    state = _prune_state(adapter, batch, method, selection, am)
+    state = _prune_state(adapter, batch, method, selection, am, source, stages)
     return Prefill(
         logits=logits,
         cache=cache,
@@ -116,21 +123,42 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
     )
 
 
-def _keep_index(batch: PreparedBatch, keep: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sorted sequence indices per row: every valid text token plus the kept visual tokens (glimpse excluded)."""
+def _keep_columns(batch: PreparedBatch, source, attention_mask, keep: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sorted current-column indices per row that survive a cut: valid text columns plus the kept visual tokens.
+
+    The glimpse and padding (source -1) never survive.
+    """
+    vis_rank = batch.visual_mask.long().cumsum(1) - 1
     out = []
     for b, keep_b in enumerate(keep):
-        stays = batch.attention_mask[b].bool() & ~batch.visual_mask[b]
-        visual_cols = batch.visual_mask[b].nonzero().squeeze(1)
-        if keep_b.numel() != visual_cols.numel():
-            raise ValueError(f"sample {b}: keep mask has {keep_b.numel()} entries for {visual_cols.numel()} visual tokens")
-        stays = stays.clone()
-        stays[visual_cols[keep_b.to(stays.device)]] = True
+        n = int(batch.visual_mask[b].sum())
+        if keep_b.numel() != n:
+            raise ValueError(f"sample {b}: keep mask has {keep_b.numel()} entries for {n} visual tokens")
+        src = source[b]
+        valid = (src >= 0) & attention_mask[b].bool()
+        srcc = src.clamp(min=0)
+        is_vis = batch.visual_mask[b, srcc] & valid
+        stays = valid & ~is_vis
+        if n:  # text-only rows have no visual tokens to look up
+            stays |= is_vis & keep_b.to(src.device)[vis_rank[b, srcc].clamp(min=0)]
         out.append(stays.nonzero().squeeze(1))
     return out
 
 
-def _prune_state(adapter, batch, method, selection, attention_mask) -> PruneState:
+def _replace_visual(h, batch, source, replace: list[torch.Tensor]):
+    h = h.clone()
+    for b, new in enumerate(replace):
+        if new is None:
+            continue
+        src = source[b]
+        cols = ((src >= 0) & batch.visual_mask[b, src.clamp(min=0)]).nonzero().squeeze(1)
+        if new.shape[0] != cols.numel():
+            raise ValueError(f"sample {b}: {new.shape[0]} replacement states for {cols.numel()} kept visual tokens")
+        h[b, cols] = new.to(h.dtype)
+    return h
+
+
+def _prune_state(adapter, batch, method, selection, attention_mask, source, stages) -> PruneState:
     samples = []
     for b, images in enumerate(batch.images):
         n = sum(im.num_tokens for im in images)
@@ -141,18 +169,17 @@ def _prune_state(adapter, batch, method, selection, attention_mask) -> PruneStat
             part = slice(start, start + im.num_tokens)
             per_image.append(ImagePruning(im.grid, keep[part], None if scores is None else scores[part]))
             start += im.num_tokens
-        rows = batch.attention_mask[b].bool().clone()
-        rows[batch.visual_mask[b].nonzero().squeeze(1)[~keep.to(rows.device)]] = False
-        seq = rows.nonzero().squeeze(1)
+        seq = source[b][source[b] >= 0].sort().values
         if batch.source_index is not None:
             seq = batch.source_index[b, seq]
         samples.append(SamplePruning(per_image, seq.cpu()))
     return PruneState(
         method=method.name if method is not None else "none",
-        prune_layer=method.prune_layer if method is not None else None,
+        prune_layer=stages[0][0] if stages else None,
         num_layers=adapter.num_layers,
         samples=samples,
         kv_lengths=attention_mask.sum(1).tolist(),
+        stages=stages,
     )
 
 

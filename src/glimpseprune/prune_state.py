@@ -65,6 +65,7 @@ class PruneState:
     num_layers: int
     samples: list[SamplePruning] = field(default_factory=list)
     kv_lengths: list[int] = field(default_factory=list)  # valid cache entries per row right after prefill
+    stages: list[tuple[int, list[int]]] = field(default_factory=list)  # (cut layer, kept per sample after it)
 
     @property
     def kept(self) -> list[int]:
@@ -82,11 +83,20 @@ class PruneState:
 
     @property
     def layer_averaged_retention(self) -> float:
-        """Mean over all decoder layers of the fraction of visual tokens present (the baselines' axis)."""
-        if self.prune_layer is None:
+        """Mean over all decoder layers of the fraction of visual tokens present (the baselines' axis).
+
+        Multi-stage methods contribute each stage's kept count from its cut layer on.
+        """
+        total = sum(self.total)
+        if not self.stages or not total:
             return 1.0
-        k, n = self.prune_layer, self.num_layers
-        return (k + (n - k) * self.keep_ratio) / n
+        present, layer = 0.0, 0
+        fraction = 1.0
+        for cut, kept in self.stages:
+            present += (cut - layer) * fraction
+            layer, fraction = cut, sum(kept) / total
+        present += (self.num_layers - layer) * fraction
+        return present / self.num_layers
 
     def to_dict(self) -> dict:
         return {
@@ -96,6 +106,7 @@ class PruneState:
             "keep_ratio": self.keep_ratio,
             "layer_averaged_retention": self.layer_averaged_retention,
             "kv_lengths": list(self.kv_lengths),
+            "stages": [[layer, list(kept)] for layer, kept in self.stages],
             "samples": [
                 {
                     "kept": s.kept,

@@ -1,8 +1,12 @@
-"""The interface every pruning method implements: look at the state at the cut layer, return keep masks.
+"""The interface every pruning method implements: look at the state at a cut layer, return what stays.
 
-The engine owns the mechanics (where the cut happens, gathering hidden states, positions and KV caches); a method
-only decides *which* visual tokens stay. A method that needs the glimpse token sets ``uses_glimpse``; one that
-needs ViT block outputs lists them in ``vit_layers``.
+The engine owns the mechanics (where cuts happen, gathering hidden states, positions and KV caches); a method only
+decides *which* visual tokens stay, and optionally what their hidden states become (token merging). Keep masks are
+always over the sample's ORIGINAL visual tokens (all images, sequence order), whatever earlier cuts removed, so a
+multi-stage method reasons in one coordinate system.
+
+A method that needs the glimpse token sets ``uses_glimpse``; one that needs ViT block outputs lists them in
+``vit_layers``; a multi-stage method lists its cut layers in ``prune_layers`` (``select`` is called at each).
 """
 
 from __future__ import annotations
@@ -18,22 +22,67 @@ from ..adapters.base import FamilyAdapter, PreparedBatch
 class SelectContext:
     adapter: FamilyAdapter
     batch: PreparedBatch
-    layer: int  # the cut layer K: the first layer that will run on the pruned sequence
-    hidden: torch.Tensor  # residual stream entering layer K, [bs, L (+ glimpse), D]
-    cache: object  # the DynamicCache after layers 0..K-1
-    glimpse_rows: torch.Tensor | None = None  # [bs, H, L + glimpse] attention of the glimpse at layer K-1
+    layer: int  # the cut layer: the first layer that will run on the pruned sequence
+    hidden: torch.Tensor  # residual stream entering `layer`, [bs, L_cur (+ glimpse), D]
+    cache: object  # DynamicCache after layers 0..layer-1, in the current columns
+    prev_input: torch.Tensor | None  # residual stream that entered layer-1 (None at layer 0)
+    cos: torch.Tensor  # rotary tables of the current columns, [bs, L_cur, d]
+    sin: torch.Tensor
+    attention_mask: torch.Tensor  # [bs, L_cur] current 2-D mask
+    source: torch.Tensor  # [bs, L_cur]: column in the prepared batch of every current column; -1 for pads/glimpse
+    glimpse_rows: torch.Tensor | None = None  # [bs, H, L_cur + glimpse]: the glimpse's attention at layer K-1
 
     def visual_columns(self, rows: torch.Tensor) -> torch.Tensor:
-        """[bs, H, L'] rows -> [T, H]: the image-token columns of every sample, concatenated in batch order."""
+        """[bs, H, L] rows at the FIRST cut (original columns) -> [T, H] over every visual token, batch order."""
         width = self.batch.visual_mask.shape[1]
-        rows = rows[..., :width].transpose(1, 2)  # [bs, L, H]
-        return rows[self.batch.visual_mask]
+        return rows[..., :width].transpose(1, 2)[self.batch.visual_mask]
+
+    def to_visual(self, values: torch.Tensor, fill: float = float("-inf")) -> list[torch.Tensor]:
+        """Per-column values [bs, L_cur] -> per sample [N_b] over its original visual tokens.
+
+        Visual tokens already removed by an earlier cut get ``fill``.
+        """
+        out = []
+        vis_rank = self.batch.visual_mask.long().cumsum(1) - 1
+        for b, images in enumerate(self.batch.images):
+            n = sum(im.num_tokens for im in images)
+            row = values.new_full((n,), fill)
+            src = self.source[b]
+            ok = src >= 0
+            cols = ok.nonzero().squeeze(1)
+            is_vis = self.batch.visual_mask[b, src[cols]]
+            row[vis_rank[b, src[cols[is_vis]]]] = values[b, cols[is_vis]].to(row.dtype)
+            out.append(row)
+        return out
+
+    def present(self) -> list[torch.Tensor]:
+        """Per sample: bool over its original visual tokens still in the sequence."""
+        flags = self.to_visual(torch.ones_like(self.source, dtype=torch.float32), fill=0.0)
+        return [f > 0 for f in flags]
+
+    def last_token_row(self, log_softmax: bool = False) -> torch.Tensor:
+        """Attention of the last prompt token over every current key at layer-1, [bs, H, L_cur] (FastV's signal).
+
+        Only one query row is recomputed from the cached keys, so any attention backend works.
+        """
+        if self.prev_input is None:
+            raise ValueError("no decoder layer has run yet: attention scores need a cut at layer >= 1")
+        i = self.layer - 1
+        last = slice(self.prev_input.shape[1] - 1, self.prev_input.shape[1])
+        if self.glimpse_rows is not None:
+            raise ValueError("last_token_row is not defined while a glimpse token is in the sequence")
+        return self.adapter.attention_row(
+            i, self.prev_input[:, last], self.cos[:, last], self.sin[:, last], self.cache.layers[i].keys,
+            self.attention_mask, log_softmax,
+        )
 
 
 @dataclass
 class Selection:
-    keep: list[torch.Tensor]  # per sample: bool over its visual tokens
+    keep: list[torch.Tensor]  # per sample: bool over its original visual tokens
     scores: list[torch.Tensor] | None = None  # per sample: the scores the decision was made on
+    # Optional per sample [kept_b, D]: new hidden states for the kept visual tokens, in order (token merging).
+    replace: list[torch.Tensor] | None = None
 
 
 class PruneMethod:
@@ -41,6 +90,10 @@ class PruneMethod:
     prune_layer: int = 0
     uses_glimpse: bool = False
     vit_layers: list[int] = []
+
+    @property
+    def prune_layers(self) -> list[int]:
+        return [self.prune_layer]
 
     def select(self, ctx: SelectContext) -> Selection:
         raise NotImplementedError

@@ -1,0 +1,162 @@
+"""LLaVA-1.5 on stock ``LlavaForConditionalGeneration`` (transformers 5.x): CLIP ViT + projector + Llama.
+
+Family specifics (method.md §5, §13): plain 1-D positions (what ``generate`` computes from the attention mask),
+a fixed square grid of (image_size / patch)² visual tokens per image, and VIP conditions read straight from CLIP
+``hidden_states[i]`` (index 0 = embedding output after the pre-LayerNorm, so ``hidden_states[i]`` is the output of
+encoder layer i-1), CLS dropped, no pooling, no reordering. The glimpse row uses the log-softmax variant.
+
+``vision_feature_select_strategy``:
+- ``"default"`` (LLaVA-1.5): CLS is dropped, every image placeholder is one grid cell and a pruning candidate.
+- ``"full"``: the projector also sees CLS, so each image has 1 + h·w placeholders, the first being CLS. The CLS
+  token is *not* a pruning candidate: it is left out of ``visual_mask`` (so it is always kept, like a text token)
+  and out of the VIP's grid and conditions. Only the h·w patch tokens are scored and possibly dropped.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ..config import GlimpsePruneConfig, default_prune_layer
+from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
+
+# Published settings (method.md §13): K = reduce_layer + 1 per LLM depth; conditions for the 24-layer CLIP-L/336.
+_PUBLISHED_PRUNE_LAYER = {32: 22, 40: 27}
+_PUBLISHED_VIT_LAYERS = {24: [23, 17, 11, 5]}
+
+
+@register_adapter
+class LlavaAdapter(FamilyAdapter):
+    model_types = ("llava",)
+    family = "llava"
+
+    @property
+    def vision_config(self):
+        return self.model.config.vision_config
+
+    @property
+    def strategy(self) -> str:
+        return self.model.config.vision_feature_select_strategy
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        return side, side
+
+    def feature_layer_index(self) -> int:
+        """The ``hidden_states`` index LLaVA feeds to its projector (the deepest one if it concatenates several)."""
+        layer = self.model.config.vision_feature_layer
+        layer = max(layer) if isinstance(layer, (list, tuple)) else layer
+        n = self.vision_config.num_hidden_layers + 1  # hidden_states has depth + 1 entries
+        return layer % n
+
+    def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
+        text, vision = self.model.config.text_config, self.vision_config
+        vit_layers = _PUBLISHED_VIT_LAYERS.get(vision.num_hidden_layers)
+        if vit_layers is None:
+            # Deepest-first from the projector's feature layer, evenly spread (24 layers: 23, 17, 11, 5).
+            top = self.feature_layer_index()
+            step = max(1, (top + 1) // 4)
+            vit_layers = [top - j * step for j in range(4) if top - j * step >= 0]
+        fields = dict(
+            family=self.family,
+            prune_layer=_PUBLISHED_PRUNE_LAYER.get(text.num_hidden_layers, default_prune_layer(text.num_hidden_layers)),
+            hidden_size=text.hidden_size,
+            num_heads=text.num_attention_heads,
+            vision_hidden_size=vision.hidden_size,
+            num_layers=text.num_hidden_layers,
+            vip_visual_layers=vit_layers,
+            norm_eps=text.rms_norm_eps,
+            attention_logits=False,
+        )
+        fields.update(overrides)
+        return GlimpsePruneConfig(**fields)
+
+    # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------
+    def rope(self, hidden, position_ids):
+        return self.text_model.rotary_emb(hidden, position_ids)
+
+    def mask_positions(self, position_ids):
+        return position_ids
+
+    def apply_rotary(self, q, cos, sin):
+        return apply_rotary_pos_emb(q, q, cos, sin)[0]
+
+    # ---- vision --------------------------------------------------------------------------------------------
+    def image_features(self, pixel_values, vit_layers):
+        """(projected features [n_img · tokens_per_image, D], conditions: per VIP layer [n_img · h·w, D_v])."""
+        cfg = self.model.config
+        out = self.model.model.get_image_features(
+            pixel_values,
+            vision_feature_layer=cfg.vision_feature_layer,
+            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        embeds = torch.cat(list(out.pooler_output), dim=0)
+        conds = None
+        if vit_layers:
+            states = out.hidden_states
+            for i in vit_layers:
+                if not 0 <= i < len(states):
+                    raise ValueError(f"VIP condition layer {i} out of range: CLIP has hidden_states[0..{len(states) - 1}]")
+            conds = [states[i][:, 1:].reshape(-1, states[i].shape[-1]) for i in vit_layers]  # CLS always dropped
+        return embeds, conds
+
+    # ---- the batch -----------------------------------------------------------------------------------------
+    def prepare(self, inputs: dict, vit_layers: list[int] | None = None) -> PreparedBatch:
+        cfg = self.model.config
+        input_ids = inputs["input_ids"]
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.long()
+        source_index = None
+        order = left_align(attention_mask)
+        if order is not None:
+            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+            source_index = order
+
+        placeholders = (input_ids == cfg.image_token_id) & attention_mask.bool()
+        n_placeholders = int(placeholders.sum())
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is None and n_placeholders:
+            raise ValueError(f"the prompts contain {n_placeholders} image placeholder tokens but no image was given")
+
+        embeds = self.embed_tokens(input_ids)
+        visual_mask = placeholders.clone()
+        images, conds = [[] for _ in range(input_ids.shape[0])], None
+        if pixel_values is not None:
+            n_images = pixel_values.shape[0]
+            gh, gw = self.grid
+            with_cls = self.strategy == "full"
+            per_image = gh * gw + int(with_cls)
+            if n_images * per_image != n_placeholders:
+                raise ValueError(
+                    f"{n_images} image(s) need {n_images * per_image} placeholder tokens but the prompts have "
+                    f"{n_placeholders}; the number of images does not match the image placeholders"
+                )
+            if with_cls:
+                for b in range(input_ids.shape[0]):
+                    cols = placeholders[b].nonzero().squeeze(1)
+                    if cols.numel() % per_image:
+                        raise ValueError(f"sample {b} has {cols.numel()} image placeholders, not a multiple of {per_image}")
+                    visual_mask[b, cols[::per_image]] = False  # each image's CLS: kept, never a candidate
+            images = split_images(visual_mask, [gh * gw] * n_images, [(gh, gw)] * n_images)
+            image_embeds, conds = self.image_features(pixel_values, vit_layers)
+            if image_embeds.shape[0] != n_placeholders:
+                raise ValueError(f"{image_embeds.shape[0]} image features for {n_placeholders} placeholders")
+            embeds = embeds.masked_scatter(placeholders[..., None], image_embeds.to(embeds.dtype))
+
+        # Same as GenerationMixin._prepare_position_ids_for_generation.
+        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return PreparedBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            visual_mask=visual_mask,
+            images=images,
+            vit_features=conds,
+            source_index=source_index,
+        )

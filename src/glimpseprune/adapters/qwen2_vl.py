@@ -1,0 +1,60 @@
+"""Qwen2-VL on stock ``Qwen2VLForConditionalGeneration`` (transformers 5.x).
+
+Same positions (3-axis mRoPE from ``get_rope_index``, passed as [4, bs, L]), prompt layout and dynamic merged grid
+as Qwen2.5-VL, so this subclasses that adapter. Differences: ``get_rope_index`` takes no ``second_per_grid_ts``;
+the ViT has no window attention, so its blocks run in raster patch order where every 4 consecutive patches form
+one 2×2 merge unit (mean over each group of 4, no reordering); the ViT width is ``vision_config.embed_dim``
+(``vision_config.hidden_size`` is the merger's output width).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.qwen2_vl import modeling_qwen2_vl as modeling
+
+from ..config import GlimpsePruneConfig, default_prune_layer
+from .base import register_adapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
+
+
+@register_adapter
+class Qwen2VLAdapter(Qwen2_5_VLAdapter):
+    model_types = ("qwen2_vl",)
+    family = "qwen2_vl"
+
+    def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
+        text, vision = self.model.config.text_config, self.model.config.vision_config
+        depth = vision.depth
+        step = max(1, depth // 4)  # 32 blocks: 31, 23, 15, 7 (deepest first)
+        vit_layers = [depth - 1 - j * step for j in range(4) if depth - 1 - j * step >= 0]
+        fields = dict(
+            family=self.family,
+            prune_layer=default_prune_layer(text.num_hidden_layers),
+            hidden_size=text.hidden_size,
+            num_heads=text.num_attention_heads,
+            vision_hidden_size=vision.embed_dim,
+            num_layers=text.num_hidden_layers,
+            vip_visual_layers=vit_layers,
+            norm_eps=text.rms_norm_eps,
+            attention_logits=True,
+        )
+        fields.update(overrides)
+        return GlimpsePruneConfig(**fields)
+
+    def apply_rotary(self, q, cos, sin):
+        return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]
+
+    def position_ids(self, input_ids, attention_mask, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts):
+        rope_pos, _ = self.model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=mm_token_type_ids,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            attention_mask=attention_mask,
+        )
+        text_pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        return torch.cat([text_pos[None], rope_pos], dim=0)
+
+    def pool_block_output(self, feat: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """[n_patches, D_v] in raster merge-unit order -> one vector per LLM visual token (mean of each 2×2 unit)."""
+        return feat.view(-1, self.merge_size**2, feat.shape[-1]).mean(1)

@@ -1,0 +1,465 @@
+"""The evaluation runner (method.md §14): datasets x methods x budgets -> per-sample JSONL + summaries.
+
+One *run unit* is (dataset file, method, budget). Its predictions go to
+``<output>/<dataset>/<method>[-<budget>]-<hash>.jsonl`` where ``hash`` covers everything that can change a
+prediction or a score (model id, method, budget, generation options, batch size, scorers, short-answer mode, the
+dataset spec and seed, the glimpse config). A changed config therefore writes a new file and never reuses stale
+results; an unchanged one resumes: ids already in the file are skipped.
+
+Per-sample records hold the prediction, the reference, one score per scorer, visual tokens total/kept, the kept
+ratio, the layer-averaged retention, the KV length, the token-level mask metrics against the record's boxes (when it
+has boxes; the boxes are rasterised onto the image's actual merged-token grid with :mod:`glimpseprune.data.masks`)
+and the prefill/decode time of the sample's batch (divided by the batch size as a per-sample share).
+
+The summary is per (method, budget, dataset): n, mean score per scorer, mean kept ratio, mean layer-averaged
+retention, mean mask IoU over samples with boxes, and mean per-sample prefill/decode seconds; plus an "Average" row
+per (method, budget) that is the *unweighted* mean over datasets, as in the reference's tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data.masks import boxes_to_grid_mask, mask_metrics, normalize_boxes
+from ..data.records import Record, load_records
+from .flops import layer_averaged_retention
+from .scorers import get_scorer
+
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+RUNNER_VERSION = 1  # bump when the per-sample record format changes: old files then stop being reused
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per-call keep-policy overrides. ``None`` means "the model's config default"."""
+
+    max_keep_ratio: float | None = None
+    threshold: float | None = None
+
+    @property
+    def tag(self) -> str:
+        parts = []
+        if self.max_keep_ratio is not None:
+            parts.append(f"r{self.max_keep_ratio:g}")
+        if self.threshold is not None:
+            parts.append(f"t{self.threshold:g}")
+        return "_".join(parts) or "default"
+
+    def kwargs(self) -> dict:
+        out = {}
+        if self.max_keep_ratio is not None:
+            out["max_keep_ratio"] = self.max_keep_ratio
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+
+def parse_budget(text: str) -> Budget:
+    """``"0.1"`` (a keep-ratio cap), ``"r=0.1"``, ``"t=0.3"``, ``"r=0.1,t=0.3"`` or ``"default"``."""
+    text = text.strip()
+    if text in ("", "default"):
+        return Budget()
+    ratio = threshold = None
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if not value:
+            key, value = "r", key
+        key = key.strip().lower()
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"bad budget {text!r}: {value!r} is not a number") from None
+        if key in ("r", "ratio", "max_keep_ratio"):
+            ratio = number
+        elif key in ("t", "threshold"):
+            threshold = number
+        else:
+            raise ValueError(f"bad budget {text!r}: unknown key {key!r} (use r=<max keep ratio>, t=<threshold>)")
+    return Budget(ratio, threshold)
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[str]  # load_records specs: path[:all|:first:N|:end:N|:random:N]
+    methods: list[str] = field(default_factory=lambda: ["glimpse"])
+    budgets: list[Budget] = field(default_factory=lambda: [Budget()])
+    scorers: list[str] = field(default_factory=lambda: ["exact_match"])
+    output_dir: str = "eval_results"
+    model_id: str = "unknown"  # identifies the weights in the run hash (path / hub id / "tiny")
+    batch_size: int = 1
+    max_new_tokens: int = 128
+    short_answer: bool = False
+    root: str | None = None  # image root for load_records
+    seed: int = 42
+    limit: int | None = None  # evaluate at most this many records per dataset (after sampling)
+    prune_layer: int | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # anything else that should enter the hash (e.g. glimpse config)
+
+    def unit_key(self, dataset_spec: str, method: str, budget: Budget) -> dict:
+        """Everything that can change a prediction or its scores for one run unit."""
+        return {
+            "version": RUNNER_VERSION,
+            "model_id": self.model_id,
+            "dataset": dataset_spec,
+            "dataset_sha256": file_digest(dataset_spec),  # an edited file never reuses old predictions
+            "root": self.root,
+            "seed": self.seed,
+            "limit": self.limit,
+            "method": method,
+            "budget": asdict(budget),
+            "prune_layer": self.prune_layer,
+            "scorers": sorted(self.scorers),
+            "batch_size": self.batch_size,  # padding changes numerics slightly
+            "max_new_tokens": self.max_new_tokens,
+            "short_answer": self.short_answer,
+            "extra": self.extra,
+        }
+
+
+def file_digest(spec: str) -> str | None:
+    from ..data.records import parse_spec
+
+    path = parse_spec(spec).path
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "dataset"
+
+
+def dataset_name(spec: str) -> str:
+    from ..data.records import parse_spec
+
+    return _safe(parse_spec(spec).path.stem)
+
+
+def unit_path(config: EvalConfig, dataset_spec: str, method: str, budget: Budget) -> Path:
+    digest = config_hash(config.unit_key(dataset_spec, method, budget))
+    return Path(config.output_dir) / dataset_name(dataset_spec) / f"{_safe(method)}-{budget.tag}-{digest}.jsonl"
+
+
+# ---- expected tasks ------------------------------------------------------------------------------------------
+
+
+def resolve_tasks(tasks: list[str], task_dir: str | os.PathLike, sampling: str | None = None) -> list[str]:
+    """Dataset specs for named tasks in ``task_dir`` (``<task>.json`` or ``<task>.jsonl``).
+
+    Every listed task must exist: unlike the reference, which skipped missing benchmark files silently (and so
+    averaged over fewer sets without saying so), a missing one raises ``FileNotFoundError`` naming all of them.
+    """
+    task_dir = Path(task_dir)
+    specs, missing = [], []
+    for task in tasks:
+        found = next((task_dir / f"{task}{ext}" for ext in (".json", ".jsonl") if (task_dir / f"{task}{ext}").is_file()),
+                     None)
+        if found is None:
+            missing.append(task)
+        else:
+            specs.append(str(found) + (f":{sampling}" if sampling else ""))
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(tasks)} expected task file(s) missing in {task_dir}: {', '.join(missing)} "
+            f"(looked for <task>.json / <task>.jsonl)"
+        )
+    return specs
+
+
+def check_datasets_exist(specs: list[str]) -> None:
+    from ..data.records import parse_spec
+
+    missing = [s for s in specs if not parse_spec(s).path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"dataset file(s) not found: {', '.join(missing)}")
+
+
+# ---- per-sample work -----------------------------------------------------------------------------------------
+
+
+def read_done(path: Path) -> dict[str, dict]:
+    """Records already in a predictions file, by id. A torn last line (killed run) is ignored."""
+    done = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[str(row["id"])] = row
+    return done
+
+
+def references_for(record: Record) -> list[str]:
+    refs = [record.answer]
+    if record.short_answer and record.short_answer not in refs:
+        refs.append(record.short_answer)
+    return refs
+
+
+def mask_quality(record: Record, sample) -> dict | None:
+    """Token-level metrics of the kept mask vs the record's boxes on the image's own merged-token grid."""
+    if not record.boxes or not sample.images:
+        return None
+    image = sample.images[0]
+    rows, cols = image.grid
+    target = boxes_to_grid_mask(normalize_boxes(record.boxes, record.width, record.height), rows, cols)
+    return mask_metrics(image.keep.numpy(), target)
+
+
+def _answer_lengths(generated, eos_ids: list[int]) -> list[int]:
+    lengths = []
+    for row in generated.tolist():
+        n = len(row)
+        for i, tok in enumerate(row):
+            if tok in eos_ids:
+                n = i + 1
+                break
+        lengths.append(n)
+    return lengths
+
+
+def evaluate_batch(model, records: list[Record], method: str, budget: Budget, config: EvalConfig, scorers: dict,
+                   dataset: str) -> list[dict]:
+    from ..processing import build_inputs
+
+    questions = [r.question + ("\n" + SHORT_ANSWER_PROMPT if config.short_answer else "") for r in records]
+    inputs = build_inputs(model.processor, questions, [[r.image] for r in records])
+    kwargs = dict(budget.kwargs())
+    if config.prune_layer is not None:
+        kwargs["prune_layer"] = config.prune_layer
+    out = model.generate(**inputs, method=method, max_new_tokens=config.max_new_tokens, **kwargs)
+    texts = model.processor.batch_decode(out.generated, skip_special_tokens=True)
+    eos = model.model.generation_config.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    lengths = _answer_lengths(out.generated, eos_ids)
+    state, bs = out.pruning, len(records)
+    rows = []
+    for b, (record, text) in enumerate(zip(records, texts)):
+        sample = state.samples[b]
+        prediction = text.strip()
+        refs = references_for(record)
+        if state.prune_layer is None:
+            retention = 1.0
+        else:
+            retention = layer_averaged_retention(sample.ratio, state.prune_layer, state.num_layers)
+        rows.append({
+            "id": record.id,
+            "dataset": record.dataset or dataset,
+            "task": dataset,
+            "method": method,
+            "budget": budget.tag,
+            "question": record.question,
+            "answer": prediction,
+            "reference": record.answer,
+            "references": refs,
+            "scores": {name: float(fn(prediction, refs)) for name, fn in scorers.items()},
+            "visual_tokens_total": sample.total,
+            "visual_tokens_kept": sample.kept,
+            "kept_ratio": sample.ratio,
+            "layer_averaged_retention": retention,
+            "prune_layer": state.prune_layer,
+            "num_layers": state.num_layers,
+            "kv_length": int(state.kv_lengths[b]) if state.kv_lengths else None,
+            "grid": [list(im.grid) for im in sample.images],
+            "mask": mask_quality(record, sample),
+            "new_tokens": lengths[b],
+            "batch_size": bs,
+            "prefill_seconds": out.prefill_seconds / bs,
+            "decode_seconds": out.decode_seconds / bs,
+            "batch_prefill_seconds": out.prefill_seconds,
+            "batch_decode_seconds": out.decode_seconds,
+        })
+    return rows
+
+
+# ---- summary -------------------------------------------------------------------------------------------------
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def summarize(rows: list[dict], scorer_names: list[str]) -> dict:
+    """Per (method, budget, task) means, plus an unweighted-over-datasets "Average" per (method, budget)."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        groups[(row["method"], row["budget"])][row["task"]].append(row)
+    out = []
+    for (method, budget), by_task in groups.items():
+        per_task = {}
+        for task, items in sorted(by_task.items()):
+            masks = [r["mask"] for r in items if r.get("mask")]
+            per_task[task] = {
+                "n": len(items),
+                "scores": {s: _mean(r["scores"].get(s) for r in items) for s in scorer_names},
+                "kept_ratio": _mean(r["kept_ratio"] for r in items),
+                "layer_averaged_retention": _mean(r["layer_averaged_retention"] for r in items),
+                "visual_tokens_total": _mean(r["visual_tokens_total"] for r in items),
+                "visual_tokens_kept": _mean(r["visual_tokens_kept"] for r in items),
+                "kv_length": _mean(r.get("kv_length") for r in items),
+                "n_with_boxes": len(masks),
+                "mask_iou": _mean(m["iou"] for m in masks),
+                "mask_precision": _mean(m["precision"] for m in masks),
+                "mask_recall": _mean(m["recall"] for m in masks),
+                "mask_f1": _mean(m["f1"] for m in masks),
+                "prefill_seconds": _mean(r["prefill_seconds"] for r in items),
+                "decode_seconds": _mean(r["decode_seconds"] for r in items),
+            }
+        tasks = list(per_task.values())
+        average = {
+            "n": sum(t["n"] for t in tasks),
+            "datasets": len(tasks),
+            "scores": {s: _mean(t["scores"][s] for t in tasks) for s in scorer_names},
+        }
+        for key in ("kept_ratio", "layer_averaged_retention", "visual_tokens_total", "visual_tokens_kept",
+                    "kv_length", "mask_iou", "mask_precision", "mask_recall", "mask_f1", "prefill_seconds",
+                    "decode_seconds"):
+            average[key] = _mean(t[key] for t in tasks)
+        average["n_with_boxes"] = sum(t["n_with_boxes"] for t in tasks)
+        out.append({"method": method, "budget": budget, "datasets": per_task, "average": average})
+    return {"scorers": scorer_names, "groups": out}
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_markdown(summary: dict) -> str:
+    scorers = summary["scorers"]
+    header = ["method", "budget", "dataset", "n", *scorers, "kept", "layer-avg ret.", "mask IoU", "prefill s",
+              "decode s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in summary["groups"]:
+        entries = list(group["datasets"].items()) + [("**Average**", group["average"])]
+        for task, t in entries:
+            lines.append("| " + " | ".join([
+                group["method"], group["budget"], task, str(t["n"]),
+                *[_fmt(t["scores"][s]) for s in scorers],
+                _fmt(t["kept_ratio"]), _fmt(t["layer_averaged_retention"]), _fmt(t["mask_iou"]),
+                _fmt(t["prefill_seconds"], 4), _fmt(t["decode_seconds"], 4),
+            ]) + " |")
+    lines.append("")
+    lines.append("Average = unweighted mean over datasets. kept = kept visual tokens / visual tokens after layer K; "
+                 "layer-avg ret. = mean over all layers of the visual tokens present (method.md §15.1). "
+                 "Times are per-sample shares of the batch's prefill/decode.")
+    return "\n".join(lines) + "\n"
+
+
+# ---- driver --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict]
+    summary: dict
+    files: dict[str, str]  # unit label -> predictions path
+    summary_json: Path
+    summary_md: Path
+    new_samples: int
+    skipped_samples: int
+    data_reports: dict = field(default_factory=dict)
+
+
+def run_evaluation(model, config: EvalConfig) -> EvalResult:
+    """Evaluate ``model`` (a :class:`GlimpsePrune`) on every dataset x method x budget of ``config``."""
+    check_datasets_exist(config.datasets)
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+    if model.processor is None:
+        raise ValueError("the model has no processor; evaluation needs one to build inputs")
+    scorers = {name: get_scorer(name) for name in config.scorers}
+    for method in config.methods:  # fail on unknown names / missing modules before any work
+        for budget in config.budgets:
+            model.method(method, prune_layer=config.prune_layer, **budget.kwargs())
+
+    loaded = {}
+    for spec in config.datasets:
+        records, report = load_records(spec, root=config.root, seed=config.seed)
+        if config.limit is not None:
+            records = records[: config.limit]
+        if not records:
+            raise ValueError(f"dataset {spec} yielded no usable records: {report.summary()}")
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"dataset {spec} has duplicate ids; resuming needs unique ids")
+        loaded[spec] = (records, report)
+
+    total = sum(len(r) for r, _ in loaded.values()) * len(config.methods) * len(config.budgets)
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="eval", unit="sample")
+    all_rows, files, new, skipped = [], {}, 0, 0
+    try:
+        for method in config.methods:
+            for budget in config.budgets:
+                for spec, (records, _) in loaded.items():
+                    name = dataset_name(spec)
+                    path = unit_path(config, spec, method, budget)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    key = config.unit_key(spec, method, budget)
+                    path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
+                    done = read_done(path)
+                    todo = [r for r in records if r.id not in done]
+                    skipped += len(records) - len(todo)
+                    if bar is not None:
+                        bar.update(len(records) - len(todo))
+                        bar.set_postfix_str(f"{method}/{budget.tag}/{name}")
+                    with path.open("a", encoding="utf-8") as fh:
+                        for start in range(0, len(todo), config.batch_size):
+                            chunk = todo[start : start + config.batch_size]
+                            for row in evaluate_batch(model, chunk, method, budget, config, scorers, name):
+                                fh.write(json.dumps(row) + "\n")
+                                done[row["id"]] = row
+                            fh.flush()
+                            new += len(chunk)
+                            if bar is not None:
+                                bar.update(len(chunk))
+                    all_rows.extend(done[r.id] for r in records)
+                    files[f"{method}/{budget.tag}/{name}"] = str(path)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    summary = summarize(all_rows, list(config.scorers))
+    summary["config"] = {"model_id": config.model_id, "methods": config.methods,
+                         "budgets": [b.tag for b in config.budgets], "datasets": config.datasets,
+                         "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
+    summary["files"] = files
+    run_digest = config_hash({"units": sorted(files.values())})
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_json = out_dir / f"summary-{run_digest}.json"
+    summary_md = out_dir / f"summary-{run_digest}.md"
+    summary_json.write_text(json.dumps(summary, indent=2))
+    summary_md.write_text(summary_markdown(summary))
+    reports = {}
+    for spec, (_, report) in loaded.items():
+        reports[spec] = report.as_dict()
+    return EvalResult(all_rows, summary, files, summary_json, summary_md, new, skipped, reports)

@@ -1,0 +1,127 @@
+"""Records -> a processor batch for stage-1 training (method.md §11.2, §11.3).
+
+Each record becomes one user turn (the image, then the raw question) rendered with the model's chat template and
+the generation prompt, followed by the answer and the end-of-turn token. Labels are -100 up to and including the
+assistant header (and on padding); the answer tokens and the end token are supervised. Rows are left padded.
+
+Box masks are computed on the grid the model actually sees: Qwen's merged grid from ``image_grid_thw`` (a plain
+rescale, so boxes normalised by the original size land on the same fraction), LLaVA's square grid through the
+letterbox mapping (``data.masks.llava_box_mask``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.masks import boxes_to_grid_mask, llava_box_mask, normalize_boxes
+from ..processing import load_image, user_message
+from .forward import IGNORE_INDEX
+
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+
+
+def _get(record, key: str, default=None):
+    if isinstance(record, dict):
+        return record.get(key, default)
+    return getattr(record, key, default)
+
+
+@dataclass
+class Collator:
+    processor: Any
+    family: str = "qwen2_5_vl"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    llava_grid: int = 24
+    with_answer: bool = True  # False: prompt only (validation through the inference engine)
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _image_kwargs(self) -> dict:
+        if self.family in QWEN_FAMILIES and (self.min_pixels or self.max_pixels):
+            size = dict(self.processor.image_processor.size)
+            size = {k: v for k, v in size.items() if k in ("shortest_edge", "longest_edge") and v is not None}
+            if self.min_pixels:
+                size["shortest_edge"] = int(self.min_pixels)
+            if self.max_pixels:
+                size["longest_edge"] = int(self.max_pixels)
+            return {"size": size}
+        return {}
+
+    def encode(self, record) -> dict:
+        image = load_image(_get(record, "image"))
+        prompt = self.processor.apply_chat_template(
+            user_message(_get(record, "question")), add_generation_prompt=True, tokenize=False
+        )
+        enc = self.processor(text=[prompt], images=[image], return_tensors="pt", **self._image_kwargs())
+        ids = enc["input_ids"][0]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        if self.with_answer:
+            answer = str(_get(record, "answer")).strip() + (self.tokenizer.eos_token or "")
+            ans = torch.tensor(self.tokenizer(answer, add_special_tokens=False)["input_ids"], dtype=ids.dtype)
+            ids = torch.cat([ids, ans])
+            labels = torch.cat([labels, ans])
+        out = {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"]}
+        if "image_grid_thw" in enc:
+            out["image_grid_thw"] = enc["image_grid_thw"]
+        out["box_mask"], out["has_box"] = self.box_mask(record, image.size, enc)
+        return out
+
+    def box_mask(self, record, image_size, enc) -> tuple[torch.Tensor, bool]:
+        boxes = _get(record, "boxes")
+        if boxes is None:
+            boxes = _get(record, "bboxs") or []
+        width = _get(record, "width") or image_size[0]
+        height = _get(record, "height") or image_size[1]
+        if self.family in QWEN_FAMILIES:
+            merge = getattr(self.processor.image_processor, "merge_size", 2)
+            _, gh, gw = (int(x) for x in enc["image_grid_thw"][0])
+            gh, gw = gh // merge, gw // merge
+            mask = boxes_to_grid_mask(normalize_boxes(boxes, width, height), gh, gw) if boxes else np.zeros(gh * gw, bool)
+        elif self.family == "llava":
+            g = self.llava_grid
+            mask = llava_box_mask(boxes, width, height, grid=g) if boxes else np.zeros(g * g, bool)
+        else:
+            raise ValueError(f"no box-mask rule for family {self.family!r}")
+        return torch.from_numpy(mask.copy()), bool(boxes)
+
+    def __call__(self, records: list) -> dict:
+        items = [self.encode(r) for r in records]
+        length = max(it["input_ids"].numel() for it in items)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        bs = len(items)
+        input_ids = torch.full((bs, length), pad, dtype=items[0]["input_ids"].dtype)
+        labels = torch.full((bs, length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((bs, length), dtype=torch.long)
+        for b, it in enumerate(items):  # left padding
+            n = it["input_ids"].numel()
+            input_ids[b, length - n:] = it["input_ids"]
+            labels[b, length - n:] = it["labels"]
+            attention_mask[b, length - n:] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": torch.cat([it["pixel_values"] for it in items]),
+            "box_masks": [it["box_mask"] for it in items],
+            "has_box": [it["has_box"] for it in items],
+        }
+        if "image_grid_thw" in items[0]:
+            batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items])
+        return batch
+
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes")
+
+
+def model_inputs(batch: dict, device=None) -> dict:
+    out = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    if device is not None:
+        out = {k: v.to(device) for k, v in out.items()}
+    return out

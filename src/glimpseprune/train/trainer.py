@@ -1,0 +1,443 @@
+"""Stage-1 trainer on ``accelerate`` (method.md §11): only the glimpse token and the VIP train.
+
+- Works single-process and under ``accelerate launch`` (DDP over gloo on CPU, NCCL on GPU; DeepSpeed / FSDP
+  configs are shipped in ``configs/accelerate/``). The trainable modules are wrapped in one ``nn.Module`` whose
+  ``forward`` runs the whole training forward, so DDP sees every use of the trainable parameters; the frozen base
+  model is held outside it and never wrapped.
+- Data order is ours: a seeded permutation per epoch, sharded by rank (remainder dropped so ranks stay in step).
+  That makes resume exact: a checkpoint at optimiser step s skips s·grad_accum micro-batches of the epoch.
+- Checkpoints: ``<output_dir>/checkpoint-<step>/`` = ``glimpse_config.json`` + ``glimpse.safetensors`` (the
+  inference format, via ``save_modules``) + ``trainer_state.pt`` (optimiser, scheduler, step, per-rank RNG).
+  The final modules go to ``<output_dir>/final/``. ``resume="auto"`` picks the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import save_modules
+from ..config import GlimpsePruneConfig
+from .boxfree import BoxFreeConfig, boxfree_losses
+from .collate import Collator, model_inputs
+from .forward import training_forward
+from .losses import loc_loss, mask_stats
+
+STATE_NAME = "trainer_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"  # "tiny" (offline tiny Qwen2.5-VL) or a local folder / hub id
+    dtype: str = "bfloat16"  # dtype of the frozen base model
+    attn_implementation: str | None = None  # e.g. flash_attention_2 (box mode only: box-free needs a 4-D mask)
+    data: str | list[str] = "viscot/gqa_cot_train.jsonl:random:20000"
+    data_root: str | None = "viscot"  # images at <data_root>/cot/<dataset>/<image>
+    val_data: str | list[str] | None = None
+    synthetic: dict | None = None  # {"n_train", "n_val", "seed", "size"}: generate glimpse-shapes into output_dir
+    output_dir: str = "runs/stage1"
+    mode: str = "box"  # "box" (Dice + BCE on box masks + LM loss) or "boxfree"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.1
+    epochs: int = 1
+    max_steps: int | None = None  # optimiser steps; overrides epochs when set
+    batch_size: int = 1  # per device
+    grad_accum: int = 8
+    mixed_precision: str = "bf16"  # no | bf16 | fp16 (autocast for the trainable modules)
+    seed: int = 42
+    max_grad_norm: float | None = 1.0
+    # GlimpsePrune module fields (anything of GlimpsePruneConfig may go in `glimpse`, e.g. prune_layer, vip_size)
+    glimpse_dropout: float = 0.1
+    glimpse_layers: list[int] | str | None = None  # None: 0..K-1 (ours); "all": every layer (the published recipe)
+    glimpse: dict = field(default_factory=dict)
+    # losses
+    loc_weight: float = 1.0
+    lm_weight: float = 1.0
+    dice_weight: float = 1.0
+    bce_weight: float = 0.1
+    isolate_glimpse: bool = False  # §18 row 15 ablation: the answer does not attend to the glimpse
+    boxfree: dict = field(default_factory=dict)  # BoxFreeConfig fields
+    # processor
+    min_pixels: int | None = None
+    max_pixels: int | None = 12845056
+    # bookkeeping
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int | None = 2
+    resume: str | None = "auto"  # "auto", a checkpoint folder, or None
+    progress: bool = True
+    num_workers: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not key=value")
+            set_dotted(data, key.strip(), parse_value(value))
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        cfg = cls(**data)
+        if cfg.mode not in ("box", "boxfree"):
+            raise ValueError(f"mode must be 'box' or 'boxfree', got {cfg.mode!r}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+    data[parts[-1]] = value
+
+
+class Trainable(nn.Module):
+    """The glimpse token + VIP; ``forward`` runs the training forward and returns the loss parts."""
+
+    def __init__(self, glimpse, vip, adapter, gp_config: GlimpsePruneConfig, cfg: TrainConfig):
+        super().__init__()
+        self.glimpse, self.vip = glimpse, vip
+        self._frozen = {"adapter": adapter}  # not a submodule: DDP must not wrap (or sync) the base model
+        self.gp_config = gp_config
+        self.cfg = cfg
+        self.boxfree_cfg = BoxFreeConfig(**cfg.boxfree)
+
+    @property
+    def adapter(self):
+        return self._frozen["adapter"]
+
+    def forward(self, batch: dict) -> dict:
+        adapter, c = self.adapter, self.gp_config
+        device = next(self.parameters()).device
+        with torch.no_grad():  # embeddings and ViT features: nothing upstream trains
+            prepared = adapter.prepare(model_inputs(batch, device), c.vip_visual_layers)
+        labels = batch["labels"].to(device)
+        if self.cfg.mode == "boxfree":
+            parts, out = boxfree_losses(
+                adapter, prepared, labels, self.glimpse, self.vip, c.prune_layer, c.attention_logits, self.boxfree_cfg
+            )
+            parts["logits"] = [z.detach() for z in out.per_sample()]
+            return parts
+        out = training_forward(
+            adapter, prepared, labels, self.glimpse, self.vip, c.prune_layer,
+            attention_logits=c.attention_logits, compute_lm=self.cfg.lm_weight > 0,
+            isolate_glimpse=self.cfg.isolate_glimpse,
+        )
+        logits = out.per_sample()
+        targets = batch["box_masks"]
+        if prepared.source_index is not None:
+            pass  # samples keep their order; only columns inside a row move
+        loc = loc_loss(logits, targets, self.cfg.dice_weight, self.cfg.bce_weight)
+        lm = out.lm_loss if out.lm_loss is not None else loc["loc"] * 0.0
+        loss = self.cfg.loc_weight * loc["loc"] + self.cfg.lm_weight * lm
+        return {"loss": loss, "loc": loc["loc"].detach(), "dice": loc["dice"], "bce": loc["bce"],
+                "lm": lm.detach(), "logits": [z.detach() for z in logits]}
+
+
+def build_model(cfg: TrainConfig, device):
+    """(base model, processor) frozen, in eval mode."""
+    if cfg.model == "tiny":
+        from ..data.scenes import all_texts
+        from ..tiny import tiny_qwen2_5_vl
+
+        model, processor = tiny_qwen2_5_vl(corpus=all_texts())
+    else:
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        from ..checkpoint import resolve_directory
+        from ..processing import load_processor
+
+        path = resolve_directory(cfg.model)
+        kwargs = {"dtype": getattr(torch, cfg.dtype) if cfg.dtype != "auto" else "auto"}
+        if cfg.attn_implementation and cfg.mode == "box" and not cfg.isolate_glimpse:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = load_processor(path, AutoConfig.from_pretrained(path).model_type)
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    return model, processor
+
+
+def glimpse_config(adapter, cfg: TrainConfig) -> GlimpsePruneConfig:
+    overrides = dict(cfg.glimpse)
+    overrides.setdefault("glimpse_dropout", cfg.glimpse_dropout)
+    gp = adapter.default_glimpse_config(**{k: v for k, v in overrides.items() if k != "glimpse_layers"})
+    layers = overrides.get("glimpse_layers", cfg.glimpse_layers)
+    if layers == "all":
+        layers = list(range(gp.num_layers))
+    if layers is not None:
+        from dataclasses import replace
+
+        gp = replace(gp, glimpse_layers=[int(x) for x in layers])
+    return gp
+
+
+def load_data(cfg: TrainConfig, output_dir: Path, is_main: bool, wait) -> tuple[list, list]:
+    from ..data.records import load_records
+
+    data, val, root = cfg.data, cfg.val_data, cfg.data_root
+    if cfg.synthetic:
+        from ..data.scenes import generate_benchmark
+
+        s = dict(cfg.synthetic)
+        out = output_dir / "synthetic"
+        if is_main and not (out / "info.json").is_file():
+            generate_benchmark(out, s.get("n_train", 32), s.get("n_val", 8), s.get("n_test", 0),
+                               seed=s.get("seed", 0), size=s.get("size", 448), overwrite=True)
+        wait()
+        data, val, root = str(out / "train.jsonl"), str(out / "val.jsonl"), str(out)
+    records, report = load_records(data, root=root, seed=cfg.seed)
+    if is_main:
+        print(f"[train] data: {report.summary()}", flush=True)
+    val_records = []
+    if val:
+        val_records, _ = load_records(val, root=root, seed=cfg.seed)
+    return records, val_records
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, total: int):
+    warm = int(math.ceil(cfg.warmup_ratio * total))
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        if cfg.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    per_rank = n // world
+    return perm[rank * per_rank:(rank + 1) * per_rank]
+
+
+def find_checkpoint(output_dir: Path) -> Path | None:
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+class Stage1Trainer:
+    def __init__(self, cfg: TrainConfig, accelerator=None, model=None, processor=None, records=None, val_records=None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        # Accumulation is done by hand (no_sync + loss / grad_accum), so the optimiser state at a step boundary
+        # does not depend on accelerate's internal micro-step counter (which restarts at 0 after a resume).
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        self.output_dir = Path(cfg.output_dir)
+        if self.acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.acc.wait_for_everyone()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        if model is None:
+            model, processor = build_model(cfg, self.acc.device)
+        self.model, self.processor = model, processor
+        from ..adapters import adapter_for
+        from ..checkpoint import build_modules
+
+        self.adapter = adapter_for(model)
+        self.gp_config = glimpse_config(self.adapter, cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            glimpse, vip = build_modules(self.gp_config)
+        self.module = Trainable(glimpse, vip, self.adapter, self.gp_config, cfg).to(self.acc.device)
+        if records is None:
+            records, val_records = load_data(cfg, self.output_dir, self.acc.is_main_process, self.acc.wait_for_everyone)
+        self.records, self.val_records = records, val_records or []
+        self.collate = Collator(processor, self.adapter.family, cfg.min_pixels, cfg.max_pixels)
+        world = self.acc.num_processes
+        self.micro_per_epoch = (len(self.records) // world) // cfg.batch_size
+        if self.micro_per_epoch == 0:
+            raise ValueError(f"{len(self.records)} records are too few for {world} processes x batch {cfg.batch_size}")
+        self.steps_per_epoch = max(1, self.micro_per_epoch // cfg.grad_accum)
+        self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.total_steps)
+        self.ddp_module, self.optimizer = self.acc.prepare(self.module, self.optimizer)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save(self, name: str | None = None) -> Path:
+        directory = self.output_dir / (name or f"checkpoint-{self.step}")
+        self.acc.wait_for_everyone()
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.acc.is_main_process:
+            directory.mkdir(parents=True, exist_ok=True)
+            save_modules(directory, self.gp_config, self.module.glimpse, self.module.vip)
+        self.acc.wait_for_everyone()
+        torch.save(rng, directory / f"rng_state_{self.acc.process_index}.pt")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            state = {
+                "step": self.step,
+                "optimizer": self._raw_optimizer().state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "config": self.cfg.to_dict(),
+                "world_size": self.acc.num_processes,
+            }
+            torch.save(state, directory / (STATE_NAME + ".tmp"))
+            os.replace(directory / (STATE_NAME + ".tmp"), directory / STATE_NAME)  # complete only once written
+            self._prune_checkpoints()
+        self.acc.wait_for_everyone()
+        return directory
+
+    def _prune_checkpoints(self) -> None:
+        keep = self.cfg.keep_checkpoints
+        if not keep:
+            return
+        done = sorted((p for p in self.output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()),
+                      key=lambda p: int(p.name.split("-")[1]))
+        import shutil
+
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, directory: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        from ..checkpoint import WEIGHTS_NAME, load_state
+
+        directory = Path(directory)
+        load_state(self.module.glimpse, self.module.vip, load_file(str(directory / WEIGHTS_NAME)))
+        state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=False)
+        if state.get("world_size", 1) != self.acc.num_processes:
+            print(f"[train] warning: checkpoint written by {state.get('world_size')} processes, resuming on "
+                  f"{self.acc.num_processes}: the data order changes", flush=True)
+        self._raw_optimizer().load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        rng_file = directory / f"rng_state_{self.acc.process_index}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _raw_optimizer(self):
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    # ---- the loop ---------------------------------------------------------------------------------------------
+    def train(self, stop_at: int | None = None) -> list[dict]:
+        """Run to ``total_steps`` (or stop, without a final save, at optimiser step ``stop_at``: a simulated kill)."""
+        cfg, acc = self.cfg, self.acc
+        if cfg.resume:
+            ckpt = find_checkpoint(self.output_dir) if cfg.resume == "auto" else Path(cfg.resume)
+            if ckpt is not None:
+                self.load(ckpt)
+                if acc.is_main_process:
+                    print(f"[train] resumed from {ckpt} at step {self.step}", flush=True)
+        self.module.train()
+        bar = None
+        if cfg.progress and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="stage-1", dynamic_ncols=True)
+        window: list[dict] = []
+        start_time = time.time()
+        while self.step < self.total_steps:
+            epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
+            order = epoch_order(len(self.records), cfg.seed, epoch, acc.process_index, acc.num_processes)
+            first = done_in_epoch * cfg.grad_accum
+            for m in range(first, self.steps_per_epoch * cfg.grad_accum):
+                chunk = order[m * cfg.batch_size:(m + 1) * cfg.batch_size]
+                batch = self.collate([self.records[i] for i in chunk])
+                sync = (m + 1) % cfg.grad_accum == 0
+                with contextlib.nullcontext() if sync else acc.no_sync(self.ddp_module):
+                    with acc.autocast():
+                        parts = self.ddp_module(batch)
+                    acc.backward(parts["loss"] / cfg.grad_accum)
+                window.append(self._scalars(parts, batch))
+                if not sync:
+                    continue
+                if cfg.max_grad_norm:
+                    acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.scheduler.step()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self._log(window, time.time() - start_time)
+                    window = []
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self.save()
+                if stop_at is not None and self.step >= stop_at:
+                    if bar is not None:
+                        bar.close()
+                    return self.history
+                if self.step >= self.total_steps:
+                    break
+        if bar is not None:
+            bar.close()
+        self.save()
+        final = self.output_dir / "final"
+        if acc.is_main_process:
+            save_modules(final, self.gp_config, self.module.glimpse, self.module.vip)
+            print(f"[train] saved {final}", flush=True)
+        acc.wait_for_everyone()
+        return self.history
+
+    def _scalars(self, parts: dict, batch: dict) -> dict:
+        out = {k: float(v.detach()) for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
+        targets = batch["box_masks"] if self.cfg.mode == "box" else None
+        out.update(mask_stats(parts["logits"], targets))
+        return out
+
+    def _log(self, window: list[dict], seconds: float) -> None:
+        keys = sorted({k for w in window for k in w})
+        local = torch.tensor([sum(w.get(k, 0.0) for w in window) / max(1, len(window)) for k in keys],
+                             device=self.acc.device, dtype=torch.float64)
+        mean = self.acc.reduce(local, reduction="mean") if self.acc.num_processes > 1 else local
+        record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "seconds": round(seconds, 2)}
+        record.update({k: round(float(v), 6) for k, v in zip(keys, mean.tolist())})
+        self.history.append(record)
+        if self.acc.is_main_process:
+            with open(self.output_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if not self.cfg.progress:
+                print(f"[train] {json.dumps(record)}", flush=True)

@@ -1,0 +1,40 @@
+"""Draw which visual tokens were kept, over the original image (PIL only: no plotting library in the core)."""
+
+from __future__ import annotations
+
+from PIL import Image, ImageDraw
+
+from .prune_state import ImagePruning
+
+
+def token_cells(width: int, height: int, grid: tuple[int, int], letterbox: bool = False):
+    """Pixel box (x0, y0, x1, y1) of every token cell in raster order, in the ORIGINAL image's coordinates.
+
+    Qwen-style processors rescale the image to the grid (a plain resize), so cells tile the image. LLaVA-1.5 pads
+    the image to a centred square first (``letterbox``), so cells tile that square and some fall on the padding.
+    """
+    rows, cols = grid
+    if letterbox:
+        side = max(width, height)
+        ox, oy = (side - width) // 2, (side - height) // 2
+        cw, ch = side / cols, side / rows
+    else:
+        ox = oy = 0
+        cw, ch = width / cols, height / rows
+    return [
+        (c * cw - ox, r * ch - oy, (c + 1) * cw - ox, (r + 1) * ch - oy) for r in range(rows) for c in range(cols)
+    ]
+
+
+def draw_kept_tokens(image: Image.Image, pruning: ImagePruning, letterbox: bool = False) -> Image.Image:
+    """The image with dropped tokens darkened and kept tokens outlined."""
+    base = image.convert("RGB")
+    shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(shade)
+    keep = pruning.keep.tolist()
+    for kept, (x0, y0, x1, y1) in zip(keep, token_cells(base.width, base.height, pruning.grid, letterbox)):
+        if kept:
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 215, 0, 255), width=max(1, base.width // 300))
+        else:
+            draw.rectangle([x0, y0, x1, y1], fill=(0, 0, 0, 150))
+    return Image.alpha_composite(base.convert("RGBA"), shade).convert("RGB")

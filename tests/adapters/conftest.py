@@ -1,0 +1,51 @@
+"""One tiny model per family, built once per session; the suite in test_families.py runs over all of them."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from glimpseprune import GlimpsePrune
+from glimpseprune.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+
+# A new family joins the whole suite by adding one line here.
+BUILDERS = {
+    "qwen2_5_vl": tiny_qwen2_5_vl,
+    "qwen2_vl": tiny_qwen2_vl,
+    "llava": tiny_llava,
+    "llava_cls": lambda: tiny_llava(TinyLlavaSpec(vision_feature_select_strategy="full")),  # CLS kept as a token
+}
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "llava_cls"]
+
+
+@dataclass
+class Family:
+    name: str
+    model: object
+    processor: object
+    gp: GlimpsePrune
+
+    @property
+    def image_token_id(self) -> int:
+        return self.model.config.image_token_id
+
+    def prunable(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[n] bool for one row: the pruning candidates, derived independently of the adapters."""
+        mask = input_ids == self.image_token_id
+        if getattr(self.model.config, "vision_feature_select_strategy", None) == "full":
+            per_image = self.model.config.image_seq_length  # 1 + h·w: the first of each image is CLS
+            cols = mask.nonzero().squeeze(1)
+            mask[cols[::per_image]] = False
+        return mask
+
+
+_CACHE: dict[str, Family] = {}
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def fam(request) -> Family:
+    name = request.param
+    if name not in _CACHE:
+        model, processor = BUILDERS[name]()
+        _CACHE[name] = Family(name, model, processor, GlimpsePrune(model, processor).with_new_modules(seed=0))
+    return _CACHE[name]

@@ -1,0 +1,196 @@
+"""The evaluation runner on a hand-made 5-record dataset with the tiny model: records, summary, resume, tasks."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glimpseprune.eval.cli import main as cli_main
+from glimpseprune.eval.flops import layer_averaged_retention
+from glimpseprune.eval.runner import (
+    Budget,
+    EvalConfig,
+    parse_budget,
+    resolve_tasks,
+    run_evaluation,
+    summarize,
+    unit_path,
+)
+from glimpseprune.eval.scorers import exact_match
+
+from ..conftest import scene
+
+QUESTIONS = ["what colour is the shape?", "is there a red circle?", "how many squares are there?",
+             "what shape is the green object?", "describe the picture in one word."]
+# Box over the left 50 of 112 px: columns floor(0)..floor(50/112*4)=1 of the 4x4 merged grid, i.e. 8 of 16 tokens.
+LEFT_BOX = [0, 0, 50, 112]
+
+
+def write_dataset(folder: Path, answers: list[str], name: str = "toy") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (q, a) in enumerate(zip(QUESTIONS, answers)):
+        image = folder / f"img{i}.png"
+        if not image.exists():
+            scene(112, 112, seed=i).save(image)
+        rec = {"id": f"s{i}", "question": q, "answer": a, "image": image.name, "width": 112, "height": 112,
+               "dataset": name}
+        if i < 3:
+            rec["bboxs"] = [LEFT_BOX]
+        lines.append(json.dumps(rec))
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def config(tmp_path, data: Path, **kw) -> EvalConfig:
+    base = dict(datasets=[str(data)], methods=["none"], scorers=["exact_match"], output_dir=str(tmp_path / "out"),
+                model_id="tiny-test", batch_size=2, max_new_tokens=2, progress=False)
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def read_rows(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_records_summary_and_exact_scores(gp, tmp_path):
+    data = write_dataset(tmp_path / "data", ["nomatch"] * 5)
+    first = run_evaluation(gp, config(tmp_path, data))
+    predictions = {r["id"]: r["answer"] for r in first.rows}
+    assert first.new_samples == 5 and first.skipped_samples == 0
+    assert all(r["scores"]["exact_match"] == exact_match(r["answer"], "nomatch") for r in first.rows)
+
+    # Hand-made references: records s0 and s1 are answered exactly what the model says, the others never match.
+    answers = [predictions["s0"], predictions["s1"], "zz nomatch", "zz nomatch", "zz nomatch"]
+    assert all(a.strip() for a in answers[:2]), "the tiny model should produce non-blank text"
+    assert exact_match(answers[0], answers[0]) == 1.0
+    data = write_dataset(tmp_path / "data", answers)  # same path, new content: must not reuse old results
+    cfg = config(tmp_path, data)
+    result = run_evaluation(gp, cfg)
+    assert result.new_samples == 5, "an edited dataset file must not resume from stale predictions"
+    rows = {r["id"]: r for r in result.rows}
+    assert [rows[f"s{i}"]["answer"] for i in range(5)] == [predictions[f"s{i}"] for i in range(5)]
+    expected_em = sum(exact_match(predictions[f"s{i}"], answers[i]) for i in range(5)) / 5
+    assert expected_em >= 0.4
+
+    row = rows["s0"]
+    for key in ("id", "dataset", "question", "answer", "reference", "scores", "visual_tokens_total",
+                "visual_tokens_kept", "kept_ratio", "layer_averaged_retention", "mask", "prefill_seconds",
+                "decode_seconds"):
+        assert key in row
+    assert row["reference"] == answers[0] and row["dataset"] == "toy"
+    assert row["visual_tokens_total"] == 16 and row["visual_tokens_kept"] == 16 and row["kept_ratio"] == 1.0
+    assert row["layer_averaged_retention"] == 1.0
+    # method none keeps every token: IoU = |box mask| / N = 8 / 16
+    assert row["mask"]["iou"] == pytest.approx(0.5) and row["mask"]["recall"] == 1.0
+    assert rows["s4"]["mask"] is None
+
+    summary = result.summary
+    (group,) = summary["groups"]
+    t = group["datasets"]["toy"]
+    assert t["n"] == 5 and t["n_with_boxes"] == 3
+    assert t["scores"]["exact_match"] == pytest.approx(expected_em)
+    assert t["kept_ratio"] == 1.0 and t["mask_iou"] == pytest.approx(0.5)
+    assert group["average"]["scores"]["exact_match"] == pytest.approx(expected_em)
+    saved = json.loads(result.summary_json.read_text())
+    assert saved["groups"][0]["datasets"]["toy"]["scores"]["exact_match"] == pytest.approx(expected_em)
+    md = result.summary_md.read_text()
+    assert "| none | default | toy | 5 |" in md and f"{expected_em:.3f}" in md
+
+
+def test_glimpse_budget_records(gp, tmp_path):
+    data = write_dataset(tmp_path / "data", ["a"] * 5)
+    cfg = config(tmp_path, data, methods=["glimpse"], budgets=[Budget(max_keep_ratio=0.25, threshold=0.0)],
+                 batch_size=3)
+    result = run_evaluation(gp, cfg)
+    K, L = gp.config.prune_layer, gp.config.num_layers
+    for row in result.rows:
+        assert row["visual_tokens_kept"] == 4 and row["kept_ratio"] == 0.25  # floor(0.25 * 16)
+        assert row["layer_averaged_retention"] == pytest.approx(layer_averaged_retention(0.25, K, L))
+        assert row["budget"] == "r0.25_t0"
+        if row["mask"] is not None:
+            m = row["mask"]
+            assert m["tp"] + m["fp"] == 4 and m["tp"] + m["fn"] == 8
+    avg = result.summary["groups"][0]["average"]
+    assert avg["layer_averaged_retention"] == pytest.approx((K + (L - K) * 0.25) / L)
+
+
+def test_resume_skips_done_and_config_change_starts_fresh(gp, tmp_path):
+    data = write_dataset(tmp_path / "data", ["x"] * 5)
+    cfg = config(tmp_path, data)
+    first = run_evaluation(gp, cfg)
+    path = unit_path(cfg, str(data), "none", Budget())
+    assert Path(first.files["none/default/toy"]) == path
+    assert len(read_rows(path)) == 5
+
+    again = run_evaluation(gp, cfg)
+    assert again.new_samples == 0 and again.skipped_samples == 5
+    assert len(read_rows(path)) == 5
+    assert again.summary["groups"][0]["datasets"]["toy"] == first.summary["groups"][0]["datasets"]["toy"]
+
+    # A killed run: two complete lines and a torn third one. Resume redoes exactly the missing three.
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    partial = run_evaluation(gp, cfg)
+    assert partial.new_samples == 3 and partial.skipped_samples == 2
+    assert sorted(r["id"] for r in partial.rows) == [f"s{i}" for i in range(5)]
+
+    changed = config(tmp_path, data, max_new_tokens=3)
+    other = unit_path(changed, str(data), "none", Budget())
+    assert other != path
+    fresh = run_evaluation(gp, changed)
+    assert fresh.new_samples == 5 and Path(fresh.files["none/default/toy"]) == other
+
+
+def test_expected_tasks_fail_loudly(tmp_path):
+    bench = tmp_path / "benchmark"
+    bench.mkdir()
+    (bench / "gqa.json").write_text("[]")
+    assert resolve_tasks(["gqa"], bench, "first:3") == [str(bench / "gqa.json") + ":first:3"]
+    with pytest.raises(FileNotFoundError, match="docvqa.*textvqa|textvqa.*docvqa"):
+        resolve_tasks(["gqa", "docvqa", "textvqa"], bench)
+    # Through the CLI: fails before any model is loaded.
+    with pytest.raises(FileNotFoundError, match="docvqa"):
+        cli_main(["eval", "--tiny", "--tasks", "gqa,docvqa", "--task-dir", str(bench), "--output",
+                  str(tmp_path / "o")])
+    with pytest.raises(FileNotFoundError):
+        run_evaluation(None, EvalConfig(datasets=[str(tmp_path / "nope.jsonl")]))
+
+
+def test_unknown_method_and_scorer_fail_before_work(gp, tmp_path):
+    data = write_dataset(tmp_path / "data", ["x"] * 5)
+    with pytest.raises(ValueError, match="unknown pruning method"):
+        run_evaluation(gp, config(tmp_path, data, methods=["nonexistent"]))
+    with pytest.raises(ValueError, match="unknown scorer"):
+        run_evaluation(gp, config(tmp_path, data, scorers=["bleu"]))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jsonl"))
+
+
+def test_summarize_by_hand():
+    def row(task, em, kept, ret, iou):
+        return {"method": "m", "budget": "b", "task": task, "scores": {"exact_match": em}, "kept_ratio": kept,
+                "layer_averaged_retention": ret, "visual_tokens_total": 10, "visual_tokens_kept": 10 * kept,
+                "kv_length": 5, "mask": None if iou is None else {"iou": iou, "precision": 1, "recall": 1, "f1": 1},
+                "prefill_seconds": 1.0, "decode_seconds": 2.0}
+
+    rows = [row("a", 1.0, 0.1, 0.7, 0.5), row("a", 0.0, 0.3, 0.8, None), row("a", 1.0, 0.2, 0.75, 0.1),
+            row("b", 0.0, 0.5, 0.9, None)]
+    s = summarize(rows, ["exact_match"])
+    g = s["groups"][0]
+    assert g["datasets"]["a"]["scores"]["exact_match"] == pytest.approx(2 / 3)
+    assert g["datasets"]["a"]["kept_ratio"] == pytest.approx(0.2)
+    assert g["datasets"]["a"]["mask_iou"] == pytest.approx(0.3) and g["datasets"]["a"]["n_with_boxes"] == 2
+    assert g["datasets"]["b"]["mask_iou"] is None
+    # The Average is unweighted over datasets (the reference's convention), not over samples.
+    assert g["average"]["scores"]["exact_match"] == pytest.approx((2 / 3 + 0.0) / 2)
+    assert g["average"]["kept_ratio"] == pytest.approx((0.2 + 0.5) / 2)
+
+
+def test_parse_budget():
+    assert parse_budget("default") == Budget()
+    assert parse_budget("0.1") == Budget(0.1, None)
+    assert parse_budget("r=0.2,t=0.3") == Budget(0.2, 0.3)
+    assert parse_budget("t=0.4").tag == "t0.4"
+    with pytest.raises(ValueError):
+        parse_budget("q=1")

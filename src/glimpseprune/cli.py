@@ -18,6 +18,7 @@ _SUBCOMMANDS = {
     "eval": ("glimpseprune.eval.cli", "add_eval_arguments", "run_eval"),
     "bench": ("glimpseprune.eval.cli", "add_bench_arguments", "run_bench"),
     "demo": ("glimpseprune.demo", "add_arguments", "run"),
+    "pretrain-mini": ("glimpseprune.mini.pretrain", "add_arguments", "run"),
 }
 
 

@@ -101,7 +101,7 @@ def load_processor(path: str | os.PathLike, model_type: str):
     # AutoProcessor needs torchvision for the Qwen video processor; images work with the PIL processor alone.
     from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
-    from .tiny import OfflineQwenProcessor
+    from .tiny import OfflineQwen2VLProcessor, OfflineQwenProcessor
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -114,13 +114,5 @@ def load_processor(path: str | os.PathLike, model_type: str):
         import json
 
         template = json.loads(template_file.read_text())["chat_template"]
-    if model_type == "qwen2_vl":
-        from transformers import Qwen2VLProcessor
-
-        class _OfflineQwen2VLProcessor(Qwen2VLProcessor):
-            check_argument_for_proper_class = OfflineQwenProcessor.check_argument_for_proper_class
-
-        cls = _OfflineQwen2VLProcessor
-    else:
-        cls = OfflineQwenProcessor
+    cls = OfflineQwen2VLProcessor if model_type == "qwen2_vl" else OfflineQwenProcessor
     return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)

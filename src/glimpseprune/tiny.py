@@ -18,6 +18,7 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2VLProcessor,
     Qwen2Tokenizer,
     Qwen2VLImageProcessorPil,
 )
@@ -84,8 +85,8 @@ def build_qwen_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400)
     return tok
 
 
-class OfflineQwenProcessor(Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` usable without torchvision (and thus without a video processor)."""
+class NoVideoProcessorMixin:
+    """Qwen-VL processors usable without torchvision, and thus without a video processor."""
 
     def check_argument_for_proper_class(self, argument_name, argument):
         # Without torchvision the video-processor class mapping is a dummy; ``None`` must be accepted.
@@ -107,6 +108,14 @@ class OfflineQwenProcessor(Qwen2_5_VLProcessor):
             with open(os.path.join(save_directory, "chat_template.json"), "w") as f:
                 json.dump({"chat_template": self.chat_template}, f)
         return [save_directory]
+
+
+class OfflineQwenProcessor(NoVideoProcessorMixin, Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without torchvision."""
+
+
+class OfflineQwen2VLProcessor(NoVideoProcessorMixin, Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` without torchvision."""
 
 
 def build_qwen_processor(
@@ -259,15 +268,6 @@ def build_tiny_qwen2_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = N
 def build_qwen2_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 14, min_pixels: int = 56 * 56,
                              max_pixels: int = 28 * 28 * 1280):
     """``Qwen2VLProcessor`` without torchvision (no video processor), same chat layout as the Qwen2.5-VL one."""
-    from transformers import Qwen2VLProcessor
-
-    class OfflineQwen2VLProcessor(Qwen2VLProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            # Without torchvision the video-processor class mapping is a dummy; ``None`` must be accepted.
-            if argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch_size, merge_size=2, temporal_patch_size=2,
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels},

@@ -11,6 +11,7 @@ from glimpseprune.eval.runner import (
     Budget,
     EvalConfig,
     parse_budget,
+    read_done,
     resolve_tasks,
     run_evaluation,
     summarize,
@@ -135,6 +136,8 @@ def test_resume_skips_done_and_config_change_starts_fresh(gp, tmp_path):
     partial = run_evaluation(gp, cfg)
     assert partial.new_samples == 3 and partial.skipped_samples == 2
     assert sorted(r["id"] for r in partial.rows) == [f"s{i}" for i in range(5)]
+    assert sorted(read_done(path)) == [f"s{i}" for i in range(5)]  # the appended rows survive the torn line
+    assert run_evaluation(gp, cfg).new_samples == 0
 
     changed = config(tmp_path, data, max_new_tokens=3)
     other = unit_path(changed, str(data), "none", Budget())
@@ -194,3 +197,14 @@ def test_parse_budget():
     assert parse_budget("t=0.4").tag == "t0.4"
     with pytest.raises(ValueError):
         parse_budget("q=1")
+
+
+def test_none_runs_once_whatever_the_budgets(gp, tmp_path):
+    data = write_dataset(tmp_path / "data", ["x"] * 5)
+    cfg = config(tmp_path, data, methods=["none", "glimpse"], budgets=[Budget(0.5, 0.0), Budget(0.25, 0.0)],
+                 max_new_tokens=1)
+    result = run_evaluation(gp, cfg)
+    assert sorted(result.files) == ["glimpse/r0.25_t0/toy", "glimpse/r0.5_t0/toy", "none/default/toy"]
+    assert result.new_samples == 15
+    kept = {(g["method"], g["budget"]): g["average"]["kept_ratio"] for g in result.summary["groups"]}
+    assert kept == {("none", "default"): 1.0, ("glimpse", "r0.5_t0"): 0.5, ("glimpse", "r0.25_t0"): 0.25}

@@ -51,6 +51,17 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class VitRequest(list):
+    """A ``vit_layers`` list that also asks for the raw INPUTS of some ViT blocks (opt-in, for baselines that score
+    ViT attention themselves, e.g. VisionZip). Adapters that support it put, for every block i in ``block_inputs``,
+    ``extras["vit_block_inputs"][i] = (hidden_states, kwargs)``: exactly what the block was called with (Qwen2.5-VL:
+    window-order patches and the rotary ``position_embeddings``). A plain list asks for nothing extra."""
+
+    def __init__(self, layers=(), block_inputs=()):
+        super().__init__(layers)
+        self.block_inputs = list(block_inputs)
+
+
 @dataclass
 class ImageInfo:
     grid: tuple[int, int]  # merged visual-token grid (rows, cols) as the LLM sees it

@@ -38,6 +38,24 @@ def capture_block_outputs(blocks, indices: list[int]):
             h.remove()
 
 
+@contextmanager
+def capture_block_inputs(blocks, indices: list[int]):
+    """Record (hidden_states, kwargs) that ``blocks[i]`` is called with, for i in ``indices``; hooks always removed."""
+    captured: dict[int, tuple] = {}
+    handles = []
+    for i in set(indices):
+        def hook(_module, args, kwargs, i=i):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[i] = (hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"})
+
+        handles.append(blocks[i].register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @register_adapter
 class Qwen2_5_VLAdapter(FamilyAdapter):
     model_types = ("qwen2_5_vl",)
@@ -104,11 +122,16 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         window_index, _ = get_vision_window_index(grid_thw, self.merge_size, cfg.window_size, cfg.patch_size)
         return pooled[torch.argsort(window_index.to(pooled.device))]
 
-    def image_features(self, pixel_values, image_grid_thw, vit_layers):
-        with capture_block_outputs(self.visual.blocks, vit_layers or []) as captured:
+    def image_features(self, pixel_values, image_grid_thw, vit_layers, extras: dict | None = None):
+        raw = getattr(vit_layers, "block_inputs", [])
+        with capture_block_outputs(self.visual.blocks, vit_layers or []) as captured, \
+                capture_block_inputs(self.visual.blocks, raw) as inputs:
             out = self.model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
         embeds = torch.cat(out.pooler_output, dim=0)
         conds = [self.pool_block_output(captured[i], image_grid_thw) for i in vit_layers] if vit_layers else None
+        if raw and extras is not None:  # opt-in (VitRequest): raw block inputs for baselines that score ViT attention
+            extras["vit_block_inputs"] = dict(inputs)
+            extras["image_grid_thw"] = image_grid_thw
         return embeds, conds
 
     # ---- the batch -----------------------------------------------------------------------------------------
@@ -137,7 +160,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             raise ValueError(f"the prompts contain {n_placeholders} image placeholder tokens but no image was given")
 
         embeds = self.embed_tokens(input_ids)
-        images, conds = [[] for _ in range(input_ids.shape[0])], None
+        images, conds, extras = [[] for _ in range(input_ids.shape[0])], None, {}
         if pixel_values is not None:
             unit = self.merge_size**2
             tokens = (grid_thw.prod(-1) // unit).tolist()
@@ -148,7 +171,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
                 )
             grids = [(int(h) // self.merge_size, int(w) // self.merge_size) for _, h, w in grid_thw.tolist()]
             images = split_images(visual_mask, tokens, grids)
-            image_embeds, conds = self.image_features(pixel_values, grid_thw, vit_layers)
+            image_embeds, conds = self.image_features(pixel_values, grid_thw, vit_layers, extras)
             embeds = embeds.masked_scatter(visual_mask[..., None], image_embeds.to(embeds.dtype))
 
         video_grid = inputs.get("video_grid_thw")
@@ -174,4 +197,5 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             images=images,
             vit_features=conds,
             source_index=source_index,
+            extras=extras,
         )

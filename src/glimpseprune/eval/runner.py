@@ -370,6 +370,11 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budgets_for(method: str, budgets: list[Budget]) -> list[Budget]:
+    """The unpruned baseline ignores budgets: it runs once, whatever budgets the other methods sweep."""
+    return [Budget()] if method in ("none", None) else list(dict.fromkeys(budgets))
+
+
 # ---- driver --------------------------------------------------------------------------------------------------
 
 
@@ -409,7 +414,8 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
             raise ValueError(f"dataset {spec} has duplicate ids; resuming needs unique ids")
         loaded[spec] = (records, report)
 
-    total = sum(len(r) for r, _ in loaded.values()) * len(config.methods) * len(config.budgets)
+    units = [(m, b) for m in config.methods for b in budgets_for(m, config.budgets)]
+    total = sum(len(r) for r, _ in loaded.values()) * len(units)
     bar = None
     if config.progress:
         from tqdm.auto import tqdm
@@ -417,32 +423,33 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
         bar = tqdm(total=total, desc="eval", unit="sample")
     all_rows, files, new, skipped = [], {}, 0, 0
     try:
-        for method in config.methods:
-            for budget in config.budgets:
-                for spec, (records, _) in loaded.items():
-                    name = dataset_name(spec)
-                    path = unit_path(config, spec, method, budget)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    key = config.unit_key(spec, method, budget)
-                    path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
-                    done = read_done(path)
-                    todo = [r for r in records if r.id not in done]
-                    skipped += len(records) - len(todo)
-                    if bar is not None:
-                        bar.update(len(records) - len(todo))
-                        bar.set_postfix_str(f"{method}/{budget.tag}/{name}")
-                    with path.open("a", encoding="utf-8") as fh:
-                        for start in range(0, len(todo), config.batch_size):
-                            chunk = todo[start : start + config.batch_size]
-                            for row in evaluate_batch(model, chunk, method, budget, config, scorers, name):
-                                fh.write(json.dumps(row) + "\n")
-                                done[row["id"]] = row
-                            fh.flush()
-                            new += len(chunk)
-                            if bar is not None:
-                                bar.update(len(chunk))
-                    all_rows.extend(done[r.id] for r in records)
-                    files[f"{method}/{budget.tag}/{name}"] = str(path)
+        for method, budget in units:
+            for spec, (records, _) in loaded.items():
+                name = dataset_name(spec)
+                path = unit_path(config, spec, method, budget)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                key = config.unit_key(spec, method, budget)
+                path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
+                done = read_done(path)
+                todo = [r for r in records if r.id not in done]
+                skipped += len(records) - len(todo)
+                if bar is not None:
+                    bar.update(len(records) - len(todo))
+                    bar.set_postfix_str(f"{method}/{budget.tag}/{name}")
+                with path.open("a", encoding="utf-8") as fh:
+                    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+                        fh.write("\n")  # a torn last line from a killed run stays on its own (ignored) line
+                    for start in range(0, len(todo), config.batch_size):
+                        chunk = todo[start : start + config.batch_size]
+                        for row in evaluate_batch(model, chunk, method, budget, config, scorers, name):
+                            fh.write(json.dumps(row) + "\n")
+                            done[row["id"]] = row
+                        fh.flush()
+                        new += len(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                all_rows.extend(done[r.id] for r in records)
+                files[f"{method}/{budget.tag}/{name}"] = str(path)
     finally:
         if bar is not None:
             bar.close()

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from ..adapters.base import FamilyAdapter, PreparedBatch
 
@@ -233,9 +232,19 @@ def training_forward(
 
     lm_loss, logits = None, None
     if (compute_lm or return_answer_logits) and layout.labels is not None:
-        predictors = answer_predictors(layout.labels)
+        if isolate_glimpse:
+            # The glimpse is outside the answer chain: the last prompt token predicts the first answer token, as
+            # without a glimpse (and as at inference).
+            original = answer_predictors(labels)
+            predictors = torch.zeros_like(layout.labels, dtype=torch.bool)
+            rows, cols = original.nonzero(as_tuple=True)
+            predictors[rows, cols + n * (cols >= layout.start[rows]).long()] = True
+            targets = labels[:, 1:][original[:, :-1]]
+        else:
+            # Published recipe (§3.4): the glimpse, labelled -100, predicts the first answer token.
+            predictors = answer_predictors(layout.labels)
+            targets = layout.labels[:, 1:][predictors[:, :-1]]
         logits = answer_logits(adapter, h, predictors)
-        targets = layout.labels[:, 1:][predictors[:, :-1]]
         if compute_lm:
             lm_loss = F.cross_entropy(logits, targets) if targets.numel() else logits.sum() * 0.0
     return TrainForward(

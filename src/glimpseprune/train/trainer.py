@@ -154,9 +154,7 @@ class Trainable(nn.Module):
             isolate_glimpse=self.cfg.isolate_glimpse,
         )
         logits = out.per_sample()
-        targets = batch["box_masks"]
-        if prepared.source_index is not None:
-            pass  # samples keep their order; only columns inside a row move
+        targets = batch["box_masks"]  # per sample; prepare() may move columns inside a row, never samples
         loc = loc_loss(logits, targets, self.cfg.dice_weight, self.cfg.bce_weight)
         lm = out.lm_loss if out.lm_loss is not None else loc["loc"] * 0.0
         loss = self.cfg.loc_weight * loc["loc"] + self.cfg.lm_weight * lm
@@ -260,7 +258,9 @@ class Stage1Trainer:
         self.cfg = cfg
         # Accumulation is done by hand (no_sync + loss / grad_accum), so the optimiser state at a step boundary
         # does not depend on accelerate's internal micro-step counter (which restarts at 0 after a resume).
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        # cpu=True without CUDA: under `accelerate launch --multi_gpu` (torchrun) the processes then join a gloo
+        # group (accelerate's own --cpu launcher starts a single process unless mpirun is used).
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         self.output_dir = Path(cfg.output_dir)
         if self.acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)

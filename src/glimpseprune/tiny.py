@@ -153,29 +153,35 @@ class TinyQwenSpec:
     initializer_range: float = 0.2
 
 
-def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = None):
-    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` of a few hundred thousand parameters."""
-    spec = spec or TinyQwenSpec()
+def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
+    """The LLM half of a tiny Qwen-VL config (shared by Qwen2.5-VL and Qwen2-VL)."""
     h = spec.hidden_size
     head_dim = h // spec.num_heads
     # mrope_section must sum to head_dim / 2 (t, h, w frequency bands).
     quarter = head_dim // 8
     mrope = [head_dim // 2 - 2 * (3 * quarter // 2), 3 * quarter // 2, 3 * quarter // 2]
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=h,
+        intermediate_size=4 * h,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+
+
+def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = None):
+    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` of a few hundred thousand parameters."""
+    spec = spec or TinyQwenSpec()
+    h = spec.hidden_size
     ids = tokenizer.convert_tokens_to_ids
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=h,
-            intermediate_size=4 * h,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-        ),
+        text_config=_qwen_text_config(tokenizer, spec),
         vision_config=dict(
             depth=spec.vision_depth,
             hidden_size=spec.vision_hidden,
@@ -220,24 +226,9 @@ def build_tiny_qwen2_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = N
 
     spec = spec or TinyQwenSpec()
     h = spec.hidden_size
-    head_dim = h // spec.num_heads
-    quarter = head_dim // 8
-    mrope = [head_dim // 2 - 2 * (3 * quarter // 2), 3 * quarter // 2, 3 * quarter // 2]
     ids = tokenizer.convert_tokens_to_ids
     cfg = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=h,
-            intermediate_size=4 * h,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-        ),
+        text_config=_qwen_text_config(tokenizer, spec),
         vision_config=dict(
             depth=spec.vision_depth,
             embed_dim=spec.vision_hidden,

@@ -133,6 +133,28 @@ class FamilyAdapter:
         raise NotImplementedError
 
     # ---- shared machinery ------------------------------------------------------------------------------------
+    def build_glimpse_config(self, *, prune_layer, vision_hidden_size, vit_layers, attention_logits, **overrides):
+        """A GlimpsePruneConfig sized from the LLM's text config; family defaults in, caller overrides on top."""
+        text = self.text_config
+        fields = dict(
+            family=self.family,
+            prune_layer=prune_layer,
+            hidden_size=text.hidden_size,
+            num_heads=text.num_attention_heads,
+            vision_hidden_size=vision_hidden_size,
+            num_layers=text.num_hidden_layers,
+            vip_visual_layers=vit_layers,
+            norm_eps=text.rms_norm_eps,
+            attention_logits=attention_logits,
+        )
+        fields.update(overrides)
+        return GlimpsePruneConfig(**fields)
+
+    @staticmethod
+    def text_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+        """1-D positions exactly as ``GenerationMixin._prepare_position_ids_for_generation`` makes them."""
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)
 

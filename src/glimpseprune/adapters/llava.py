@@ -58,19 +58,13 @@ class LlavaAdapter(FamilyAdapter):
             top = self.feature_layer_index()
             step = max(1, (top + 1) // 4)
             vit_layers = [top - j * step for j in range(4) if top - j * step >= 0]
-        fields = dict(
-            family=self.family,
+        return self.build_glimpse_config(
             prune_layer=_PUBLISHED_PRUNE_LAYER.get(text.num_hidden_layers, default_prune_layer(text.num_hidden_layers)),
-            hidden_size=text.hidden_size,
-            num_heads=text.num_attention_heads,
             vision_hidden_size=vision.hidden_size,
-            num_layers=text.num_hidden_layers,
-            vip_visual_layers=vit_layers,
-            norm_eps=text.rms_norm_eps,
+            vit_layers=vit_layers,
             attention_logits=False,
+            **overrides,
         )
-        fields.update(overrides)
-        return GlimpsePruneConfig(**fields)
 
     # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------
     def rope(self, hidden, position_ids):
@@ -149,7 +143,7 @@ class LlavaAdapter(FamilyAdapter):
             embeds = embeds.masked_scatter(placeholders[..., None], image_embeds.to(embeds.dtype))
 
         # Same as GenerationMixin._prepare_position_ids_for_generation.
-        position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        position_ids = self.text_positions(attention_mask)
         return PreparedBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,

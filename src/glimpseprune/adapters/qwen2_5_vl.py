@@ -76,19 +76,13 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         if vit_layers is None:
             # Deepest-first, as published; the full-attention blocks see the whole image.
             vit_layers = sorted(set(vision.fullatt_block_indexes) | {depth - 1}, reverse=True)[:4]
-        fields = dict(
-            family=self.family,
+        return self.build_glimpse_config(
             prune_layer=_PUBLISHED_PRUNE_LAYER.get(text.num_hidden_layers, default_prune_layer(text.num_hidden_layers)),
-            hidden_size=text.hidden_size,
-            num_heads=text.num_attention_heads,
             vision_hidden_size=vision.hidden_size,
-            num_layers=text.num_hidden_layers,
-            vip_visual_layers=vit_layers,
-            norm_eps=text.rms_norm_eps,
+            vit_layers=vit_layers,
             attention_logits=True,
+            **overrides,
         )
-        fields.update(overrides)
-        return GlimpsePruneConfig(**fields)
 
     # ---- positions -----------------------------------------------------------------------------------------
     def rope(self, hidden, position_ids):
@@ -100,18 +94,20 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
     def apply_rotary(self, q, cos, sin):
         return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]
 
+    def rope_index_extras(self, second_per_grid_ts) -> dict:
+        return {"second_per_grid_ts": second_per_grid_ts}
+
     def position_ids(self, input_ids, attention_mask, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts):
         rope_pos, _ = self.model.model.get_rope_index(
             input_ids,
             mm_token_type_ids=mm_token_type_ids,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
-            second_per_grid_ts=second_per_grid_ts,
             attention_mask=attention_mask,
+            **self.rope_index_extras(second_per_grid_ts),
         )
-        # Same text row as GenerationMixin._prepare_position_ids_for_generation.
-        text_pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        return torch.cat([text_pos[None], rope_pos], dim=0)
+        # Text row first, as GenerationMixin builds it: transformers uses it for masks.
+        return torch.cat([self.text_positions(attention_mask)[None], rope_pos], dim=0)
 
     # ---- vision --------------------------------------------------------------------------------------------
     def pool_block_output(self, feat: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:

@@ -27,33 +27,19 @@ class Qwen2VLAdapter(Qwen2_5_VLAdapter):
         depth = vision.depth
         step = max(1, depth // 4)  # 32 blocks: 31, 23, 15, 7 (deepest first)
         vit_layers = [depth - 1 - j * step for j in range(4) if depth - 1 - j * step >= 0]
-        fields = dict(
-            family=self.family,
+        return self.build_glimpse_config(
             prune_layer=default_prune_layer(text.num_hidden_layers),
-            hidden_size=text.hidden_size,
-            num_heads=text.num_attention_heads,
             vision_hidden_size=vision.embed_dim,
-            num_layers=text.num_hidden_layers,
-            vip_visual_layers=vit_layers,
-            norm_eps=text.rms_norm_eps,
+            vit_layers=vit_layers,
             attention_logits=True,
+            **overrides,
         )
-        fields.update(overrides)
-        return GlimpsePruneConfig(**fields)
 
     def apply_rotary(self, q, cos, sin):
         return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]
 
-    def position_ids(self, input_ids, attention_mask, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts):
-        rope_pos, _ = self.model.model.get_rope_index(
-            input_ids,
-            mm_token_type_ids=mm_token_type_ids,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            attention_mask=attention_mask,
-        )
-        text_pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-        return torch.cat([text_pos[None], rope_pos], dim=0)
+    def rope_index_extras(self, second_per_grid_ts) -> dict:
+        return {}  # Qwen2-VL's get_rope_index takes no second_per_grid_ts
 
     def pool_block_output(self, feat: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """[n_patches, D_v] in raster merge-unit order -> one vector per LLM visual token (mean of each 2×2 unit)."""

@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unavailable(name: str, err: Exception) -> int:
-    print(f"glimpseprune {name} is unavailable: {err}. Install the matching extra, e.g. pip install "
-          f"'glimpseprune[{'train' if name == 'train' else 'eval'}]'", file=sys.stderr)
+    print(f"glimpseprune {name} is unavailable: {err}. Reinstall the package (scripts/install.sh) or "
+          "pip install 'glimpseprune[eval]' for plotting", file=sys.stderr)
     return 2
 
 

@@ -14,11 +14,13 @@ import torch
 
 
 @torch.no_grad()
-def reference_generate(model, inputs: dict, keep_visual, prune_layer: int, max_new_tokens: int, replace=None):
+def reference_generate(model, inputs: dict, keep_visual, prune_layer: int, max_new_tokens: int, replace=None,
+                       replace_stage: int = -1):
     """Greedy tokens and first-step logits for ONE sample (batch 1, no padding).
 
     Multi-stage: pass ``keep_visual`` as a list of (layer, keep mask) with nested keep sets; ``prune_layer`` is then
-    ignored. ``replace``: hidden states [kept, D] that the kept visual tokens take on entering the (last) cut layer.
+    ignored. ``replace``: hidden states [kept, D] that the kept visual tokens take on entering the cut layer of stage
+    ``replace_stage`` (default the last).
     """
     stages = keep_visual if isinstance(keep_visual, list) else [(prune_layer, keep_visual)]
     vlm = model.model
@@ -66,9 +68,9 @@ def reference_generate(model, inputs: dict, keep_visual, prune_layer: int, max_n
         h = embeds_all
         cos_sin = lm.rotary_emb(h, pos_all)
         for i, layer in enumerate(lm.layers):
-            if replace is not None and i == kept_at[-1][0]:
+            if replace is not None and i == kept_at[replace_stage][0]:
                 h = h.clone()
-                h[0, visual_cols[stages[-1][1]]] = replace
+                h[0, visual_cols[stages[replace_stage][1]]] = replace
             h = layer(h, attention_mask=layer_mask(i)[None, None], position_embeddings=cos_sin, position_ids=None)
         logits = model.lm_head(lm.norm(h[:, -1]))[0].float()
         if first_logits is None:

@@ -24,3 +24,6 @@ def get_method(name: str, model, **options) -> PruneMethod:
 
 
 __all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method"]
+
+# Baselines (issue #7): each file registers itself with @register_method on import.
+from . import cdpruner, divprune, downsample, fastv, pyramiddrop, random, visionzip, vscan  # noqa: E402,F401

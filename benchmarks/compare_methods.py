@@ -1,0 +1,257 @@
+"""Compare pruning methods at equal LAYER-AVERAGED retention (landscape §1, §7; method.md §15.1).
+
+For every method × budget (default 11.1 / 22.2 / 33.3 % layer-averaged, plus GlimpsePrune unbounded) this runs
+the record dataset through ``GlimpsePrune.generate`` and writes
+
+- ``<out>/compare.json``: one row per (method, budget): accuracy (``exact_match`` against the answer and the short
+  answer), visual tokens at the LLM input and after the last cut, kept-after-last-cut ratio, layer-averaged
+  retention (measured from the cut schedule actually applied), analytic prefill FLOPs with and without the ViT and
+  decode FLOPs (:mod:`glimpseprune.eval.flops`, per sample, averaged), and the cut schedule; budgets a method
+  cannot reach (e.g. FastV at K = 2 on a 4-layer model) are listed with the reason instead of silently moved;
+- ``<out>/compare.md``: the same as a markdown table;
+- ``<out>/pareto.png``: accuracy vs layer-averaged retention (matplotlib, imported lazily; skipped if missing).
+
+FLOPs: LLM layers are summed with the sequence length present at each layer (text + visual tokens present), so
+multi-stage schedules are exact; GlimpsePrune uses :func:`~glimpseprune.eval.flops.prefill_flops` (glimpse, VIP).
+Not counted: the baselines' own scoring (FastV/PDrop one attention row, DivPrune/CDPruner greedy, VisionZip/VScan
+ViT attention scores) - small next to a decoder layer but not zero.
+
+Model: ``--model PATH`` (+ ``--glimpse PATH``) or the embedded default (:func:`glimpseprune.assets.default_model`:
+the trained mini model once it exists, else a tiny RANDOM model whose accuracies are meaningless).
+
+    python benchmarks/compare_methods.py --data shapes/test.jsonl --methods random,fastv,divprune --out results/cmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+DEFAULT_METHODS = "random,downsample,fastv,pyramiddrop,visionzip,divprune,cdpruner,vscan"
+DEFAULT_BUDGETS = "0.111,0.222,0.333"
+
+
+def parse_options(entries: list[str]) -> dict[str, dict]:
+    """``fastv:prune_layer=1`` -> {"fastv": {"prune_layer": 1}} (values parsed as JSON when possible)."""
+    out: dict[str, dict] = {}
+    for entry in entries:
+        name, _, rest = entry.partition(":")
+        key, _, value = rest.partition("=")
+        if not key or not value:
+            raise SystemExit(f"bad --option {entry!r}; expected method:key=value")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(name, {})[key] = parsed
+    return out
+
+
+def load_model(args):
+    from glimpseprune import GlimpsePrune
+    from glimpseprune.assets import default_model
+
+    if args.model:
+        gp = GlimpsePrune.from_pretrained(args.model, args.glimpse, device=args.device,
+                                          init_glimpse=args.glimpse is None)
+        return gp, f"{args.model}" + (f" + {args.glimpse}" if args.glimpse else " (untrained glimpse)")
+    return default_model(args.device, args.glimpse)
+
+
+def sample_flops(gp, method_name: str, n_text: int, total: int, stages: list[tuple[int, int]], image_counts,
+                 decode_steps: int) -> dict:
+    """Analytic FLOPs of one sample for the cut schedule it went through."""
+    from glimpseprune.eval.bench import model_dims
+    from glimpseprune.eval.flops import decode_flops, decoder_layer_flops, lm_head_flops, prefill_flops, vision_flops
+
+    dims, vip = model_dims(gp)
+    lm = dims.lm
+    vit = vision_flops(dims.vision, image_counts) if dims.vision is not None and total else 0
+    final = stages[-1][1] if stages else total
+    if method_name == "glimpse" and stages:
+        parts = prefill_flops(lm, n_text, total, final, stages[0][0], glimpse=True, vip=vip,
+                              image_token_counts=image_counts or None, vision=dims.vision if total else None)
+        pre, pre_wo = parts["total"], parts["total_without_vision"]
+    else:
+        present, cut = total, dict(stages)
+        llm = 0
+        for layer in range(lm.layers):
+            present = cut.get(layer, present)
+            llm += decoder_layer_flops(lm, n_text + present)
+        pre_wo = llm + lm_head_flops(lm, 1)
+        pre = pre_wo + vit
+    dec = decode_flops(lm, n_text + final, decode_steps)["total"]
+    return {"prefill_flops": pre, "prefill_flops_without_vit": pre_wo, "vit_flops": vit, "decode_flops": dec}
+
+
+def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict:
+    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, references_for
+    from glimpseprune.eval.scorers import exact_match
+    from glimpseprune.methods import get_method
+    from glimpseprune.methods.budget import schedule_retention
+    from glimpseprune.processing import build_inputs
+
+    label = "unbounded" if budget is None else f"{budget:g}"
+    row = {"method": method_name, "budget": label, "options": options}
+    try:
+        if method_name == "none":
+            method = None
+        elif method_name == "glimpse":  # unbounded (no cap), or capped to hit a layer-averaged budget
+            cap = None
+            if budget is not None:
+                from glimpseprune.methods.budget import kept_ratio_for_retention
+
+                cap = kept_ratio_for_retention(budget, gp.config.prune_layer, gp.adapter.num_layers)
+            method = gp.method("glimpse", max_keep_ratio=cap, **options)
+        else:
+            method = get_method(method_name, gp, retention=budget, **options)
+    except ValueError as err:
+        row["skipped"] = str(err)
+        return row
+    scores, kept_ratio, retention, flops, n_in, n_out = [], [], [], [], [], []
+    stages_seen = None
+    start = time.perf_counter()
+    for i in range(0, len(records), args.batch_size):
+        chunk = records[i:i + args.batch_size]
+        questions = [r.question + ("\n" + SHORT_ANSWER_PROMPT if not args.free_form else "") for r in chunk]
+        inputs = build_inputs(gp.processor, questions, [[r.image] for r in chunk])
+        out = gp.generate(**inputs, method=method if method is not None else "none",
+                          max_new_tokens=args.max_new_tokens)
+        texts = gp.processor.batch_decode(out.generated, skip_special_tokens=True)
+        state = out.pruning
+        for b, (record, text) in enumerate(zip(chunk, texts)):
+            sample = state.samples[b]
+            scores.append(exact_match(text.strip(), references_for(record)))
+            stages = [(layer, kept[b]) for layer, kept in state.stages]
+            stages_seen = [layer for layer, _ in state.stages]
+            n_text = int(inputs["attention_mask"][b].sum()) - sample.total
+            if sample.total:
+                retention.append(schedule_retention([(lay, k / sample.total) for lay, k in stages], state.num_layers))
+            kept_ratio.append(sample.ratio)
+            n_in.append(sample.total)
+            n_out.append(sample.kept)
+            flops.append(sample_flops(gp, state.method, n_text, sample.total, stages,
+                                      [im.total for im in sample.images], max(out.new_tokens - 1, 0)))
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    row.update({
+        "n": len(scores),
+        "accuracy": mean(scores),
+        "kept_ratio": mean(kept_ratio),
+        "layer_averaged_retention": mean(retention),
+        "visual_tokens_in": mean(n_in),
+        "visual_tokens_kept": mean(n_out),
+        "cut_layers": stages_seen,
+        "seconds": time.perf_counter() - start,
+        **{k: mean([f[k] for f in flops]) for k in flops[0]},
+    })
+    return row
+
+
+def markdown(rows: list[dict], model_label: str, data: str, title: str | None = None) -> str:
+    base = next((r for r in rows if r["method"] == "none" and "accuracy" in r), None)
+    lines = ([f"**{title}**", ""] if title else []) + [f"Model: {model_label}  ", f"Data: {data}", "",
+             "| method | budget (layer-avg) | n | accuracy (EM) | kept after last cut | layer-avg retention | "
+             "visual in → kept | cut layers | prefill GFLOPs (w/o ViT) | prefill / full | decode GFLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['method']} | {r['budget']} | — | skipped: {r['skipped'].split(';')[0]} ||||||||")
+            continue
+        rel = f"{r['prefill_flops'] / base['prefill_flops']:.3f}" if base else "—"
+        lines.append(
+            f"| {r['method']} | {r['budget']} | {r['n']} | {r['accuracy']:.3f} | {r['kept_ratio']:.3f} | "
+            f"{r['layer_averaged_retention']:.3f} | {r['visual_tokens_in']:.1f} → {r['visual_tokens_kept']:.1f} | "
+            f"{r['cut_layers']} | {r['prefill_flops'] / 1e9:.4g} ({r['prefill_flops_without_vit'] / 1e9:.4g}) | "
+            f"{rel} | {r['decode_flops'] / 1e9:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(rows: list[dict], path: Path, title: str | None = None) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    by_method: dict[str, list] = {}
+    for r in rows:
+        if "accuracy" in r:
+            by_method.setdefault(r["method"], []).append((r["layer_averaged_retention"], r["accuracy"]))
+    for name, points in sorted(by_method.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel("layer-averaged visual-token retention")
+    ax.set_ylabel("accuracy (exact match)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="record JSONL (load_records spec, e.g. test.jsonl:first:200)")
+    parser.add_argument("--image-root", default=None)
+    parser.add_argument("--model", default=None, help="base model folder (default: the embedded default model)")
+    parser.add_argument("--glimpse", default=None, help="GlimpsePrune modules folder")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list (default {DEFAULT_METHODS})")
+    parser.add_argument("--budgets", default=DEFAULT_BUDGETS, help="layer-averaged retentions, comma list")
+    parser.add_argument("--no-glimpse", action="store_true", help="skip GlimpsePrune (unbounded)")
+    parser.add_argument("--no-full", action="store_true", help="skip the unpruned model")
+    parser.add_argument("--option", action="append", default=[], help="method:key=value, e.g. fastv:prune_layer=1")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--free-form", action="store_true", help="no short-answer instruction")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="benchmarks/results/compare_methods")
+    parser.add_argument("--title", default=None, help="a label for the table and the plot (e.g. 'SMOKE TEST')")
+    args = parser.parse_args(argv)
+
+    from glimpseprune.data.records import load_records
+
+    records, report = load_records(args.data, root=args.image_root)
+    if not records:
+        raise SystemExit(f"no usable records in {args.data}:\n{report.summary()}")
+    gp, model_label = load_model(args)
+    options = parse_options(args.option)
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    units = [] if args.no_full else [("none", None)]
+    units += [] if args.no_glimpse or gp.glimpse is None else [("glimpse", None)]
+    units += [(m.strip(), b) for m in args.methods.split(",") if m.strip() for b in budgets]
+    rows = []
+    for name, budget in units:
+        row = run_unit(gp, records, name, budget, options.get(name, {}), args)
+        rows.append(row)
+        shown = row.get("skipped") or f"acc {row['accuracy']:.3f}  retention {row['layer_averaged_retention']:.3f}"
+        print(f"{name:12s} {row['budget']:>9s}  {shown}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"title": args.title, "model": model_label, "data": args.data, "n_records": len(records), "budgets": budgets,
+              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "rows": rows}
+    (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    table = markdown(rows, model_label, args.data, args.title)
+    (out / "compare.md").write_text(table, encoding="utf-8")
+    plotted = pareto_plot(rows, out / "pareto.png", args.title)
+    print(table)
+    print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}" + (f", {out / 'pareto.png'}" if plotted else
+                                                                      " (matplotlib missing: no plot)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

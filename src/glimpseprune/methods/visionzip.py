@@ -1,0 +1,188 @@
+"""VisionZip (Yang et al., CVPR'25, arXiv 2412.04467) on our pre-LLM hook, text-agnostic:
+
+- **dominant** tokens: the most attended visual tokens in a late ViT block. CLIP has a CLS token; Qwen2.5-VL has
+  none, so the score is the MEAN attention a patch RECEIVES (over heads and over every query that can see it in
+  that block: the whole image in a full-attention block), averaged over the 2×2 patches of each LLM token;
+- **contextual** tokens: the remaining tokens are sampled uniformly as c targets, every other remaining token is
+  assigned to its most similar target by key cosine similarity (the block's pre-RoPE keys, head-concatenated,
+  averaged over the 2×2 unit), and each target's embedding becomes the mean of its group (``Selection.replace``;
+  a target keeps its own position id).
+
+Memory: the reference VisionZip materialises whole attention maps and runs out of memory on document images on
+Qwen2.5-VL (landscape §2). Here the scores are computed from the block INPUT captured during the normal ViT pass
+(``adapters.base.VitRequest``; norm1, the qkv projection and the ViT rotary applied here), in chunks of query rows
+against all keys of one image, so at most ``max_elems`` (default 2^22) logits exist at once (≈ 16 MiB in fp32,
+≈ 2× that with the softmax), whatever the image size. The ViT is not re-run.
+
+Knobs: ``block`` (default: the last full-attention ViT block), ``dominant`` + ``contextual`` (explicit ratios per
+image, e.g. the reference's Qwen setting 0.061 + 0.05) OR a budget (:mod:`.budget`; cut at layer 0) split with
+``contextual_share`` (default 0.05/0.111 ≈ 0.45, the Qwen reference's split; LLaVA's 54 + 10 is 10/64).
+Counts per image: k = floor(f·n) (≥ ``min_keep``), c = round(share·k), dominant = k − c. Always per image.
+Supported families: Qwen2.5-VL and Qwen2-VL (ViT blocks with ``norm1`` / ``attn.qkv`` and rotary
+``position_embeddings``).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+from ..adapters.base import VitRequest
+from . import register_method
+from .base import PruneMethod, SelectContext, Selection, split_by_sample
+from .budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
+
+DEFAULT_SHARE = 0.05 / 0.111
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
+                       max_elems: int = 2**22) -> torch.Tensor:
+    """Mean attention each token receives, [n]: q, k [n, H, d] (post-RoPE); attention within cu_seqlens segments.
+
+    Queries are processed in chunks so that at most ``max_elems`` logits (H × rows × segment length) exist at once.
+    """
+    n, heads, _ = q.shape
+    out = torch.zeros(n, dtype=torch.float32, device=q.device)
+    bounds = cu_seqlens.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        m = e - s
+        if m == 0:
+            continue
+        keys = k[s:e].transpose(0, 1).float()  # [H, m, d]
+        rows = max(1, max_elems // (heads * m))
+        for r in range(s, e, rows):
+            logits = torch.matmul(q[r:min(e, r + rows)].transpose(0, 1).float(), keys.transpose(1, 2)) * scale
+            out[s:e] += torch.softmax(logits, dim=-1).sum((0, 1))
+            del logits
+        out[s:e] /= heads * m
+    return out
+
+
+def nearest(queries: torch.Tensor, targets: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """Index of the most cosine-similar target for every query row, in row chunks (no full similarity matrix)."""
+    qn = torch.nn.functional.normalize(queries.float(), dim=-1)
+    tn = torch.nn.functional.normalize(targets.float(), dim=-1)
+    out = torch.empty(qn.shape[0], dtype=torch.long, device=qn.device)
+    for r in range(0, qn.shape[0], rows):
+        out[r:r + rows] = (qn[r:r + rows] @ tn.T).argmax(1)
+    return out
+
+
+def contextual_merge(embeds: torch.Tensor, keys: torch.Tensor, rest: torch.Tensor, c: int):
+    """Uniformly sample c targets among ``rest`` (sorted indices), assign the others to the most key-similar target.
+
+    Returns (target indices, merged embeddings [c, D] = mean of each target's group, target included).
+    """
+    if c <= 0 or rest.numel() == 0:
+        return rest[:0], embeds[:0]
+    step = max(1, rest.numel() // c)
+    targets = rest[::step][:c]
+    is_target = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+    is_target[targets] = True
+    others = rest[~is_target[rest]]
+    assign = nearest(keys[others], keys[targets]) if others.numel() else others
+    sums = embeds[targets].float().clone()
+    counts = torch.ones(targets.numel(), device=embeds.device)
+    if others.numel():
+        sums.index_add_(0, assign, embeds[others].float())
+        counts.index_add_(0, assign, torch.ones(others.numel(), device=embeds.device))
+    return targets, (sums / counts[:, None]).to(embeds.dtype)
+
+
+class VisionZip(PruneMethod):
+    name = "visionzip"
+    prune_layer = 0
+
+    def __init__(self, adapter, block: int, fraction: float | None, share: float, dominant: float | None = None,
+                 contextual: float | None = None, min_keep: int = 1, max_elems: int = 2**22):
+        self.adapter, self.block = adapter, block
+        self.fraction, self.share, self.dominant, self.contextual = fraction, share, dominant, contextual
+        self.min_keep, self.max_elems = min_keep, max_elems
+        self.vit_layers = VitRequest([], block_inputs=[block])
+
+    def counts(self, n: int) -> tuple[int, int]:
+        """(dominant, contextual) counts for an image of n tokens."""
+        if self.dominant is not None:
+            d, c = int(self.dominant * n), int(self.contextual * n)
+            if d + c == 0 and n:
+                d = min(self.min_keep, n)
+            return min(d, n), min(c, n - min(d, n))
+        k = keep_count(n, self.fraction, self.min_keep)
+        c = min(k, round(self.share * k))
+        return k - c, c
+
+    def token_scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(received-attention score [T], key [T, H·d]) per LLM visual token of the batch, raster order."""
+        hidden, kwargs = batch.extras["vit_block_inputs"][self.block]
+        grid_thw = batch.extras["image_grid_thw"]
+        blk = self.adapter.visual.blocks[self.block]
+        attn = blk.attn
+        n = hidden.shape[0]
+        q, k, _ = attn.qkv(blk.norm1(hidden)).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        cos, sin = kwargs["position_embeddings"]
+        q_rot, k_rot = apply_rotary_pos_emb_vision(q, k, cos, sin)
+        patch = received_attention(q_rot, k_rot, kwargs["cu_seqlens"], attn.scaling, self.max_elems)
+        scores = self.adapter.pool_block_output(patch[:, None], grid_thw)[:, 0]
+        keys = self.adapter.pool_block_output(k.reshape(n, -1).float(), grid_thw)
+        return scores, keys
+
+    def select(self, ctx: SelectContext) -> Selection:
+        batch = ctx.batch
+        if not any(batch.images):
+            return Selection(keep=[torch.zeros(0, dtype=torch.bool, device=ctx.hidden.device) for _ in batch.images])
+        scores, keys = self.token_scores(batch)
+        keep, replace = [], []
+        for b, (s_b, k_b, images) in enumerate(zip(split_by_sample(scores, batch), split_by_sample(keys, batch),
+                                                   batch.images)):
+            embeds = batch.inputs_embeds[b][batch.visual_mask[b]]
+            new = embeds.clone()
+            mask = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+            start = 0
+            for im in images:
+                part = slice(start, start + im.num_tokens)
+                d, c = self.counts(im.num_tokens)
+                dom = top_k_mask(s_b[part], d)
+                rest = (~dom).nonzero().squeeze(1)
+                targets, merged = contextual_merge(embeds[part], k_b[part], rest, c)
+                mask[part] |= dom
+                mask[start + targets] = True
+                new[start + targets] = merged
+                start += im.num_tokens
+            keep.append(mask)
+            replace.append(new[mask])
+        return Selection(keep=keep, scores=split_by_sample(scores, batch), replace=replace)
+
+
+def default_block(vision_config) -> int:
+    full = list(getattr(vision_config, "fullatt_block_indexes", None) or [])
+    depth = getattr(vision_config, "depth", None) or vision_config.num_hidden_layers
+    return max(full) if full else depth - 1
+
+
+@register_method("visionzip")
+def build(model, prune_layer=None, block=None, dominant=None, contextual=None, contextual_share=DEFAULT_SHARE,
+          max_elems: int = 2**22, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
+          per_image=None) -> VisionZip:
+    if prune_layer not in (None, 0):
+        raise ValueError(f"visionzip prunes before the LLM (layer 0); got prune_layer={prune_layer}")
+    adapter = model.adapter
+    if not hasattr(adapter, "visual") or not hasattr(adapter.visual.blocks[0], "norm1"):
+        raise ValueError(f"visionzip supports the Qwen-VL families only, not {adapter.family!r}")
+    vcfg = model.model.config.vision_config
+    block = default_block(vcfg) if block is None else int(block)
+    if not 0 <= block < len(adapter.visual.blocks):
+        raise ValueError(f"visionzip: ViT block {block} out of range (0..{len(adapter.visual.blocks) - 1})")
+    if (dominant is None) != (contextual is None):
+        raise ValueError("visionzip: give dominant= and contextual= together (ratios per image)")
+    if dominant is not None:
+        if any(v not in (None, ...) for v in (ratio, retention, max_keep_ratio)):
+            raise ValueError("visionzip: give either dominant=/contextual= ratios or a budget, not both")
+        if not (0 <= dominant <= 1 and 0 <= contextual <= 1 and 0 < dominant + contextual <= 1):
+            raise ValueError(f"visionzip: need dominant, contextual >= 0 with 0 < sum <= 1, got {dominant}, {contextual}")
+        common = resolve_common("visionzip", None, None, threshold, ..., min_keep, per_image)
+        return VisionZip(adapter, block, None, 0.0, float(dominant), float(contextual), common.min_keep, max_elems)
+    if not 0 <= contextual_share <= 1:
+        raise ValueError(f"visionzip: contextual_share must be in [0, 1], got {contextual_share}")
+    common = resolve_common("visionzip", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)
+    fraction = single_cut_fraction(common.budget, 0, adapter.num_layers)
+    return VisionZip(adapter, block, fraction, float(contextual_share), None, None, common.min_keep, max_elems)

@@ -241,3 +241,12 @@ def test_last_token_row_matches_eager_attention(qwen, gp, images):
     finally:
         model.set_attn_implementation("sdpa")
     torch.testing.assert_close(seen["row"], stock.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_config_overrides_reach_every_field(gp):
+    """Any field, including the family defaults, can be overridden when building modules."""
+    for family_default in (dict(prune_layer=2), dict(vip_visual_layers=[3]), dict(attention_logits=False)):
+        config = gp.with_new_modules(seed=0, **family_default).config
+        for name, value in family_default.items():
+            assert getattr(config, name) == value
+    assert gp.with_new_modules(seed=0, vip_size=32, vip_cond_size=32).vip.in_proj.out_features == 32

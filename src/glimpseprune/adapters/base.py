@@ -133,20 +133,18 @@ class FamilyAdapter:
         raise NotImplementedError
 
     # ---- shared machinery ------------------------------------------------------------------------------------
-    def build_glimpse_config(self, *, prune_layer, vision_hidden_size, vit_layers, attention_logits, **overrides):
-        """A GlimpsePruneConfig sized from the LLM's text config; family defaults in, caller overrides on top."""
+    def build_glimpse_config(self, overrides: dict, **family_defaults) -> GlimpsePruneConfig:
+        """A GlimpsePruneConfig sized from the LLM's text config: family defaults, then the caller's overrides
+        (any field, including the family defaults such as ``prune_layer``)."""
         text = self.text_config
         fields = dict(
             family=self.family,
-            prune_layer=prune_layer,
             hidden_size=text.hidden_size,
             num_heads=text.num_attention_heads,
-            vision_hidden_size=vision_hidden_size,
             num_layers=text.num_hidden_layers,
-            vip_visual_layers=vit_layers,
             norm_eps=text.rms_norm_eps,
-            attention_logits=attention_logits,
         )
+        fields.update(family_defaults)
         fields.update(overrides)
         return GlimpsePruneConfig(**fields)
 

@@ -59,11 +59,11 @@ class LlavaAdapter(FamilyAdapter):
             step = max(1, (top + 1) // 4)
             vit_layers = [top - j * step for j in range(4) if top - j * step >= 0]
         return self.build_glimpse_config(
+            overrides,
             prune_layer=_PUBLISHED_PRUNE_LAYER.get(text.num_hidden_layers, default_prune_layer(text.num_hidden_layers)),
             vision_hidden_size=vision.hidden_size,
-            vit_layers=vit_layers,
+            vip_visual_layers=vit_layers,
             attention_logits=False,
-            **overrides,
         )
 
     # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------

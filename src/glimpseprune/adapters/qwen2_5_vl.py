@@ -77,11 +77,11 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             # Deepest-first, as published; the full-attention blocks see the whole image.
             vit_layers = sorted(set(vision.fullatt_block_indexes) | {depth - 1}, reverse=True)[:4]
         return self.build_glimpse_config(
+            overrides,
             prune_layer=_PUBLISHED_PRUNE_LAYER.get(text.num_hidden_layers, default_prune_layer(text.num_hidden_layers)),
             vision_hidden_size=vision.hidden_size,
-            vit_layers=vit_layers,
+            vip_visual_layers=vit_layers,
             attention_logits=True,
-            **overrides,
         )
 
     # ---- positions -----------------------------------------------------------------------------------------

@@ -28,11 +28,11 @@ class Qwen2VLAdapter(Qwen2_5_VLAdapter):
         step = max(1, depth // 4)  # 32 blocks: 31, 23, 15, 7 (deepest first)
         vit_layers = [depth - 1 - j * step for j in range(4) if depth - 1 - j * step >= 0]
         return self.build_glimpse_config(
+            overrides,
             prune_layer=default_prune_layer(text.num_hidden_layers),
             vision_hidden_size=vision.embed_dim,
-            vit_layers=vit_layers,
+            vip_visual_layers=vit_layers,
             attention_logits=True,
-            **overrides,
         )
 
     def apply_rotary(self, q, cos, sin):

@@ -1,0 +1,755 @@
+"""Pretrain the mini base model: a small Qwen2.5-VL trained from scratch, on CPU, on grounded records.
+
+``glimpseprune pretrain-mini [--config FILE] [key=value ...]`` (defaults: ``configs/mini/pretrain.json``, i.e.
+:data:`DEFAULTS`). Overrides are JSON values where they parse (``steps=50``, ``model.text_layers=4``,
+``data=null``) and plain strings otherwise (``output_dir=runs/x``).
+
+What it does, in order:
+
+1. **Data.** ``data``: any record file(s) :func:`~glimpseprune.data.records.load_records` reads (Visual-CoT format:
+   question, answer or short_answer, image, bboxs). ``data: null`` (the default) uses the glimpse-shapes train
+   split, generated in memory from ``synthetic`` (``n_train``, ``seed``, ``size``) and rendered on the fly: the
+   same items and pixels as ``python -m glimpseprune.data.scenes`` writes, without the disk. Validation: the
+   benchmark's val split (``n_val`` items), or ``val_data``.
+2. **Tokenizer.** A byte-level BPE trained on the records' questions and answers, wrapped as a real
+   ``Qwen2Tokenizer`` with Qwen's special tokens and chat layout (:func:`glimpseprune.tiny.build_qwen_tokenizer`).
+3. **Model.** A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` from ``model`` (sizes below).
+4. **Training.** Sequence = chat prompt with the image + the answer + ``<|im_end|>``; the language-model loss is on
+   the answer tokens only. For glimpse-shapes records (they carry their ``scene``) three things are added, all
+   computed from the scene and its exact boxes:
+
+   - ``extra_turns`` more questions about the same image follow as further chat turns (the record's own question
+     stays first, i.e. exactly the single-turn prompt of inference). The vision tower, most of the cost, runs once
+     for all of them, so each step supervises ``1 + extra_turns`` answers per image.
+   - an auxiliary dense loss (``aux_weight``): a linear probe on the vision tower's merged tokens predicts, for
+     every token cell, the colour and the shape of the object covering it and the shape of the object centred in
+     it. The probe is training scaffolding (kept in the checkpoint state, never in the saved model): the shipped
+     model is a stock Qwen2.5-VL.
+   - a grounding loss (``attn_weight``, ``attn_layers``): at those decoder layers the attention of the position
+     that predicts each answer, averaged over heads and renormalised over the visual tokens, should fall on that
+     answer's box tokens (loss ``-log`` of that share; eager attention in the decoder while training).
+
+   AdamW, linear warm-up then cosine decay, gradient clipping, fp32, ``threads`` torch threads (1 is fastest on
+   a shared 2-core machine) and ``num_workers`` data processes (rendering + preprocessing overlap the step).
+5. **Checkpoints.** Every ``save_every`` steps ``<output_dir>/checkpoint/`` (model + processor + optimiser,
+   scheduler and step); a re-run with the same output folder continues from it (``resume=false`` starts over).
+   The data order is a pure function of (seed, step), so a resumed run sees the same batches as an uninterrupted
+   one. ``max_minutes`` stops (after saving) once that much training time has been spent; re-run to continue.
+6. **Result.** ``<output_dir>/final/`` (``save_pretrained`` of model and processor, loadable by
+   ``GlimpsePrune.from_pretrained``) and ``<output_dir>/metrics.json`` (steps, wall time, validation accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+DEFAULTS: dict = {
+    "data": None,
+    "synthetic": {"n_train": 40000, "seed": 0, "size": 448},
+    "val_data": None,
+    "n_val": 128,
+    "output_dir": "runs/mini_base",
+    "seed": 0,
+    "steps": 360,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "min_lr_ratio": 0.05,
+    "warmup_steps": 25,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "aux_weight": 1.0,
+    "lowercase_prob": 0.25,
+    "extra_turns": 5,
+    "attn_weight": 0.0,
+    "attn_layers": [2, 3],
+    "threads": 1,
+    "num_workers": 1,
+    "save_every": 20,
+    "eval_every": 100,
+    "max_minutes": None,
+    "resume": True,
+    "progress": True,
+    "tokenizer_vocab_size": 400,
+    "min_pixels": 56 * 56,
+    "max_pixels": 448 * 448,
+    "max_new_tokens": 4,
+}
+
+
+@dataclass
+class MiniModelSpec:
+    text_hidden: int = 128
+    text_layers: int = 6
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 384
+    vision_hidden: int = 96
+    vision_depth: int = 4
+    vision_heads: int = 4
+    vision_intermediate: int = 192
+    fullatt_blocks: list[int] = field(default_factory=lambda: [1, 3])
+    window_size: int = 112
+    patch_size: int = 14
+    initializer_range: float = 0.02
+    # Text embeddings at ~unit scale (and an untied LM head): at 0.02 they are ~50x smaller than the vision
+    # tower's merged tokens, whose values then swamp the question in the residual stream (the decoder could not
+    # even tell the question types apart after 100 steps).
+    embed_init_std: float = 1.0
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class PretrainConfig:
+    data: str | list[str] | None = None
+    synthetic: dict = field(default_factory=lambda: dict(DEFAULTS["synthetic"]))
+    val_data: str | list[str] | None = None
+    n_val: int = 128
+    output_dir: str = "runs/mini_base"
+    seed: int = 0
+    steps: int = 360
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 25
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    aux_weight: float = 1.0
+    lowercase_prob: float = 0.25  # questions also seen with a lower-case first letter ("what colour is ...")
+    # Grounding loss: at these decoder layers, the attention (mean over heads) of the position that predicts the
+    # answer should fall, among the visual tokens, on the tokens of the record's boxes: -log(mass on the boxes).
+    attn_weight: float = 0.0
+    # glimpse-shapes records: this many more questions about the same image, derived from its scene, follow the
+    # record's own question as further chat turns (the ViT, most of the cost, runs once for all of them)
+    extra_turns: int = 5
+    attn_layers: list[int] = field(default_factory=lambda: [2, 3])
+    threads: int = 1
+    num_workers: int = 1
+    save_every: int = 20
+    eval_every: int = 100
+    max_minutes: float | None = None
+    resume: bool = True
+    progress: bool = True
+    tokenizer_vocab_size: int = 400
+    min_pixels: int = 56 * 56
+    max_pixels: int = 448 * 448
+    max_new_tokens: int = 4
+    model: MiniModelSpec = field(default_factory=MiniModelSpec)
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: list[str] | None = None) -> "PretrainConfig":
+        data = json.loads(json.dumps(data))
+        data = {k: v for k, v in data.items() if not k.startswith("_")}
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not key=value")
+            target = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = _parse_value(value)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown pretrain config keys: {sorted(unknown)}")
+        model = data.pop("model", {}) or {}
+        unknown = set(model) - {f.name for f in fields(MiniModelSpec)}
+        if unknown:
+            raise ValueError(f"unknown model keys: {sorted(unknown)}")
+        return cls(**data, model=MiniModelSpec(**model))
+
+    @classmethod
+    def from_file(cls, path, overrides: list[str] | None = None) -> "PretrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()), overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+# ---- data ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Example:
+    question: str
+    answer: str
+    image: str | None = None  # file path; None: render ``scene``
+    scene: dict | None = None  # glimpse-shapes scene (enables the dense auxiliary targets)
+    boxes: list = field(default_factory=list)
+    id: str = ""
+    qtype: str | None = None
+    turns: list = field(default_factory=list)  # more (question, answer, boxes) about the same image
+
+
+def synthetic_examples(n: int, seed: int, size: int, split: str) -> list[Example]:
+    from ..data.scenes import generate_items
+
+    return [
+        Example(r["question"], r["short_answer"], None, r["scene"], r["bboxs"], r["id"], r["qtype"])
+        for _, r in generate_items(n, seed=seed, size=size, split=split)
+    ]
+
+
+def record_examples(spec) -> list[Example]:
+    from ..data.records import load_records
+
+    records, report = load_records(spec)
+    if not records:
+        raise ValueError(f"no usable records in {spec}: {report.summary()}")
+    return [
+        Example(r.question, r.short_answer or r.answer, r.image, r.extra.get("scene"), r.boxes, r.id,
+                r.extra.get("qtype"))
+        for r in records
+    ]
+
+
+def example_image(ex: Example):
+    from ..processing import load_image
+
+    if ex.image is not None:
+        return load_image(ex.image)
+    from ..data.scenes import Scene, render_scene
+
+    return render_scene(Scene.from_dict(ex.scene))
+
+
+N_COLOURS, N_SHAPES = 7, 6  # background + 6 colours, background + 5 shapes
+
+
+def cell_targets(scene: dict, grid_h: int, grid_w: int, min_cover: float = 0.2):
+    """[3, grid_h*grid_w] class targets for the auxiliary probe: covering colour, covering shape, centred shape."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from ..data.scenes import COLOURS, SHAPES, Scene, _draw_object
+
+    sc = Scene.from_dict(scene)
+    labels = Image.new("L", (sc.width, sc.height), 0)
+    draw = ImageDraw.Draw(labels)
+    for i, obj in enumerate(sc.objects):
+        _draw_object(draw, obj, i + 1)
+    cell = 16  # resample the label map to 16x16 px per cell: nearest keeps object ids exact
+    lab = np.asarray(labels.resize((grid_w * cell, grid_h * cell), Image.NEAREST))
+    n = len(sc.objects)
+    onehot = np.eye(n + 1, dtype=np.float32)[lab]  # [H, W, n+1]
+    cover = onehot.reshape(grid_h, cell, grid_w, cell, n + 1).mean(axis=(1, 3))[..., 1:].reshape(-1, n)
+    best = cover.argmax(axis=1)
+    present = cover.max(axis=1) >= min_cover
+    colour_ids = np.array([list(COLOURS).index(o.colour) + 1 for o in sc.objects])
+    shape_ids = np.array([SHAPES.index(o.shape) + 1 for o in sc.objects])
+    colour = np.where(present, colour_ids[best], 0)
+    shape = np.where(present, shape_ids[best], 0)
+    centre = np.zeros(grid_h * grid_w, dtype=np.int64)
+    for o, sid in zip(sc.objects, shape_ids):
+        cx = min(int((o.x + o.size / 2) / sc.width * grid_w), grid_w - 1)
+        cy = min(int((o.y + o.size / 2) / sc.height * grid_h), grid_h - 1)
+        centre[cy * grid_w + cx] = sid
+    import torch
+
+    return torch.from_numpy(np.stack([colour, shape, centre]).astype(np.int64))
+
+
+def derive_turns(scene: dict, rng: random.Random, n: int) -> list[tuple[str, str, list]]:
+    """``n`` more (question, answer, boxes) about a glimpse-shapes scene, computed from its objects with the
+    benchmark's own wording (:func:`glimpseprune.data.scenes._texts`) and exact boxes."""
+    from ..data.scenes import COLOURS, COUNT_WORDS, SHAPES, Scene, _texts, object_box
+
+    objs = Scene.from_dict(scene).objects
+    out = []
+    for _ in range(n):
+        kinds = ["exists", "count"]
+        unique_shapes = [s for s in SHAPES if sum(o.shape == s for o in objs) == 1]
+        unique_colours = [c for c in COLOURS if sum(o.colour == c for o in objs) == 1]
+        if unique_shapes:
+            kinds.append("colour_of_shape")
+        if unique_colours:
+            kinds.append("shape_of_colour")
+        kind = rng.choice(kinds)
+        if kind == "colour_of_shape":
+            shape = rng.choice(unique_shapes)
+            obj = next(o for o in objs if o.shape == shape)
+            q, a, _ = _texts(kind, shape, obj.colour)
+            refs = [obj]
+        elif kind == "shape_of_colour":
+            colour = rng.choice(unique_colours)
+            obj = next(o for o in objs if o.colour == colour)
+            q, a, _ = _texts(kind, obj.shape, colour)
+            refs = [obj]
+        elif kind == "exists":
+            if rng.random() < 0.5:
+                obj = rng.choice(objs)
+                shape, colour = obj.shape, obj.colour
+            else:
+                shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+            present = any(o.shape == shape and o.colour == colour for o in objs)
+            q, a, _ = _texts(kind, shape, colour, present=present)
+            refs = [o for o in objs if (o.shape == shape and o.colour == colour) or
+                    (not present and (o.shape == shape or o.colour == colour))]
+        else:
+            shape = rng.choice(SHAPES)
+            refs = [o for o in objs if o.shape == shape]
+            if len(refs) >= len(COUNT_WORDS):
+                continue
+            q, a, _ = _texts(kind, shape, count=len(refs))
+        out.append((q, a, [object_box(o) for o in refs]))
+    return out
+
+
+class Collator:
+    """Examples -> model inputs with answer-only labels (right padding), box masks and auxiliary cell targets.
+
+    An example with ``turns`` (more questions about the same image) becomes a multi-turn chat: the record's own
+    question first (exactly the single-turn prompt used at inference), then the others; every answer is supervised.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.eos = self.tok.eos_token
+        self.header = self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        self.eos_id = self.tok.convert_tokens_to_ids(self.eos)
+
+    def prompt(self, question: str) -> str:
+        from ..processing import user_message
+
+        return self.processor.apply_chat_template(user_message(question, 1), add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def text(self, ex: Example) -> str:
+        out = self.prompt(ex.question) + ex.answer + self.eos
+        for q, a, _ in ex.turns:
+            out += "\n<|im_start|>user\n" + q + "<|im_end|>\n<|im_start|>assistant\n" + a + self.eos
+        return out
+
+    def answer_spans(self, ids: list[int]) -> list[tuple[int, int]]:
+        """[start, end) of every answer (its tokens and the end-of-turn token)."""
+        spans, h = [], len(self.header)
+        i = 0
+        while i + h <= len(ids):
+            if ids[i:i + h] == self.header:
+                start = i + h
+                end = start
+                while end < len(ids) and ids[end] != self.eos_id:
+                    end += 1
+                spans.append((start, min(end + 1, len(ids))))
+                i = end
+            else:
+                i += 1
+        return spans
+
+    def __call__(self, examples: list[Example]) -> dict:
+        import torch
+
+        from ..data.masks import boxes_to_grid_mask, normalize_boxes
+
+        texts = [self.text(ex) for ex in examples]
+        images = [example_image(ex) for ex in examples]
+        self.tok.padding_side = "right"
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        self.tok.padding_side = "left"
+        labels = torch.full_like(inputs["input_ids"], -100)
+        grids = (inputs["image_grid_thw"][:, 1:] // 2).tolist()
+        box_masks = []
+        for b, ex in enumerate(examples):
+            spans = self.answer_spans(inputs["input_ids"][b].tolist())
+            if len(spans) != 1 + len(ex.turns):
+                raise ValueError(f"found {len(spans)} answers in a {1 + len(ex.turns)}-turn sequence")
+            for start, end in spans:
+                labels[b, start:end] = inputs["input_ids"][b, start:end]
+            gh, gw = grids[b]
+            masks = []
+            for boxes in [ex.boxes] + [t[2] for t in ex.turns]:
+                if boxes:
+                    m = boxes_to_grid_mask(normalize_boxes(boxes, images[b].width, images[b].height), gh, gw)
+                    masks.append(torch.from_numpy(m.reshape(-1).astype(bool)))
+                else:
+                    masks.append(None)
+            box_masks.append(masks)
+        aux = []
+        for ex, (gh, gw) in zip(examples, grids):
+            if ex.scene is not None:
+                aux.append(cell_targets(ex.scene, gh, gw))
+            else:
+                aux.append(torch.full((3, gh * gw), -100, dtype=torch.long))
+        out = dict(inputs)
+        out["labels"] = labels
+        out["aux_targets"] = torch.cat(aux, dim=1)
+        out["box_masks"] = box_masks
+        return out
+
+
+class StepBatches:
+    """Batch ``i`` of this dataset is the batch of optimiser step ``start + i``: a pure function of (seed, step)."""
+
+    def __init__(self, examples, collator, batch_size: int, seed: int, start: int, stop: int,
+                 lowercase_prob: float = 0.0, extra_turns: int = 0):
+        self.examples, self.collator, self.bs, self.seed = examples, collator, batch_size, seed
+        self.lowercase_prob, self.extra_turns = lowercase_prob, extra_turns
+        self.start, self.stop = start, stop
+        self._perms: dict[int, list[int]] = {}
+
+    def indices(self, step: int) -> list[int]:
+        n = len(self.examples)
+        out = []
+        for g in range(step * self.bs, (step + 1) * self.bs):
+            epoch = g // n
+            if epoch not in self._perms:
+                perm = list(range(n))
+                random.Random(f"mini-pretrain/{self.seed}/{epoch}").shuffle(perm)
+                self._perms = {epoch: perm}
+            out.append(self._perms[epoch][g % n])
+        return out
+
+    def __len__(self):
+        return max(self.stop - self.start, 0)
+
+    def __getitem__(self, i):
+        step = self.start + i
+        rng = random.Random(f"mini-pretrain/{self.seed}/case/{step}")
+        batch = []
+        for j in self.indices(step):
+            ex = self.examples[j]
+            if self.lowercase_prob and rng.random() < self.lowercase_prob:
+                ex = replace(ex, question=ex.question[:1].lower() + ex.question[1:])
+            if self.extra_turns and ex.scene is not None:
+                ex = replace(ex, turns=derive_turns(ex.scene, rng, self.extra_turns))
+            batch.append(ex)
+        return self.collator(batch)
+
+
+def _worker_init(_):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# ---- model -----------------------------------------------------------------------------------------------------
+
+def build_model(tokenizer, spec: MiniModelSpec, seed: int):
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    head_dim = spec.text_hidden // spec.text_heads
+    if head_dim % 8:
+        raise ValueError(f"text head dim {head_dim} must be a multiple of 8 (mRoPE sections)")
+    quarter = head_dim // 8
+    mrope = [head_dim // 2 - 2 * (3 * quarter // 2), 3 * quarter // 2, 3 * quarter // 2]  # sums to head_dim/2
+    ids = tokenizer.convert_tokens_to_ids
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_intermediate,
+            num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+            num_key_value_heads=spec.text_kv_heads, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=spec.vision_intermediate,
+            num_heads=spec.vision_heads, patch_size=spec.patch_size, spatial_merge_size=2, temporal_patch_size=2,
+            window_size=spec.window_size, out_hidden_size=spec.text_hidden,
+            fullatt_block_indexes=list(spec.fullatt_blocks),
+        ),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=spec.tie_word_embeddings, initializer_range=spec.initializer_range,
+    )
+    cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
+        if spec.embed_init_std:
+            with torch.no_grad():
+                model.get_input_embeddings().weight.normal_(0.0, spec.embed_init_std)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    return model
+
+
+def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token_id):
+    """Mean over answers with boxes and over ``layers`` of -log(share of visual attention on the box tokens)."""
+    import torch
+
+    terms = []
+    for b, masks in enumerate(box_masks):
+        lab = labels[b] != -100
+        starts = (lab & ~torch.cat([lab.new_zeros(1), lab[:-1]])).nonzero().squeeze(1).tolist()
+        vis = (input_ids[b] == image_token_id).nonzero().squeeze(1)
+        for q_start, mask in zip(starts, masks):
+            if mask is None or not mask.any() or len(vis) != len(mask):
+                continue
+            q = q_start - 1  # the position that predicts the answer's first token
+            for layer in layers:
+                att = attentions[layer][b, :, q, vis].mean(0)  # [n_visual]
+                share = att[mask].sum() / att.sum().clamp_min(1e-9)
+                terms.append(-torch.log(share.clamp_min(1e-6)))
+    if not terms:
+        return None
+    return torch.stack(terms).mean()
+
+
+def build_tokenizer_processor(examples: list[Example], cfg: PretrainConfig, synthetic: bool):
+    from ..tiny import build_qwen_processor, build_qwen_tokenizer
+
+    questions = {ex.question for ex in examples}
+    if cfg.lowercase_prob:
+        questions |= {q[:1].lower() + q[1:] for q in questions}
+    corpus = sorted(questions | {ex.answer for ex in examples})
+    if synthetic:
+        from ..data.scenes import all_texts
+
+        extra = set(all_texts())
+        if cfg.lowercase_prob:
+            extra |= {t[:1].lower() + t[1:] for t in extra}
+        corpus = sorted(set(corpus) | extra)
+    tok = build_qwen_tokenizer(corpus, vocab_size=cfg.tokenizer_vocab_size)
+    return build_qwen_processor(tok, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                patch_size=cfg.model.patch_size)
+
+
+def save_model(model, processor, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    processor.save_pretrained(directory)
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
+
+def greedy_answers(model, processor, examples: list[Example], batch_size: int = 16, max_new_tokens: int = 4):
+    """Plain (unpruned) greedy answers with the stock ``generate``."""
+    import torch
+
+    from ..processing import build_inputs
+
+    answers = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i:i + batch_size]
+            inputs = build_inputs(processor, [ex.question for ex in chunk], [[example_image(ex)] for ex in chunk])
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            answers += [a.strip() for a in processor.batch_decode(out[:, inputs["input_ids"].shape[1]:],
+                                                                  skip_special_tokens=True)]
+    return answers
+
+
+def accuracy(answers: list[str], examples: list[Example]) -> float:
+    from ..eval.scorers import exact_match
+
+    return sum(exact_match(a, ex.answer) for a, ex in zip(answers, examples)) / max(len(examples), 1)
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+def lr_lambda(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def pretrain(cfg: PretrainConfig, log=print) -> dict:
+    import torch
+    from torch import nn
+    from transformers import AutoModelForImageTextToText
+
+    from ..processing import load_processor
+
+    torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    synthetic = cfg.data is None
+    if synthetic:
+        s = cfg.synthetic
+        train = synthetic_examples(s["n_train"], s.get("seed", 0), s.get("size", 448), "train")
+    else:
+        train = record_examples(cfg.data)
+    if cfg.val_data:
+        val = record_examples(cfg.val_data)[:cfg.n_val]
+    elif synthetic:
+        val = synthetic_examples(cfg.n_val, cfg.synthetic.get("seed", 0), cfg.synthetic.get("size", 448), "val")
+    else:
+        val = []
+
+    aux_head = nn.Linear(cfg.model.text_hidden, N_COLOURS + 2 * N_SHAPES)
+    state = None
+    if cfg.resume and (ckpt / "state.pt").is_file():
+        model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32)
+        processor = load_processor(ckpt, model.config.model_type)
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        aux_head.load_state_dict(state["aux_head"])
+        log(f"[pretrain-mini] resuming from {ckpt} at step {state['step']}")
+    else:
+        processor = build_tokenizer_processor(train, cfg, synthetic)
+        model = build_model(processor.tokenizer, cfg.model, cfg.seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed + 1)
+            aux_head.reset_parameters()
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[pretrain-mini] {len(train)} training examples, {len(val)} validation; model {n_params / 1e6:.2f} M "
+        f"parameters; {cfg.steps} steps of {cfg.batch_size}; {cfg.threads} thread(s)")
+
+    params = list(model.parameters()) + list(aux_head.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, cfg))
+    start, elapsed, history = 0, 0.0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, elapsed, history = state["step"], state["elapsed"], state["history"]
+
+    if cfg.attn_weight:
+        # The grounding loss needs attention weights: eager attention in the decoder (the ViT keeps SDPA).
+        model.config.text_config._attn_implementation = "eager"
+    captured = {}
+    hook = model.model.visual.register_forward_hook(
+        lambda _m, _a, output: captured.__setitem__("merged", output.pooler_output)
+    )
+    collator = Collator(processor)
+    batches = StepBatches(train, collator, cfg.batch_size, cfg.seed, start, cfg.steps, cfg.lowercase_prob,
+                          cfg.extra_turns)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+                                         worker_init_fn=_worker_init if cfg.num_workers else None,
+                                         prefetch_factor=2 if cfg.num_workers else None,
+                                         persistent_workers=False)
+
+    def save_checkpoint(step: int) -> None:
+        tmp = out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, processor, tmp)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "aux_head": aux_head.state_dict(), "elapsed": elapsed, "history": history,
+                    "config": cfg.to_dict()}, tmp / "state.pt")
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tmp.rename(ckpt)
+
+    def evaluate(step: int) -> float | None:
+        if not val:
+            return None
+        acc = accuracy(greedy_answers(model, processor, val, max_new_tokens=cfg.max_new_tokens), val)
+        history.append({"step": step, "val_em": acc, "elapsed_s": round(elapsed, 1)})
+        model.train()
+        return acc
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="pretrain-mini", dynamic_ncols=True)
+    model.train()
+    step, stopped, t_last = start, False, time.perf_counter()
+    ema = None
+    try:
+        for batch in loader:
+            aux_targets = batch.pop("aux_targets")
+            box_masks = batch.pop("box_masks")
+            lm = model(**batch, output_attentions=bool(cfg.attn_weight))
+            loss = lm.loss
+            attn_loss = None
+            if cfg.attn_weight:
+                attn_loss = grounding_loss(lm.attentions, cfg.attn_layers, batch["input_ids"], batch["labels"],
+                                           box_masks, model.config.image_token_id)
+                if attn_loss is not None:
+                    loss = loss + cfg.attn_weight * attn_loss
+            aux_loss = torch.zeros(())
+            if cfg.aux_weight and (aux_targets >= 0).any():
+                merged = captured["merged"]
+                # parameter-free RMS norm: the probe must not reward large merged tokens (they enter the decoder)
+                merged = merged * torch.rsqrt(merged.pow(2).mean(-1, keepdim=True) + 1e-6)
+                logits = aux_head(merged)
+                parts = torch.split(logits, [N_COLOURS, N_SHAPES, N_SHAPES], dim=-1)
+                aux_loss = sum(nn.functional.cross_entropy(p, aux_targets[k], ignore_index=-100)
+                               for k, p in enumerate(parts)) / 3
+                loss = loss + cfg.aux_weight * aux_loss
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            now = time.perf_counter()
+            elapsed += now - t_last
+            t_last = now
+            lm_value = float(lm.loss.detach())
+            ema = lm_value if ema is None else 0.9 * ema + 0.1 * lm_value
+            if bar is not None:
+                bar.update(1)
+                post = dict(lm=f"{ema:.3f}", aux=f"{float(aux_loss):.3f}")
+                if attn_loss is not None:
+                    post["attn"] = f"{float(attn_loss):.3f}"
+                bar.set_postfix(**post, lr=f"{scheduler.get_last_lr()[0]:.1e}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                acc = evaluate(step)
+                if acc is not None:
+                    log(f"[pretrain-mini] step {step}: val exact match {100 * acc:.1f} % ({elapsed / 60:.1f} min)")
+                t_last = time.perf_counter()
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save_checkpoint(step)
+                t_last = time.perf_counter()
+            if cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes and step < cfg.steps:
+                save_checkpoint(step)
+                log(f"[pretrain-mini] time budget of {cfg.max_minutes} min used at step {step}: checkpoint saved, "
+                    "run again to continue")
+                stopped = True
+                break
+    finally:
+        hook.remove()
+        if bar is not None:
+            bar.close()
+    metrics = {"step": step, "train_seconds": round(elapsed, 1), "history": history, "done": not stopped}
+    if not stopped and step >= cfg.steps:
+        acc = evaluate(step)
+        metrics["val_em"] = acc
+        if acc is not None:
+            log(f"[pretrain-mini] final val exact match {100 * acc:.1f} % on {len(val)} items")
+        model.eval()
+        save_model(model, processor, out / "final")
+        metrics["final"] = str(out / "final")
+        log(f"[pretrain-mini] saved {out / 'final'} after {elapsed / 60:.1f} min of training")
+    metrics["config"] = cfg.to_dict()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="pretraining config (JSON); default: the built-in recipe "
+                        "(= configs/mini/pretrain.json)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=100")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.config:
+        cfg = PretrainConfig.from_file(args.config, args.overrides)
+    else:
+        cfg = PretrainConfig.from_dict(dict(DEFAULTS, model=asdict(MiniModelSpec())), args.overrides)
+    metrics = pretrain(cfg)
+    return 0 if metrics.get("done") else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="glimpseprune pretrain-mini", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

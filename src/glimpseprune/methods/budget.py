@@ -198,6 +198,25 @@ def group_sizes(images, per_image: bool) -> list[int]:
     return sizes if per_image else [sum(sizes)]
 
 
+def select_groups(sizes: list[int], pick, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a subset selector on every budget group of one sample, laid end to end.
+
+    ``pick(start, end) -> (indices, scores)`` chooses within tokens ``start:end``; the result is one keep mask and
+    one score vector over the whole sample.
+    """
+    masks, scores, start = [], [], 0
+    for size in sizes:
+        idx, s = pick(start, start + size)
+        mask = torch.zeros(size, dtype=torch.bool, device=device)
+        mask[idx] = True
+        masks.append(mask)
+        scores.append(s)
+        start += size
+    if not masks:
+        return torch.zeros(0, dtype=torch.bool, device=device), torch.zeros(0, device=device)
+    return torch.cat(masks), torch.cat(scores)
+
+
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the k highest scores; ties go to the lowest index (stable), so batch and single runs agree."""
     mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)

@@ -21,7 +21,7 @@ import torch
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import group_sizes, keep_count, resolve_common, single_cut_fraction, top_k_mask
+from .budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction, top_k_mask
 
 _EPS = 1e-10
 
@@ -92,16 +92,13 @@ class CDPruner(PruneMethod):
             feats = batch.inputs_embeds[b][batch.visual_mask[b]]
             text = batch.inputs_embeds[b][self.instruction_mask(batch, b)]
             q = relevance(feats, text)
-            k_parts, s_parts = [], []
-            sizes = group_sizes(images, self.per_image)
-            for part, qp in zip(feats.split(sizes), q.split(sizes)):
-                idx, s = dpp_greedy(part, qp, keep_count(part.shape[0], self.fraction, self.min_keep))
-                mask = torch.zeros(part.shape[0], dtype=torch.bool, device=part.device)
-                mask[idx] = True
-                k_parts.append(mask)
-                s_parts.append(s)
-            keep.append(torch.cat(k_parts) if k_parts else feats.new_zeros(0, dtype=torch.bool))
-            scores.append(torch.cat(s_parts) if s_parts else feats.new_zeros(0))
+            k, s = select_groups(
+                group_sizes(images, self.per_image),
+                lambda a, z: dpp_greedy(feats[a:z], q[a:z], keep_count(z - a, self.fraction, self.min_keep)),
+                feats.device,
+            )
+            keep.append(k)
+            scores.append(s)
         return Selection(keep=keep, scores=scores)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import group_sizes, keep_count, resolve_common, single_cut_fraction
+from .budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction
 
 
 def maxmin_greedy(features: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,15 +64,13 @@ class DivPrune(PruneMethod):
         keep, scores = [], []
         for b, images in enumerate(ctx.batch.images):
             feats = ctx.batch.inputs_embeds[b][ctx.batch.visual_mask[b]]
-            k_parts, s_parts = [], []
-            for part in feats.split(group_sizes(images, self.per_image)):
-                idx, s = maxmin_greedy(part, keep_count(part.shape[0], self.fraction, self.min_keep), self.chunk)
-                mask = torch.zeros(part.shape[0], dtype=torch.bool, device=part.device)
-                mask[idx] = True
-                k_parts.append(mask)
-                s_parts.append(s)
-            keep.append(torch.cat(k_parts) if k_parts else feats.new_zeros(0, dtype=torch.bool))
-            scores.append(torch.cat(s_parts) if s_parts else feats.new_zeros(0))
+            k, s = select_groups(
+                group_sizes(images, self.per_image),
+                lambda a, z: maxmin_greedy(feats[a:z], keep_count(z - a, self.fraction, self.min_keep), self.chunk),
+                feats.device,
+            )
+            keep.append(k)
+            scores.append(s)
         return Selection(keep=keep, scores=scores)
 
 

@@ -7,6 +7,7 @@ The main dispatcher (``glimpseprune.cli``) imports ``add_eval_arguments`` / ``ru
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # ---- shared model options ------------------------------------------------------------------------------------
@@ -110,12 +111,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--threshold", type=float, default=None, help="shorthand for a single budget t=...")
     run.add_argument("--prune-layer", type=int, default=None, help="override K")
     run.add_argument("--scorers", default="exact_match", help="comma-separated: exact_match, relaxed_match, anls, "
-                                                              "token_f1")
+                                                              "token_f1 (the --judge-* options add 'judge')")
     run.add_argument("--batch-size", type=int, default=1)
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.add_argument("--short-answer", action="store_true", help="append the single-word/phrase instruction")
     run.add_argument("--output", default="eval_results", help="output folder")
     run.add_argument("--no-progress", action="store_true")
+    judge = parser.add_argument_group("LLM judge (optional; adds the scorer 'judge')")
+    judge.add_argument("--judge-url", default=None,
+                       help="OpenAI-compatible API root of the judge, e.g. http://localhost:8000/v1")
+    judge.add_argument("--judge-model", default=None, help="judge model name sent to the server")
+    judge.add_argument("--judge-cache", default=None, help="judge verdict cache folder (default: <output>/judge_cache)")
+    judge.add_argument("--judge-api-key-env", default=None,
+                       help="name of the environment variable holding the judge API key (default: no key)")
 
 
 def eval_config_from_args(args, model_id: str):
@@ -136,8 +144,27 @@ def eval_config_from_args(args, model_id: str):
         datasets=specs, methods=_csv_list(args.methods), budgets=budgets, scorers=_csv_list(args.scorers),
         output_dir=args.output, model_id=model_id, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         short_answer=args.short_answer, root=args.image_root, seed=args.data_seed, limit=args.limit,
-        prune_layer=args.prune_layer, progress=not args.no_progress,
+        prune_layer=args.prune_layer, progress=not args.no_progress, judge=judge_spec_from_args(args),
     )
+
+
+def judge_spec_from_args(args):
+    """The JudgeSpec of the --judge-* options, or None without them; inconsistent options exit early."""
+    from .runner import JUDGE_SCORER, JudgeSpec
+
+    url, model = getattr(args, "judge_url", None), getattr(args, "judge_model", None)
+    if url is None and model is None:
+        if getattr(args, "judge_cache", None) or getattr(args, "judge_api_key_env", None):
+            raise SystemExit("--judge-cache / --judge-api-key-env need --judge-url and --judge-model")
+        if JUDGE_SCORER in _csv_list(args.scorers):
+            raise SystemExit("--scorers judge needs --judge-url and --judge-model")
+        return None
+    if not url or not model:
+        raise SystemExit("the LLM judge needs both --judge-url and --judge-model")
+    if args.judge_api_key_env and not os.environ.get(args.judge_api_key_env):
+        raise SystemExit(f"--judge-api-key-env: environment variable {args.judge_api_key_env!r} is not set")
+    cache = args.judge_cache if args.judge_cache is not None else os.path.join(args.output, "judge_cache")
+    return JudgeSpec(base_url=url, model=model, cache_dir=cache, api_key_env=args.judge_api_key_env)
 
 
 def run_eval(args) -> int:

@@ -3,8 +3,9 @@
 One *run unit* is (dataset file, method, budget). Its predictions go to
 ``<output>/<dataset>/<method>[-<budget>]-<hash>.jsonl`` where ``hash`` covers everything that can change a
 prediction or a score (model id, method, budget, generation options, batch size, scorers, short-answer mode, the
-dataset spec and seed, the glimpse config). A changed config therefore writes a new file and never reuses stale
-results; an unchanged one resumes: ids already in the file are skipped.
+dataset spec and seed, the glimpse config, and the LLM judge's model and prompt version when one is used). A changed
+config therefore writes a new file and never reuses stale results; an unchanged one resumes: ids already in the file
+are skipped.
 
 Per-sample records hold the prediction, the reference, one score per scorer, visual tokens total/kept, the kept
 ratio, the layer-averaged retention, the KV length, the token-level mask metrics against the record's boxes (when it
@@ -85,6 +86,38 @@ def parse_budget(text: str) -> Budget:
     return Budget(ratio, threshold)
 
 
+JUDGE_SCORER = "judge"
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """An LLM judge (:class:`~glimpseprune.eval.judge.LLMJudge`) to add as the scorer ``"judge"``.
+
+    Only what identifies the verdicts enters the run hash: the judge model, the prompt version and the temperature
+    (always 0), i.e. the same fields as the judge's own cache key. The base URL, API key, cache folder, timeout and
+    retries say where and how the verdicts are fetched, not what they are, so moving the server to another port
+    resumes the same predictions file (the base URL is still written to the unit config and the summary).
+    """
+
+    base_url: str
+    model: str
+    cache_dir: str | None = None  # None: <output_dir>/judge_cache
+    api_key_env: str | None = None
+    prompt_version: str = "v1"
+    timeout: float = 30
+    max_retries: int = 2
+
+    def hash_key(self) -> dict:
+        return {"judge_model": self.model, "prompt_version": self.prompt_version, "temperature": 0}
+
+    def build(self, output_dir: str):
+        from .judge import LLMJudge
+
+        cache_dir = self.cache_dir if self.cache_dir is not None else str(Path(output_dir) / "judge_cache")
+        return LLMJudge(self.base_url, self.model, cache_dir=cache_dir, api_key_env=self.api_key_env,
+                        timeout=self.timeout, max_retries=self.max_retries, prompt_version=self.prompt_version)
+
+
 @dataclass
 class EvalConfig:
     datasets: list[str]  # load_records specs: path[:all|:first:N|:end:N|:random:N]
@@ -102,10 +135,19 @@ class EvalConfig:
     prune_layer: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)  # anything else that should enter the hash (e.g. glimpse config)
+    judge: JudgeSpec | None = None  # adds the scorer "judge"; None: string scorers only
+
+    @property
+    def scorer_names(self) -> list[str]:
+        """``scorers`` plus ``"judge"`` when a judge is configured and it is not listed already."""
+        names = list(self.scorers)
+        if self.judge is not None and JUDGE_SCORER not in names:
+            names.append(JUDGE_SCORER)
+        return names
 
     def unit_key(self, dataset_spec: str, method: str, budget: Budget) -> dict:
         """Everything that can change a prediction or its scores for one run unit."""
-        return {
+        key = {
             "version": RUNNER_VERSION,
             "model_id": self.model_id,
             "dataset": dataset_spec,
@@ -116,12 +158,15 @@ class EvalConfig:
             "method": method,
             "budget": asdict(budget),
             "prune_layer": self.prune_layer,
-            "scorers": sorted(self.scorers),
+            "scorers": sorted(self.scorer_names),
             "batch_size": self.batch_size,  # padding changes numerics slightly
             "max_new_tokens": self.max_new_tokens,
             "short_answer": self.short_answer,
             "extra": self.extra,
         }
+        if self.judge is not None:  # absent without a judge, so judge-less hashes stay what they were
+            key["judge"] = self.judge.hash_key()
+        return key
 
 
 def file_digest(spec: str) -> str | None:
@@ -238,6 +283,28 @@ def _answer_lengths(generated, eos_ids: list[int]) -> list[int]:
     return lengths
 
 
+def _score(fn, prediction: str, refs: list[str], question: str) -> float:
+    """One scorer on one answer; scorers marked ``needs_question`` (the LLM judge) also get the question."""
+    if getattr(fn, "needs_question", False):
+        return float(fn(prediction, refs, question=question))
+    return float(fn(prediction, refs))
+
+
+def build_scorers(config: EvalConfig):
+    """(name -> scorer, the LLMJudge or None). Unknown names and a "judge" without a JudgeSpec raise ValueError."""
+    scorers, judge = {}, None
+    for name in config.scorer_names:
+        if name == JUDGE_SCORER:
+            if config.judge is None:
+                raise ValueError("scorer 'judge' needs a judge: set EvalConfig.judge (CLI: --judge-url and "
+                                 "--judge-model)")
+            judge = config.judge.build(config.output_dir)
+            scorers[name] = judge.as_scorer()
+        else:
+            scorers[name] = get_scorer(name)
+    return scorers, judge
+
+
 def evaluate_batch(model, records: list[Record], method: str, budget: Budget, config: EvalConfig, scorers: dict,
                    dataset: str) -> list[dict]:
     from ..processing import build_inputs
@@ -272,7 +339,7 @@ def evaluate_batch(model, records: list[Record], method: str, budget: Budget, co
             "answer": prediction,
             "reference": record.answer,
             "references": refs,
-            "scores": {name: float(fn(prediction, refs)) for name, fn in scorers.items()},
+            "scores": {name: _score(fn, prediction, refs, record.question) for name, fn in scorers.items()},
             "visual_tokens_total": sample.total,
             "visual_tokens_kept": sample.kept,
             "kept_ratio": sample.ratio,
@@ -367,6 +434,14 @@ def summary_markdown(summary: dict) -> str:
     lines.append("Average = unweighted mean over datasets. kept = kept visual tokens / visual tokens after layer K; "
                  "layer-avg ret. = mean over all layers of the visual tokens present (method.md §15.1). "
                  "Times are per-sample shares of the batch's prefill/decode.")
+    judge = summary.get("judge")
+    if judge:
+        stats = judge["stats"]
+        lines.append("")
+        lines.append(f"judge = LLM judge {judge['judge_model']} (prompt {judge['prompt_version']}, temperature "
+                     f"{judge['temperature']}, {judge['base_url']}); this run: {stats['requests']} requests, "
+                     f"{stats['cache_hits']} cache hits, {stats['malformed']} malformed replies (scored 0), "
+                     f"{stats['errors']} failed requests (scored 0).")
     return "\n".join(lines) + "\n"
 
 
@@ -397,7 +472,7 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
     if model.processor is None:
         raise ValueError("the model has no processor; evaluation needs one to build inputs")
-    scorers = {name: get_scorer(name) for name in config.scorers}
+    scorers, judge = build_scorers(config)
     for method in config.methods:  # fail on unknown names / missing modules before any work
         for budget in config.budgets:
             model.method(method, prune_layer=config.prune_layer, **budget.kwargs())
@@ -429,6 +504,8 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
                 path = unit_path(config, spec, method, budget)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 key = config.unit_key(spec, method, budget)
+                if judge is not None:
+                    key = {**key, "judge_metadata": judge.metadata}  # + base URL, which is not hashed
                 path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
                 done = read_done(path)
                 todo = [r for r in records if r.id not in done]
@@ -454,10 +531,14 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
         if bar is not None:
             bar.close()
 
-    summary = summarize(all_rows, list(config.scorers))
+    summary = summarize(all_rows, config.scorer_names)
     summary["config"] = {"model_id": config.model_id, "methods": config.methods,
                          "budgets": [b.tag for b in config.budgets], "datasets": config.datasets,
                          "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
+    if judge is not None:
+        summary["config"]["judge"] = judge.metadata
+        # Stats count this invocation's judge calls only: resumed samples are not judged again.
+        summary["judge"] = {**judge.metadata, "stats": asdict(judge.stats)}
     summary["files"] = files
     run_digest = config_hash({"units": sorted(files.values())})
     out_dir = Path(config.output_dir)

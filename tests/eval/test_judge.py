@@ -1,63 +1,17 @@
 """The judge client against a local stub of an OpenAI-compatible server (127.0.0.1, ephemeral port)."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 
 from glimpseprune.eval.judge import LLMJudge, load_prompt, parse_score
 
+from .stub_server import StubServer
+
 MAX_REQUESTS = 20  # the stub refuses anything beyond this, so a retry loop gone wrong cannot spin forever
-
-
-class StubServer:
-    """Answers POSTs with canned (status, reply text) pairs, in order, and records what it received."""
-
-    def __init__(self):
-        self.replies: list[tuple[int, str]] = []
-        self.requests: list[dict] = []  # {"path", "headers", "body"}
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                if len(stub.requests) > MAX_REQUESTS or not stub.replies:
-                    status, text = 503, "stub exhausted"
-                else:
-                    status, text = stub.replies.pop(0)
-                if status == 200:
-                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
-                else:
-                    payload = {"error": {"message": text}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
 def stub():
-    with StubServer() as server:
+    with StubServer(max_requests=MAX_REQUESTS) as server:
         yield server
 
 
@@ -191,7 +145,7 @@ def test_client_error_is_not_retried(stub, tmp_path):
 
 
 def test_unreachable_server_is_an_error(tmp_path):
-    with StubServer() as server:
+    with StubServer(max_requests=MAX_REQUESTS) as server:
         base_url = server.base_url
     judge = LLMJudge(base_url, "m", cache_dir=tmp_path, timeout=2, max_retries=1, retry_backoff=0.0)
     result = judge.score("q", "r", "p")

@@ -1,8 +1,6 @@
 """The LLM judge wired into the evaluation runner and CLI, against a stub OpenAI-compatible server on 127.0.0.1."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -10,6 +8,7 @@ import pytest
 from glimpseprune.eval.cli import main as cli_main
 from glimpseprune.eval.runner import Budget, JudgeSpec, run_evaluation, unit_path
 
+from .stub_server import StubServer
 from .test_runner import QUESTIONS, config, read_rows, write_dataset
 
 MAX_REQUESTS = 40  # the stub answers 503 beyond this, so nothing can loop against it for long
@@ -17,46 +16,9 @@ REPLY = "score: 0.75"
 METADATA_KEYS = {"judge_model", "prompt_version", "base_url", "temperature"}
 
 
-class JudgeStub:
+def JudgeStub(reply=lambda n: REPLY):
     """Answers every chat-completions POST with ``reply(n)`` (n = 0-based request number); records the bodies."""
-
-    def __init__(self, reply=lambda n: REPLY):
-        self.reply = reply
-        self.bodies: list[dict] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                n = len(stub.bodies)
-                stub.bodies.append(body)
-                if n >= MAX_REQUESTS or self.path != "/v1/chat/completions":
-                    status, payload = 503, {"error": {"message": "stub exhausted or wrong path"}}
-                else:
-                    status = 200
-                    payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": stub.reply(n)}}]}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    return StubServer(reply=reply, max_requests=MAX_REQUESTS)
 
 
 def judge_spec(stub, tmp_path, model="judge-x", **kw) -> JudgeSpec:

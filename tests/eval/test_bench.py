@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from glimpseprune.eval.bench import (
@@ -114,6 +115,11 @@ def test_config_only_refuses_big_on_cpu_and_builds_tiny(tmp_path):
     files = write_outputs(result, tmp_path, plots=False)
     assert Path(files["json"]).is_file() and "latency_png" not in files
     assert result.rows[1]["n_kept"] == 1  # floor(0.1 * 16)
+    # The GPU benchmark's 5k-token images must reach the model unshrunk (released limit: 16,384 merged tokens).
+    from glimpseprune.processing import build_inputs
+
+    big = build_inputs(gp.processor, ["q"], [[Image.new("RGB", (2016, 1960))]])
+    assert int(big["image_grid_thw"].prod()) // 4 == 72 * 70
 
 
 def test_full_size_dims_are_qwen2_5_vl_7b():

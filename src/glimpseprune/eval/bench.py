@@ -79,6 +79,9 @@ MEMORY_NOTES = {
 # ---- models --------------------------------------------------------------------------------------------------
 
 
+QWEN_MAX_PIXELS = 16384 * 28 * 28
+
+
 def build_config_only(name: str, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
                       force: bool = False, seed: int = 0):
     """A :class:`GlimpsePrune` with a full-size architecture and random weights (+ fresh modules), for timing.
@@ -128,7 +131,9 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
     model = model.to(device=device, dtype=dtype).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    processor = build_qwen_processor(tok, patch_size=spec["vision"]["patch_size"])
+    # The released Qwen2.5-VL limit (16,384 merged tokens, method.md §11.2): the tiny processor's default (1,280
+    # tokens) would silently shrink the 2.3k / 5k-token images the GPU benchmark is about.
+    processor = build_qwen_processor(tok, patch_size=spec["vision"]["patch_size"], max_pixels=QWEN_MAX_PIXELS)
     return GlimpsePrune(model, processor).with_new_modules(seed=seed)
 
 

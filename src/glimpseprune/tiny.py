@@ -175,25 +175,12 @@ def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
     )
 
 
-def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = None):
-    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` of a few hundred thousand parameters."""
-    spec = spec or TinyQwenSpec()
-    h = spec.hidden_size
+def _build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vision_config: dict):
+    """Assemble and seed-initialise a tiny Qwen-VL model (shared by Qwen2.5-VL and Qwen2-VL)."""
     ids = tokenizer.convert_tokens_to_ids
-    cfg = Qwen2_5_VLConfig(
+    cfg = config_cls(
         text_config=_qwen_text_config(tokenizer, spec),
-        vision_config=dict(
-            depth=spec.vision_depth,
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_heads=spec.vision_heads,
-            patch_size=spec.patch_size,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            out_hidden_size=h,
-            fullatt_block_indexes=list(spec.fullatt_blocks),
-        ),
+        vision_config=vision_config,
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
@@ -205,10 +192,29 @@ def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None =
     cfg.text_config.eos_token_id = tokenizer.eos_token_id
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
-        model = Qwen2_5_VLForConditionalGeneration(cfg)
+        model = model_cls(cfg)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval()
+
+
+def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = None):
+    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` of a few hundred thousand parameters."""
+    spec = spec or TinyQwenSpec()
+    h = spec.hidden_size
+    vision_config = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        patch_size=spec.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        out_hidden_size=h,
+        fullatt_block_indexes=list(spec.fullatt_blocks),
+    )
+    return _build_qwen_family(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, tokenizer, spec, vision_config)
 
 
 def tiny_qwen2_5_vl(spec: TinyQwenSpec | None = None, corpus: list[str] | None = None):
@@ -226,34 +232,17 @@ def build_tiny_qwen2_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = N
 
     spec = spec or TinyQwenSpec()
     h = spec.hidden_size
-    ids = tokenizer.convert_tokens_to_ids
-    cfg = Qwen2VLConfig(
-        text_config=_qwen_text_config(tokenizer, spec),
-        vision_config=dict(
-            depth=spec.vision_depth,
-            embed_dim=spec.vision_hidden,
-            hidden_size=h,  # the merger's output width = the LLM width
-            mlp_ratio=2,
-            num_heads=spec.vision_heads,
-            patch_size=spec.patch_size,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
-        initializer_range=spec.initializer_range,
+    vision_config = dict(
+        depth=spec.vision_depth,
+        embed_dim=spec.vision_hidden,
+        hidden_size=h,  # the merger's output width = the LLM width
+        mlp_ratio=2,
+        num_heads=spec.vision_heads,
+        patch_size=spec.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
     )
-    cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
-    cfg.text_config.eos_token_id = tokenizer.eos_token_id
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = Qwen2VLForConditionalGeneration(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
+    return _build_qwen_family(Qwen2VLConfig, Qwen2VLForConditionalGeneration, tokenizer, spec, vision_config)
 
 
 def build_qwen2_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 14, min_pixels: int = 56 * 56,

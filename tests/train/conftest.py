@@ -1,5 +1,7 @@
 """Fixtures for the stage-1 training tests: tiny offline model, in-memory glimpse-shapes records."""
 
+import os
+
 import pytest
 import torch
 
@@ -47,4 +49,6 @@ def train_config(tmp_path, **kw):
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    # At most 2 threads, fewer where OMP_NUM_THREADS asks for it: on a shared machine oversubscribed threads
+    # make these tests an order of magnitude slower.
+    torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS") or 2))))

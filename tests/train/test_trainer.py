@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from glimpseprune.train.boxfree import budget_shift, exact_budget_logits
 from glimpseprune.train.trainer import STATE_NAME, Stage1Trainer, TrainConfig, find_checkpoint
 from glimpseprune.train.validate import validate
 
@@ -87,6 +88,76 @@ def test_boxfree_lowers_kl_plus_sparsity(tmp_path, tiny_train_model, shapes_reco
     assert "kl" in history[-1] and "sparsity" in history[-1] and "mean_p" in history[-1]
 
 
+def test_boxfree_exact_budget_holds_keep_and_lowers_kl(tmp_path, tiny_train_model, shapes_records):
+    # grad_accum = number of records: every logged step averages the KL over all 4 samples at the same parameters,
+    # so the logged curve is the full-data KL, not one sample's. lr 1e-3 / 10 steps: on seeds 0, 1, 2, 3, 42 the
+    # last-3 mean was 0.77-0.85 of the first-3 mean (lr 0: exactly 1.0, so the bound below can fail). The penalty
+    # budget on the same setup moves mean p by up to 0.5 and its KL ends 14-23 % *higher*.
+    target = 0.25
+    trainer = _trainer(tmp_path, tiny_train_model, shapes_records[:4], mode="boxfree", lr=1e-3, grad_accum=4,
+                       max_steps=10, boxfree={"budget": "exact", "target_keep": target})
+    history = trainer.train()
+    assert len(history) == 10
+    for record in history:
+        assert abs(record["mean_p"] - target) <= 1e-3, record
+        assert record["loss"] == pytest.approx(record["kl"])  # no sparsity term: the budget holds by construction
+    kl = [record["kl"] for record in history]
+    first, last = sum(kl[:3]) / 3, sum(kl[-3:]) / 3
+    assert last < 0.9 * first, kl
+    # the shipped policy ranks tokens at the trained budget instead of thresholding offset-free logits
+    assert (trainer.gp_config.threshold, trainer.gp_config.max_keep_ratio) == (0.0, target)
+
+
+@pytest.mark.parametrize("target", [1e-3, 0.05, 0.3, 0.5, 0.97])
+def test_budget_shift_hits_the_target_mean(target):
+    g = torch.Generator().manual_seed(0)
+    for logits in (torch.randn(300, generator=g) * 4 + 3, torch.full((7,), -2.0), torch.tensor([5.0])):
+        shift = budget_shift(logits, target)
+        assert abs(torch.sigmoid(logits + shift.float()).mean().item() - target) < 1e-5
+        # a common offset of the logits only moves the shift
+        assert float(budget_shift(logits + 10.0, target)) == pytest.approx(float(shift) - 10.0, abs=1e-5)
+
+
+def test_budget_shift_is_monotone_in_the_target():
+    logits = torch.randn(100, generator=torch.Generator().manual_seed(1)) * 3
+    shifts = [float(budget_shift(logits, t)) for t in (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)]
+    assert all(a < b for a, b in zip(shifts, shifts[1:])), shifts
+
+
+def test_exact_budget_logits_gradient_stays_on_the_budget():
+    logits = (torch.randn(40, generator=torch.Generator().manual_seed(2)) * 2).requires_grad_()
+    keep = torch.sigmoid(exact_budget_logits(logits, 0.3))
+    assert keep.mean().item() == pytest.approx(0.3, abs=1e-6)
+    weights = torch.linspace(-1, 1, 40)
+    (keep * weights).sum().backward()
+    assert logits.grad.abs().sum() > 0  # the loss reaches the logits...
+    assert abs(float(logits.grad.sum())) < 1e-5  # ...but a common offset, which the shift cancels, gets none
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, -0.1, 1.5])
+def test_exact_budget_rejects_targets_outside_0_1(tmp_path, target):
+    with pytest.raises(ValueError, match="target_keep"):
+        TrainConfig(mode="boxfree", boxfree={"budget": "exact", "target_keep": target})
+    with pytest.raises(ValueError, match="target_keep"):
+        budget_shift(torch.zeros(3), target)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"mode": "boxfree", "boxfree": {"budget": "exact"}}))
+    with pytest.raises(ValueError, match="target_keep"):
+        TrainConfig.from_file(path, [f"boxfree.target_keep={target}"])
+
+
+def test_boxfree_config_is_checked_at_load(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"mode": "boxfree", "boxfree": {"target_keep": 0.2}}))
+    cfg = TrainConfig.from_file(path, ["boxfree.budget=exact"])
+    assert cfg.boxfree == {"target_keep": 0.2, "budget": "exact"}
+    with pytest.raises(ValueError, match="budget"):
+        TrainConfig.from_file(path, ["boxfree.budget=hard"])
+    with pytest.raises(ValueError, match="unknown boxfree"):
+        TrainConfig.from_file(path, ["boxfree.target=0.2"])
+    assert TrainConfig(mode="boxfree", boxfree={"target_keep": 0.0}).boxfree["target_keep"] == 0.0  # penalty: ok
+
+
 def _opt_state(trainer):
     return trainer._raw_optimizer().state_dict()
 
@@ -99,24 +170,27 @@ def _assert_same_state(a, b):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][k][name])), (k, name)
 
 
-def test_kill_and_resume_is_exact(tmp_path, tiny_train_model, shapes_records):
+@pytest.mark.parametrize("val_every", [0, 1])
+def test_kill_and_resume_is_exact(tmp_path, tiny_train_model, shapes_records, val_every):
     records = shapes_records[:6]
-    kw = dict(grad_accum=2, max_steps=3, save_every=2, glimpse_dropout=0.1, scheduler="cosine", warmup_ratio=0.3)
-    full = _trainer(tmp_path / "full", tiny_train_model, records, **kw)
+    val = make_records(2, split="val") if val_every else None  # held-out passes at steps 1 and 2 must not matter
+    kw = dict(grad_accum=2, max_steps=3, save_every=2, glimpse_dropout=0.1, scheduler="cosine", warmup_ratio=0.3,
+              val_every=val_every)
+    full = _trainer(tmp_path / "full", tiny_train_model, records, val, **kw)
     full.train()
 
-    killed = _trainer(tmp_path / "run", tiny_train_model, records, **kw)
+    killed = _trainer(tmp_path / "run", tiny_train_model, records, val, **kw)
     killed.train(stop_at=2)  # checkpoint-2 written, then the process "dies" before step 3
     saved_state = torch.load(tmp_path / "run" / "checkpoint-2" / STATE_NAME, weights_only=False)
     _assert_same_state(saved_state["optimizer"], _opt_state(killed))
     assert find_checkpoint(tmp_path / "run").name == "checkpoint-2"
 
-    resumed = _trainer(tmp_path / "run", tiny_train_model, records, resume="auto", **kw)
+    resumed = _trainer(tmp_path / "run", tiny_train_model, records, val, resume="auto", **kw)
     resumed.load(find_checkpoint(tmp_path / "run"))
     assert resumed.step == 2
     _assert_same_state(_opt_state(resumed), saved_state["optimizer"])
     assert resumed.scheduler.state_dict()["last_epoch"] == 2
-    resumed = _trainer(tmp_path / "run", tiny_train_model, records, resume="auto", **kw)
+    resumed = _trainer(tmp_path / "run", tiny_train_model, records, val, resume="auto", **kw)
     resumed.train()
     assert [h["step"] for h in resumed.history] == [3]
     _assert_same_state(_opt_state(resumed), _opt_state(full))
@@ -135,6 +209,41 @@ def test_validation_reports_keep_ratio_distribution(tmp_path, tiny_train_model, 
     assert report["n_with_box"] == sum(bool(r["bboxs"]) for r in val)
     assert 0.0 <= report["mask_iou"] <= 1.0
     assert trainer.module.training  # restored
+
+
+def test_val_every_logs_held_out_passes_without_changing_training(tmp_path, tiny_train_model, shapes_records,
+                                                                  monkeypatch):
+    import random
+
+    import glimpseprune.train.trainer as trainer_module
+
+    records, val = shapes_records[:4], make_records(5, split="val")
+    kw = dict(grad_accum=1, max_steps=6, glimpse_dropout=0.1)  # dropout on: validation must not consume its RNG
+    plain = _trainer(tmp_path / "plain", tiny_train_model, records, val, **kw)
+    plain.train()
+
+    def validate_drawing_random_numbers(*args, **kwargs):  # whatever validation draws must not reach training
+        torch.rand(3), random.random()
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "validate", validate_drawing_random_numbers)
+    trainer = _trainer(tmp_path / "val", tiny_train_model, records, val, val_every=2, val_max_items=3, **kw)
+    trainer.train()
+
+    lines = [json.loads(line) for line in open(tmp_path / "val" / "log.jsonl").read().splitlines()]
+    val_records = [r for r in lines if any(k.startswith("val/") for k in r)]
+    # steps 2 and 4; not 6, the final step, which is left to the full pass after training
+    assert [r["step"] for r in val_records] == [2, 4]
+    assert [r["step"] for r in trainer.history if "val/n" in r] == [2, 4]
+    for r in val_records:
+        assert r["val/n"] == 3  # val_max_items
+        assert 0.0 <= r["val/keep_ratio_min"] <= r["val/keep_ratio_median"] <= r["val/keep_ratio_max"] <= 1.0
+        assert "val/mask_iou" in r and not any(k in r for k in ("loss", "lr"))
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert trainer.module.training and trainer.module.glimpse.training and trainer.module.vip.training
+    for (n, a), (_, b) in zip(plain.module.named_parameters(), trainer.module.named_parameters()):
+        assert torch.equal(a, b), n
+    assert not any("val/n" in r for r in plain.history)
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -31,6 +31,7 @@ from .boxfree import BoxFreeConfig, boxfree_losses
 from .collate import Collator, model_inputs
 from .forward import training_forward
 from .losses import loc_loss, mask_stats
+from .validate import validate
 
 STATE_NAME = "trainer_state.pt"
 
@@ -67,13 +68,15 @@ class TrainConfig:
     dice_weight: float = 1.0
     bce_weight: float = 0.1
     isolate_glimpse: bool = False  # §18 row 15 ablation: the answer does not attend to the glimpse
-    boxfree: dict = field(default_factory=dict)  # BoxFreeConfig fields
+    boxfree: dict = field(default_factory=dict)  # BoxFreeConfig fields, e.g. {"budget": "exact", "target_keep": 0.3}
     # processor
     min_pixels: int | None = None
     max_pixels: int | None = 12845056
     # bookkeeping
     log_every: int = 10
     save_every: int = 500
+    val_every: int = 0  # optimiser steps between held-out passes during training (0: off; needs val data)
+    val_max_items: int | None = 64  # records per held-out pass during training (the first ones; None: all)
     keep_checkpoints: int | None = 2
     resume: str | None = "auto"  # "auto", a checkpoint folder, or None
     progress: bool = True
@@ -98,10 +101,16 @@ class TrainConfig:
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        cfg = cls(**data)
-        if cfg.mode not in ("box", "boxfree"):
-            raise ValueError(f"mode must be 'box' or 'boxfree', got {cfg.mode!r}")
-        return cfg
+        return cls(**data)
+
+    def __post_init__(self):
+        if self.mode not in ("box", "boxfree"):
+            raise ValueError(f"mode must be 'box' or 'boxfree', got {self.mode!r}")
+        BoxFreeConfig.from_dict(self.boxfree)  # fail at load time, not at the first box-free step
+        if isinstance(self.val_every, bool) or not isinstance(self.val_every, int) or self.val_every < 0:
+            raise ValueError(f"val_every must be a non-negative integer (0: off), got {self.val_every!r}")
+        if self.val_max_items is not None and (not isinstance(self.val_max_items, int) or self.val_max_items < 1):
+            raise ValueError(f"val_max_items must be a positive integer or None, got {self.val_max_items!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,7 +139,7 @@ class Trainable(nn.Module):
         self._frozen = {"adapter": adapter}  # not a submodule: DDP must not wrap (or sync) the base model
         self.gp_config = gp_config
         self.cfg = cfg
-        self.boxfree_cfg = BoxFreeConfig(**cfg.boxfree)
+        self.boxfree_cfg = BoxFreeConfig.from_dict(cfg.boxfree)
 
     @property
     def adapter(self):
@@ -143,10 +152,9 @@ class Trainable(nn.Module):
             prepared = adapter.prepare(model_inputs(batch, device), c.vip_visual_layers)
         labels = batch["labels"].to(device)
         if self.cfg.mode == "boxfree":
-            parts, out = boxfree_losses(
+            parts, _ = boxfree_losses(
                 adapter, prepared, labels, self.glimpse, self.vip, c.prune_layer, c.attention_logits, self.boxfree_cfg
             )
-            parts["logits"] = [z.detach() for z in out.per_sample()]
             return parts
         out = training_forward(
             adapter, prepared, labels, self.glimpse, self.vip, c.prune_layer,
@@ -189,6 +197,12 @@ def build_model(cfg: TrainConfig, device):
 def glimpse_config(adapter, cfg: TrainConfig) -> GlimpsePruneConfig:
     overrides = dict(cfg.glimpse)
     overrides.setdefault("glimpse_dropout", cfg.glimpse_dropout)
+    if cfg.mode == "boxfree":
+        boxfree = BoxFreeConfig.from_dict(cfg.boxfree)
+        if boxfree.budget == "exact" and "threshold" not in overrides and "max_keep_ratio" not in overrides:
+            # An exact-budget VIP learns a ranking: the training shift cancels any common offset of its logits, so
+            # a probability threshold on them means nothing. Ship the trained budget as a top-k policy instead.
+            overrides.update(threshold=0.0, max_keep_ratio=boxfree.target_keep)
     gp = adapter.default_glimpse_config(**{k: v for k, v in overrides.items() if k != "glimpse_layers"})
     layers = overrides.get("glimpse_layers", cfg.glimpse_layers)
     if layers == "all":
@@ -370,6 +384,9 @@ class Stage1Trainer:
                 if acc.is_main_process:
                     print(f"[train] resumed from {ckpt} at step {self.step}", flush=True)
         self.module.train()
+        if cfg.val_every and not self.val_records and acc.is_main_process:
+            print("[train] warning: val_every is set but there are no validation records: no held-out passes",
+                  flush=True)
         bar = None
         if cfg.progress and acc.is_local_main_process:
             from tqdm.auto import tqdm
@@ -404,6 +421,9 @@ class Stage1Trainer:
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     self._log(window, time.time() - start_time)
                     window = []
+                # The final step is left to the caller's full held-out pass (cli.py writes validation.json).
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < self.total_steps:
+                    self.validate_now()
                 if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
                 if stop_at is not None and self.step >= stop_at:
@@ -421,6 +441,35 @@ class Stage1Trainer:
             print(f"[train] saved {final}", flush=True)
         acc.wait_for_everyone()
         return self.history
+
+    def validate_now(self) -> dict | None:
+        """Held-out pass (``validate``) on the main process over the first ``val_max_items`` validation records,
+        logged as a ``{"step", "val/..."}`` record in ``history`` and ``log.jsonl``; returns that record there.
+
+        Training continues exactly as without it: the glimpse and VIP go back to their modes (``validate`` restores
+        them), and the torch / CUDA / Python RNG states are restored, so dropout masks and a later resume do not
+        depend on whether or how often validation ran. The other processes wait at a barrier meanwhile.
+        """
+        record = None
+        if self.acc.is_main_process and self.val_records:
+            records = self.val_records[:self.cfg.val_max_items]
+            start = time.time()
+            cuda_devices = [self.acc.device] if self.acc.device.type == "cuda" else []
+            python_rng = random.getstate()
+            with torch.random.fork_rng(devices=cuda_devices):
+                report = validate(self.adapter, self.processor, self.gp_config, self.module.glimpse,
+                                  self.module.vip, records, min_pixels=self.cfg.min_pixels,
+                                  max_pixels=self.cfg.max_pixels)
+            random.setstate(python_rng)
+            record = {"step": self.step, "val/seconds": round(time.time() - start, 2)}
+            record.update({f"val/{k}": round(v, 6) if isinstance(v, float) else v for k, v in report.items()})
+            self.history.append(record)
+            with open(self.output_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if not self.cfg.progress:
+                print(f"[train] {json.dumps(record)}", flush=True)
+        self.acc.wait_for_everyone()
+        return record
 
     def _scalars(self, parts: dict, batch: dict) -> dict:
         out = {k: float(v.detach()) for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}

@@ -19,6 +19,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..config import GlimpsePruneConfig, default_prune_layer
 from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
+from .qwen2_5_vl import capture_block_inputs
 
 # Published settings (method.md §13): K = reduce_layer + 1 per LLM depth; conditions for the 24-layer CLIP-L/336.
 _PUBLISHED_PRUNE_LAYER = {32: 22, 40: 27}
@@ -42,6 +43,19 @@ class LlavaAdapter(FamilyAdapter):
     def grid(self) -> tuple[int, int]:
         side = self.vision_config.image_size // self.vision_config.patch_size
         return side, side
+
+    @property
+    def vision_layers(self):
+        """The CLIP encoder layers (``hidden_states[i + 1]`` is the output of ``vision_layers[i]``)."""
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers  # CLIPVisionModel wraps one in older versions
+
+    def feature_block(self) -> int:
+        """The CLIP encoder layer whose OUTPUT LLaVA feeds to its projector (-2 on LLaVA-1.5: the penultimate)."""
+        index = self.feature_layer_index()
+        if index == 0:
+            raise ValueError("vision_feature_layer selects the embedding output: no CLIP encoder layer produces it")
+        return index - 1
 
     def feature_layer_index(self) -> int:
         """The ``hidden_states`` index LLaVA feeds to its projector (the deepest one if it concatenates several)."""
@@ -77,16 +91,24 @@ class LlavaAdapter(FamilyAdapter):
         return apply_rotary_pos_emb(q, q, cos, sin)[0]
 
     # ---- vision --------------------------------------------------------------------------------------------
-    def image_features(self, pixel_values, vit_layers):
-        """(projected features [n_img · tokens_per_image, D], conditions: per VIP layer [n_img · h·w, D_v])."""
+    def image_features(self, pixel_values, vit_layers, extras: dict | None = None):
+        """(projected features [n_img · tokens_per_image, D], conditions: per VIP layer [n_img · h·w, D_v]).
+
+        A ``VitRequest`` also gets ``extras["vit_block_inputs"][i] = (hidden [n_img, 1 + h·w, D_v], kwargs)``: the
+        input of CLIP encoder layer i (CLS first), captured by a temporary hook during this one vision-tower pass.
+        """
         cfg = self.model.config
-        out = self.model.model.get_image_features(
-            pixel_values,
-            vision_feature_layer=cfg.vision_feature_layer,
-            vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-            output_hidden_states=True,
-            return_dict=True,
-        )
+        raw = getattr(vit_layers, "block_inputs", [])
+        with capture_block_inputs(self.vision_layers, raw) as inputs:
+            out = self.model.model.get_image_features(
+                pixel_values,
+                vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                output_hidden_states=True,
+                return_dict=True,
+            )
+        if raw and extras is not None:  # opt-in (VitRequest): raw layer inputs for baselines that score CLS attention
+            extras["vit_block_inputs"] = dict(inputs)
         embeds = torch.cat(list(out.pooler_output), dim=0)
         conds = None
         if vit_layers:
@@ -119,7 +141,7 @@ class LlavaAdapter(FamilyAdapter):
 
         embeds = self.embed_tokens(input_ids)
         visual_mask = placeholders.clone()
-        images, conds = [[] for _ in range(input_ids.shape[0])], None
+        images, conds, extras = [[] for _ in range(input_ids.shape[0])], None, {}
         if pixel_values is not None:
             n_images = pixel_values.shape[0]
             gh, gw = self.grid
@@ -137,7 +159,7 @@ class LlavaAdapter(FamilyAdapter):
                         raise ValueError(f"sample {b} has {cols.numel()} image placeholders, not a multiple of {per_image}")
                     visual_mask[b, cols[::per_image]] = False  # each image's CLS: kept, never a candidate
             images = split_images(visual_mask, [gh * gw] * n_images, [(gh, gw)] * n_images)
-            image_embeds, conds = self.image_features(pixel_values, vit_layers)
+            image_embeds, conds = self.image_features(pixel_values, vit_layers, extras)
             if image_embeds.shape[0] != n_placeholders:
                 raise ValueError(f"{image_embeds.shape[0]} image features for {n_placeholders} placeholders")
             embeds = embeds.masked_scatter(placeholders[..., None], image_embeds.to(embeds.dtype))
@@ -153,4 +175,5 @@ class LlavaAdapter(FamilyAdapter):
             images=images,
             vit_features=conds,
             source_index=source_index,
+            extras=extras,
         )

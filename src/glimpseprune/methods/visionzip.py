@@ -1,25 +1,36 @@
 """VisionZip (Yang et al., CVPR'25, arXiv 2412.04467) on our pre-LLM hook, text-agnostic:
 
-- **dominant** tokens: the most attended visual tokens in a late ViT block. CLIP has a CLS token; Qwen2.5-VL has
-  none, so the score is the MEAN attention a patch RECEIVES (over heads and over every query that can see it in
-  that block: the whole image in a full-attention block), averaged over the 2×2 patches of each LLM token;
+- **dominant** tokens: the most attended visual tokens in a late ViT block.
+  - LLaVA (CLIP, the published form): the attention FROM the CLS token to each patch (mean over heads; the softmax
+    runs over CLS + all patches) in the CLIP encoder layer whose output LLaVA feeds to its projector
+    (``vision_feature_layer``, -2 on LLaVA-1.5: the penultimate layer, ``attentions[-2][:, :, 0, 1:]``);
+  - Qwen2.5-VL / Qwen2-VL have no CLS, so the score is the MEAN attention a patch RECEIVES (over heads and over
+    every query that can see it in that block: the whole image in a full-attention block), averaged over the 2×2
+    patches of each LLM token;
 - **contextual** tokens: the remaining tokens are sampled uniformly as c targets, every other remaining token is
-  assigned to its most similar target by key cosine similarity (the block's pre-RoPE keys, head-concatenated,
-  averaged over the 2×2 unit), and each target's embedding becomes the mean of its group (``Selection.replace``;
-  a target keeps its own position id).
+  assigned to its most similar target by key cosine similarity (the block's keys, head-concatenated; on Qwen the
+  pre-RoPE keys averaged over the 2×2 unit), and each target's embedding becomes the mean of its group
+  (``Selection.replace``; a target keeps its own position id).
+
+LLaVA with ``vision_feature_select_strategy="full"``: each image's CLS placeholder is not a pruning candidate (the
+adapter leaves it out of ``visual_mask``), so it is always kept and never scored; only the h·w patches are ranked
+and merged, exactly as with ``"default"``.
 
 Memory: the reference VisionZip materialises whole attention maps and runs out of memory on document images on
 Qwen2.5-VL (landscape §2). Here the scores are computed from the block INPUT captured during the normal ViT pass
-(``adapters.base.VitRequest``; norm1, the qkv projection and the ViT rotary applied here), in chunks of query rows
-against all keys of one image, so at most ``max_elems`` (default 2^22) logits exist at once (≈ 16 MiB in fp32,
-≈ 2× that with the softmax), whatever the image size. The ViT is not re-run.
+(``adapters.base.VitRequest``; the block's norm, q/k projections and, on Qwen, the ViT rotary applied here), and the
+ViT is not re-run and ``output_attentions`` is never set. Qwen: in chunks of query rows against all keys of one
+image, so at most ``max_elems`` (default 2^22) logits exist at once (≈ 16 MiB in fp32, ≈ 2× that with the
+softmax), whatever the image size. CLIP: ONE query row (the CLS) against all keys per image and head.
 
-Knobs: ``block`` (default: the last full-attention ViT block), ``dominant`` + ``contextual`` (explicit ratios per
-image, e.g. the reference's Qwen setting 0.061 + 0.05) OR a budget (:mod:`.budget`; cut at layer 0) split with
-``contextual_share`` (default 0.05/0.111 ≈ 0.45, the Qwen reference's split; LLaVA's 54 + 10 is 10/64).
+Knobs: ``block`` (default: Qwen the last full-attention ViT block; LLaVA the CLIP layer of ``vision_feature_layer``),
+``dominant`` + ``contextual`` (explicit ratios per image, e.g. the reference's Qwen setting 0.061 + 0.05, LLaVA's
+54/576 + 10/576) OR a budget (:mod:`.budget`; cut at layer 0) split with ``contextual_share`` (default: the
+reference's split, 0.05/0.111 ≈ 0.45 on Qwen, 10/64 on LLaVA where 54 + 10 = 64 is the published setting).
 Counts per image: k = floor(f·n) (≥ ``min_keep``), c = round(share·k), dominant = k − c. Always per image.
 Supported families: Qwen2.5-VL and Qwen2-VL (ViT blocks with ``norm1`` / ``attn.qkv`` and rotary
-``position_embeddings``).
+``position_embeddings``) and LLaVA-1.5 (CLIP encoder layers with ``layer_norm1`` / ``self_attn.q_proj, k_proj``
+and a leading CLS token; both ``vision_feature_select_strategy`` values).
 """
 
 from __future__ import annotations
@@ -32,7 +43,42 @@ from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
 from .budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
 
-DEFAULT_SHARE = 0.05 / 0.111
+DEFAULT_SHARE = 0.05 / 0.111  # Qwen reference: 0.061 dominant + 0.05 contextual
+CLIP_SHARE = 10 / 64  # LLaVA reference: 54 dominant + 10 contextual
+
+
+def is_clip(adapter) -> bool:
+    """True for families whose ViT is CLIP with a CLS token (LLaVA): scored by CLS attention."""
+    return hasattr(adapter, "vision_layers")
+
+
+def vit_depth(adapter) -> int:
+    return len(adapter.vision_layers) if is_clip(adapter) else len(adapter.visual.blocks)
+
+
+def cls_attention(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS attention of one CLIP encoder layer from that layer's INPUT ``hidden`` [n_img, 1 + P, D] (CLS first).
+
+    Returns (attention from the CLS query to each patch, mean over heads [n_img, P]; patch keys, head-concatenated
+    [n_img, P, D]). Only the CLS query row is computed (one row per image and head, against all 1 + P keys): the
+    same softmax as ``attentions[layer][:, :, 0, 1:]`` of the stock eager tower, without any attention map.
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden)
+    n, length, _ = x.shape
+    heads = attn.num_heads
+    q = attn.q_proj(x[:, :1]).view(n, heads, -1).float()  # [n, H, d]
+    k = attn.k_proj(x).view(n, length, heads, -1)  # [n, 1 + P, H, d]
+    logits = torch.einsum("nhd,nlhd->nhl", q, k.float()) * attn.scale
+    probs = torch.softmax(logits, dim=-1)[:, :, 1:].mean(1)
+    return probs, k[:, 1:].reshape(n, length - 1, -1)
+
+
+def clip_token_scores(adapter, batch, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLS attention [T], key [T, D]) per LLM visual token of the batch (patches, raster, images in batch order)."""
+    hidden, _ = batch.extras["vit_block_inputs"][block]
+    probs, keys = cls_attention(adapter.vision_layers[block], hidden)
+    return probs.reshape(-1), keys.reshape(-1, keys.shape[-1]).float()
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
@@ -112,7 +158,11 @@ class VisionZip(PruneMethod):
         return k - c, c
 
     def token_scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(received-attention score [T], key [T, H·d]) per LLM visual token of the batch, raster order."""
+        """(attention score [T], key [T, H·d]) per LLM visual token of the batch, raster order.
+
+        LLaVA: CLS attention; Qwen: received attention."""
+        if is_clip(self.adapter):
+            return clip_token_scores(self.adapter, batch, self.block)
         hidden, kwargs = batch.extras["vit_block_inputs"][self.block]
         grid_thw = batch.extras["image_grid_thw"]
         blk = self.adapter.visual.blocks[self.block]
@@ -159,19 +209,33 @@ def default_block(vision_config) -> int:
     return max(full) if full else depth - 1
 
 
+def check_family(adapter, name: str) -> None:
+    if is_clip(adapter):
+        return
+    if not hasattr(adapter, "visual") or not hasattr(adapter.visual.blocks[0], "norm1"):
+        raise ValueError(f"{name} supports the Qwen-VL and LLaVA (CLIP) families only, not {adapter.family!r}")
+
+
+def family_default_block(adapter, vision_config) -> int:
+    """LLaVA: the CLIP layer LLaVA takes its features from; Qwen: the last full-attention ViT block."""
+    return adapter.feature_block() if is_clip(adapter) else default_block(vision_config)
+
+
 @register_method("visionzip")
-def build(model, prune_layer=None, block=None, dominant=None, contextual=None, contextual_share=DEFAULT_SHARE,
+def build(model, prune_layer=None, block=None, dominant=None, contextual=None, contextual_share=None,
           max_elems: int = 2**22, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
           per_image=None) -> VisionZip:
     if prune_layer not in (None, 0):
         raise ValueError(f"visionzip prunes before the LLM (layer 0); got prune_layer={prune_layer}")
     adapter = model.adapter
-    if not hasattr(adapter, "visual") or not hasattr(adapter.visual.blocks[0], "norm1"):
-        raise ValueError(f"visionzip supports the Qwen-VL families only, not {adapter.family!r}")
+    check_family(adapter, "visionzip")
+    if contextual_share is None:
+        contextual_share = CLIP_SHARE if is_clip(adapter) else DEFAULT_SHARE
     vcfg = model.model.config.vision_config
-    block = default_block(vcfg) if block is None else int(block)
-    if not 0 <= block < len(adapter.visual.blocks):
-        raise ValueError(f"visionzip: ViT block {block} out of range (0..{len(adapter.visual.blocks) - 1})")
+    block = family_default_block(adapter, vcfg) if block is None else int(block)
+    depth = vit_depth(adapter)
+    if not 0 <= block < depth:
+        raise ValueError(f"visionzip: ViT block {block} out of range (0..{depth - 1})")
     if (dominant is None) != (contextual is None):
         raise ValueError("visionzip: give dominant= and contextual= together (ratios per image)")
     if dominant is not None:

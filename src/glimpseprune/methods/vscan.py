@@ -16,7 +16,24 @@
 2. **LLM stage** (cut at ``llm_layer``, default L/2: 14 of 28): keep ``llm_ratio`` (default 0.333) of the survivors,
    ranked by the last prompt token's head-averaged attention at ``llm_layer`` − 1 (one recomputed row).
 
-ViT attention is scored as in :mod:`.visionzip`: from captured block inputs, in query chunks (bounded memory).
+LLaVA-1.5 (CLIP, which has a CLS token), each part mapped to its CLIP form:
+   - global scan: the CLS attention (mean over heads) in the CLIP layer LLaVA takes its features from
+     (``vision_feature_layer``, -2: the penultimate layer), the paper's "[CLS] attention at the output layer";
+   - local scan: CLIP has no window-attention layers, so there is no ViT window to scan within (no CLIP analogue of
+     Qwen2.5-VL's windowed block). As on Qwen2-VL, the windows are ``local_window`` × ``local_window`` squares of
+     the token grid (default 4: 36 windows on LLaVA-1.5's 24×24 grid) and the scores are the CLS attention of
+     ``local_block`` (default: the global layer; give a shallower CLIP layer to rank by shallow-layer CLS attention,
+     which the paper observes to follow local detail);
+   - merge: keys of the global layer (CLIP has no RoPE), cosine, as above;
+   - the LLM stage is unchanged; the paper's LLaVA-1.5 setting 576 -> 96 at the ViT -> 32 at layer 16 of 32 is
+     ``vision_ratio=96/576, llm_ratio=1/3, llm_layer=16``; the default budget (11.1 % layer-averaged) gives the
+     same on a 32-layer LLM (0.1665, ×0.333 at layer 16).
+   With ``vision_feature_select_strategy="full"`` each image's CLS placeholder is not a candidate (kept, never
+   scored or merged); only its h·w patches take part.
+
+ViT attention is scored as in :mod:`.visionzip`: from captured block inputs, in query chunks (bounded memory) on
+Qwen, as one CLS query row per image on CLIP; the ViT is never re-run and ``output_attentions`` never set.
+Supported families: Qwen2.5-VL, Qwen2-VL, LLaVA-1.5 (CLIP).
 Budget (:mod:`.budget`): a layer-averaged retention t -> vision_ratio = :func:`.budget.first_stage_ratio` (on Qwen
 28 layers, 11.1 % -> 0.167 then ×0.333 at layer 14, the reference setting of method.md §16.3); a kept ratio r after
 the last stage -> vision_ratio = min(1, r/llm_ratio). Or give ``vision_ratio`` (and ``llm_ratio``) explicitly.
@@ -35,7 +52,8 @@ from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
 from .budget import (first_stage_ratio, group_sizes, keep_count, resolve_common, top_fraction, top_k_mask)
-from .visionzip import default_block, nearest, received_attention
+from .visionzip import (check_family, clip_token_scores, family_default_block, is_clip, nearest, received_attention,
+                        vit_depth)
 
 
 def vit_block_scores(adapter, batch, block: int, max_elems: int):
@@ -58,14 +76,22 @@ def vit_block_scores(adapter, batch, block: int, max_elems: int):
 
 
 def local_order_scores(scores: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """A score whose descending order is (rank inside the token's window, −score): round-robin over windows."""
-    rank = torch.empty_like(scores)
+    """A score whose descending order is (rank inside the token's window, −score, index): round-robin over windows.
+
+    The order is built exactly by two stable sorts (score, then rank) and returned as −position: a key such as
+    −rank + score/2 would round in float32 and break within-rank ties by index instead of score whenever two
+    scores differ by less than the float spacing at the rank (CLS attentions near 1/577 can differ by 1e-8).
+    """
+    rank = torch.empty(scores.shape, dtype=torch.long, device=scores.device)
     for w in window.unique():
         idx = (window == w).nonzero().squeeze(1)
         order = torch.sort(scores[idx], descending=True, stable=True).indices
-        rank[idx[order]] = torch.arange(idx.numel(), device=scores.device, dtype=scores.dtype)
-    # rank dominates; within a rank, higher score first (scores are probabilities in [0, 1])
-    return -rank + scores.clamp(0, 1) * 0.5
+        rank[idx[order]] = torch.arange(idx.numel(), device=scores.device)
+    by_score = torch.sort(scores, descending=True, stable=True).indices  # ties: lower index first
+    final = by_score[torch.sort(rank[by_score], stable=True).indices]  # rank dominates, score order kept within
+    out = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
+    out[final] = -torch.arange(scores.numel(), device=scores.device, dtype=torch.float32)
+    return out
 
 
 def grid_windows(batch, size: int, device) -> torch.Tensor:
@@ -120,10 +146,17 @@ class VScan(PruneMethod):
         batch = ctx.batch
         if not any(batch.images):
             return Selection(keep=[torch.zeros(0, dtype=torch.bool, device=ctx.hidden.device) for _ in batch.images])
-        g_scores, keys, _ = vit_block_scores(self.adapter, batch, self.global_block, self.max_elems)
-        if self.local_block == self.global_block:  # no windowed ViT block: square windows on the token grid
+        if is_clip(self.adapter):  # CLS attention; no windowed CLIP layer: square windows on the token grid
+            g_scores, keys = clip_token_scores(self.adapter, batch, self.global_block)
+            l_scores = g_scores
+            if self.local_block != self.global_block:
+                l_scores = clip_token_scores(self.adapter, batch, self.local_block)[0]
+            windows = grid_windows(batch, self.local_window, g_scores.device)
+        elif self.local_block == self.global_block:  # no windowed ViT block: square windows on the token grid
+            g_scores, keys, _ = vit_block_scores(self.adapter, batch, self.global_block, self.max_elems)
             l_scores, windows = g_scores, grid_windows(batch, self.local_window, g_scores.device)
         else:
+            g_scores, keys, _ = vit_block_scores(self.adapter, batch, self.global_block, self.max_elems)
             l_scores, _, windows = vit_block_scores(self.adapter, batch, self.local_block, self.max_elems)
         keep, replace, scores = [], [], []
         parts = [split_by_sample(t, batch) for t in (g_scores, keys, l_scores, windows)]
@@ -164,8 +197,7 @@ def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio:
           max_elems: int = 2**22, ratio=None,
           retention=None, threshold=None, max_keep_ratio=..., min_keep=None, per_image=None) -> VScan:
     adapter = model.adapter
-    if not hasattr(adapter, "visual") or not hasattr(adapter.visual.blocks[0], "norm1"):
-        raise ValueError(f"vscan supports the Qwen-VL families only, not {adapter.family!r}")
+    check_family(adapter, "vscan")
     L = adapter.num_layers
     if prune_layer is not None and llm_layer is not None and int(prune_layer) != int(llm_layer):
         raise ValueError("vscan: prune_layer and llm_layer both name the LLM-stage layer; give one")
@@ -175,8 +207,8 @@ def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio:
     if not 0 < llm_ratio <= 1 or not 0 <= local_share <= 1:
         raise ValueError(f"vscan: need 0 < llm_ratio <= 1 and 0 <= local_share <= 1, got {llm_ratio}, {local_share}")
     vcfg = model.model.config.vision_config
-    depth = len(adapter.visual.blocks)
-    g = default_block(vcfg) if global_block is None else int(global_block)
+    depth = vit_depth(adapter)
+    g = family_default_block(adapter, vcfg) if global_block is None else int(global_block)
     full = set(getattr(vcfg, "fullatt_block_indexes", None) or [])
     if local_block is None:
         windowed = [i for i in range(g) if full and i not in full]

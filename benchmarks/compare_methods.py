@@ -5,16 +5,26 @@ the record dataset through ``GlimpsePrune.generate`` and writes
 
 - ``<out>/compare.json``: one row per (method, budget): accuracy (``exact_match`` against the answer and the short
   answer), visual tokens at the LLM input and after the last cut, kept-after-last-cut ratio, layer-averaged
-  retention (measured from the cut schedule actually applied), analytic prefill FLOPs with and without the ViT and
-  decode FLOPs (:mod:`glimpseprune.eval.flops`, per sample, averaged), and the cut schedule; budgets a method
+  retention (measured from the cut schedule actually applied), analytic prefill FLOPs with and without the ViT, the
+  method's own scoring FLOPs and the prefill total including them, and decode FLOPs (:mod:`glimpseprune.eval.flops`,
+  per sample, averaged), and the cut schedule; budgets a method
   cannot reach (e.g. FastV at K = 2 on a 4-layer model) are listed with the reason instead of silently moved;
 - ``<out>/compare.md``: the same as a markdown table;
 - ``<out>/pareto.png``: accuracy vs layer-averaged retention (matplotlib, imported lazily; skipped if missing).
 
 FLOPs: LLM layers are summed with the sequence length present at each layer (text + visual tokens present), so
 multi-stage schedules are exact; GlimpsePrune uses :func:`~glimpseprune.eval.flops.prefill_flops` (glimpse, VIP).
-Not counted: the baselines' own scoring (FastV/PDrop one attention row, DivPrune/CDPruner greedy, VisionZip/VScan
-ViT attention scores) - small next to a decoder layer but not zero.
+The baselines' own scoring (FastV/PDrop attention rows, DivPrune/CDPruner greedy selection, VisionZip/VScan ViT
+block scores and key-similarity merging, VScan's LLM-stage row) is counted separately by
+:func:`~glimpseprune.eval.flops.method_scoring_flops` as ``scoring_flops`` and added in ``prefill_flops_total``
+(``prefill_flops`` itself stays the forward pass only); it is 0 for random / downsample and for GlimpsePrune, whose
+glimpse row and VIP are already in its ``prefill_flops``.
+
+Resize anchor (pseudo-method ``resize``, Qwen-VL families only; a clear error on LLaVA, whose ViT always makes 576
+tokens): for each budget and image the processor's pixel limit is chosen so that the ViT itself makes the merged-token
+count closest to budget × the unpruned count (Qwen's smart resize rounds to 28-px multiples, so the count is
+approximate; the actual ratio is reported, per sample under ``resize``), the processor is re-run with that limit and
+the model runs unpruned; its ViT FLOPs are counted at the reduced size. It joins the default methods on Qwen models.
 
 Model: ``--model PATH`` (+ ``--glimpse PATH``) or the embedded default (:func:`glimpseprune.assets.default_model`:
 the trained mini model once it exists, else a tiny RANDOM model whose accuracies are meaningless).
@@ -67,11 +77,36 @@ def load_model(args):
     return default_model(args.device, args.glimpse)
 
 
-def sample_flops(gp, method_name: str, n_text: int, total: int, stages: list[tuple[int, int]], image_counts,
+def scoring_params(method, image_counts: list[int], stages: list[tuple[int, int]]) -> dict:
+    """The keyword parameters of :func:`~glimpseprune.eval.flops.method_scoring_flops` for one sample.
+
+    Counts are taken from the method object's own rules (per image where it decides per image) and from the cut
+    schedule the sample actually went through.
+    """
+    from glimpseprune.methods.budget import keep_count
+
+    name = getattr(method, "name", "none")
+    if name in ("fastv", "pyramiddrop"):
+        return {"stages": stages}
+    if name in ("divprune", "cdpruner"):
+        if method.per_image:
+            return {"kept": [keep_count(n, method.fraction, method.min_keep) for n in image_counts]}
+        return {"kept": stages[0][1] if stages else sum(image_counts)}
+    if name == "visionzip":
+        counts = [method.counts(n) for n in image_counts]
+        return {"kept": [d + c for d, c in counts], "contextual": [c for _, c in counts], "block": method.block}
+    if name == "vscan":
+        return {"stages": stages, "kept_vision": [sum(method.vision_counts(n)) for n in image_counts],
+                "global_block": method.global_block, "local_block": method.local_block}
+    return {}
+
+
+def sample_flops(gp, method, method_name: str, n_text: int, total: int, stages: list[tuple[int, int]], image_counts,
                  decode_steps: int) -> dict:
-    """Analytic FLOPs of one sample for the cut schedule it went through."""
+    """Analytic FLOPs of one sample for the cut schedule it went through, plus the method's own scoring."""
     from glimpseprune.eval.bench import model_dims
-    from glimpseprune.eval.flops import decode_flops, decoder_layer_flops, lm_head_flops, prefill_flops, vision_flops
+    from glimpseprune.eval.flops import (decode_flops, decoder_layer_flops, lm_head_flops, method_scoring_flops,
+                                         prefill_flops, vision_flops)
 
     dims, vip = model_dims(gp)
     lm = dims.lm
@@ -89,8 +124,131 @@ def sample_flops(gp, method_name: str, n_text: int, total: int, stages: list[tup
             llm += decoder_layer_flops(lm, n_text + present)
         pre_wo = llm + lm_head_flops(lm, 1)
         pre = pre_wo + vit
+    scoring = 0
+    if total and stages and method_name not in ("none", "glimpse"):
+        scoring = method_scoring_flops(method_name, dims, image_counts, n_text,
+                                       **scoring_params(method, image_counts, stages))
     dec = decode_flops(lm, n_text + final, decode_steps)["total"]
-    return {"prefill_flops": pre, "prefill_flops_without_vit": pre_wo, "vit_flops": vit, "decode_flops": dec}
+    return {"prefill_flops": pre, "prefill_flops_without_vit": pre_wo, "vit_flops": vit, "scoring_flops": scoring,
+            "prefill_flops_total": pre + scoring, "decode_flops": dec}
+
+
+QWEN_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+
+
+def qwen_resize_settings(gp) -> dict:
+    """The Qwen-VL processor's resize rule: factor (patch · merge px), min/max pixels and its own ``smart_resize``.
+
+    The ``resize`` anchor needs an image processor whose token count follows the image size; LLaVA-1.5 always makes
+    24 × 24 = 576 tokens per image, so it gets a clear error (its anchor is ``downsample``).
+    """
+    model_type = getattr(getattr(gp.model, "config", None), "model_type", None)
+    if model_type not in QWEN_FAMILIES:
+        raise ValueError(
+            f"resize: the resize anchor shrinks the input image so the ViT makes fewer tokens, which only the "
+            f"Qwen-VL families (Qwen2.5-VL, Qwen2-VL) support; this model is {model_type!r} (LLaVA-1.5 always makes "
+            "576 tokens per image: use the downsample anchor instead)")
+    ip = gp.processor.image_processor
+    size = ip.size
+    get = (lambda key: size.get(key)) if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    min_pixels = get("shortest_edge") or getattr(ip, "min_pixels", None)
+    max_pixels = get("longest_edge") or getattr(ip, "max_pixels", None)
+    smart_resize = getattr(sys.modules[type(ip).__module__], "smart_resize", None)
+    if smart_resize is None:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    return {"factor": ip.patch_size * ip.merge_size, "min_pixels": int(min_pixels), "max_pixels": int(max_pixels),
+            "smart_resize": smart_resize}
+
+
+def choose_pixel_limit(height: int, width: int, fraction: float, rule: dict) -> dict:
+    """The pixel limit whose smart-resized image makes the merged-token count closest to ``fraction`` × unpruned.
+
+    Qwen's smart resize rounds both sides to multiples of ``factor`` (28 px) and, above ``max_pixels``, shrinks to
+    the largest multiples under it, so only some counts are reachable: every limit m·factor² for m = 1..n0 is tried
+    and the closest count wins (ties: fewer tokens). The processor's ``min_pixels`` is lowered to the limit when the
+    limit is below it (so the image is not scaled back up). Returns the limits, the grid (merged rows, cols), the
+    token counts (``tokens``, unpruned ``tokens_full``, ``target``) and the actual ratio.
+    """
+    factor, resize = rule["factor"], rule["smart_resize"]
+    h0, w0 = resize(height, width, factor=factor, min_pixels=rule["min_pixels"], max_pixels=rule["max_pixels"])
+    n0 = (h0 // factor) * (w0 // factor)
+    target = fraction * n0
+    best = None
+    for m in range(1, n0 + 1):
+        limit = m * factor * factor
+        low = min(rule["min_pixels"], limit)
+        h, w = resize(height, width, factor=factor, min_pixels=low, max_pixels=limit)
+        tokens = (h // factor) * (w // factor)
+        key = (abs(tokens - target), tokens)
+        if best is None or key < best[0]:
+            best = (key, {"max_pixels": limit, "min_pixels": low, "grid": [h // factor, w // factor],
+                          "tokens": tokens, "tokens_full": n0, "target": target, "ratio": tokens / n0})
+    return best[1]
+
+
+def with_pixel_limit(processor, min_pixels: int, max_pixels: int, build):
+    """Run ``build()`` with the image processor's pixel limits temporarily set (the processor re-run with them)."""
+    ip = processor.image_processor
+    old = ip.size
+    ip.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    try:
+        return build()
+    finally:
+        ip.size = old
+
+
+def run_resize_unit(gp, records, budget: float, args) -> dict:
+    """The Qwen resize anchor: per image the pixel limit that makes ≈ budget × the unpruned tokens, model unpruned.
+
+    The cut is before the ViT, so the layer-averaged retention is the kept ratio: ``budget`` is the fraction of the
+    unpruned token count aimed at; the reported ratio is the one actually reached. ViT FLOPs are counted at the
+    reduced size, there is no scoring. Samples run one at a time (every image has its own pixel limit).
+    """
+    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, references_for
+    from glimpseprune.eval.scorers import exact_match
+    from glimpseprune.processing import build_inputs, load_image
+
+    row = {"method": "resize", "budget": f"{budget:g}", "options": {}}
+    try:
+        rule = qwen_resize_settings(gp)
+        if not 0 < budget <= 1:
+            raise ValueError(f"resize: the budget must be in (0, 1], got {budget}")
+    except ValueError as err:
+        row["skipped"] = str(err)
+        return row
+    merge = gp.processor.image_processor.merge_size ** 2
+    scores, ratios, n_in, n_out, flops, samples = [], [], [], [], [], []
+    start = time.perf_counter()
+    for record in records:
+        image = load_image(record.image)
+        choice = choose_pixel_limit(image.height, image.width, budget, rule)
+        question = record.question + ("\n" + SHORT_ANSWER_PROMPT if not args.free_form else "")
+        inputs = with_pixel_limit(gp.processor, choice["min_pixels"], choice["max_pixels"],
+                                  lambda: build_inputs(gp.processor, [question], [[image]]))
+        tokens = int(inputs["image_grid_thw"].prod(-1).sum()) // merge
+        out = gp.generate(**inputs, method="none", max_new_tokens=args.max_new_tokens)
+        text = gp.processor.batch_decode(out.generated, skip_special_tokens=True)[0]
+        scores.append(exact_match(text.strip(), references_for(record)))
+        n_text = int(inputs["attention_mask"][0].sum()) - tokens
+        ratios.append(tokens / choice["tokens_full"])
+        n_in.append(choice["tokens_full"])
+        n_out.append(tokens)
+        samples.append({**choice, "tokens": tokens})
+        flops.append(sample_flops(gp, None, "resize", n_text, tokens, [], [tokens], max(out.new_tokens - 1, 0)))
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    row.update({
+        "n": len(scores),
+        "accuracy": mean(scores),
+        "kept_ratio": mean(ratios),
+        "layer_averaged_retention": mean(ratios),
+        "visual_tokens_in": mean(n_in),  # what the processor's own limits would make
+        "visual_tokens_kept": mean(n_out),  # what the ViT made at the reduced size
+        "cut_layers": "input",
+        "seconds": time.perf_counter() - start,
+        **{k: mean([f[k] for f in flops]) for k in flops[0]},
+        "resize": samples,
+    })
+    return row
 
 
 def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict:
@@ -139,7 +297,7 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
             kept_ratio.append(sample.ratio)
             n_in.append(sample.total)
             n_out.append(sample.kept)
-            flops.append(sample_flops(gp, state.method, n_text, sample.total, stages,
+            flops.append(sample_flops(gp, method, state.method, n_text, sample.total, stages,
                                       [im.total for im in sample.images], max(out.new_tokens - 1, 0)))
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     row.update({
@@ -160,18 +318,21 @@ def markdown(rows: list[dict], model_label: str, data: str, title: str | None = 
     base = next((r for r in rows if r["method"] == "none" and "accuracy" in r), None)
     lines = ([f"**{title}**", ""] if title else []) + [f"Model: {model_label}  ", f"Data: {data}", "",
              "| method | budget (layer-avg) | n | accuracy (EM) | kept after last cut | layer-avg retention | "
-             "visual in → kept | cut layers | prefill GFLOPs (w/o ViT) | prefill / full | decode GFLOPs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "visual in → kept | cut layers | prefill GFLOPs (w/o ViT) | prefill / full | scoring GFLOPs | "
+             "prefill GFLOPs total | total / full | decode GFLOPs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['method']} | {r['budget']} | — | skipped: {r['skipped'].split(';')[0]} ||||||||")
+            lines.append(f"| {r['method']} | {r['budget']} | — | skipped: {r['skipped'].split(';')[0]} |||||||||||")
             continue
         rel = f"{r['prefill_flops'] / base['prefill_flops']:.3f}" if base else "—"
+        rel_total = f"{r['prefill_flops_total'] / base['prefill_flops_total']:.3f}" if base else "—"
         lines.append(
             f"| {r['method']} | {r['budget']} | {r['n']} | {r['accuracy']:.3f} | {r['kept_ratio']:.3f} | "
             f"{r['layer_averaged_retention']:.3f} | {r['visual_tokens_in']:.1f} → {r['visual_tokens_kept']:.1f} | "
             f"{r['cut_layers']} | {r['prefill_flops'] / 1e9:.4g} ({r['prefill_flops_without_vit'] / 1e9:.4g}) | "
-            f"{rel} | {r['decode_flops'] / 1e9:.4g} |")
+            f"{rel} | {r['scoring_flops'] / 1e9:.4g} | {r['prefill_flops_total'] / 1e9:.4g} | {rel_total} | "
+            f"{r['decode_flops'] / 1e9:.4g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,7 +370,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image-root", default=None)
     parser.add_argument("--model", default=None, help="base model folder (default: the embedded default model)")
     parser.add_argument("--glimpse", default=None, help="GlimpsePrune modules folder")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list (default {DEFAULT_METHODS})")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma list (default {DEFAULT_METHODS}, plus resize on Qwen-VL models)")
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS, help="layer-averaged retentions, comma list")
     parser.add_argument("--no-glimpse", action="store_true", help="skip GlimpsePrune (unbounded)")
     parser.add_argument("--no-full", action="store_true", help="skip the unpruned model")
@@ -232,10 +394,22 @@ def main(argv=None) -> int:
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     units = [] if args.no_full else [("none", None)]
     units += [] if args.no_glimpse or gp.glimpse is None else [("glimpse", None)]
-    units += [(m.strip(), b) for m in args.methods.split(",") if m.strip() for b in budgets]
+    qwen = getattr(gp.model.config, "model_type", None) in QWEN_FAMILIES
+    if args.methods is None:  # the resize anchor joins the defaults on the Qwen families only
+        args.methods = DEFAULT_METHODS + (",resize" if qwen else "")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "resize" in methods:
+        try:
+            qwen_resize_settings(gp)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    units += [(m, b) for m in methods for b in budgets]
     rows = []
     for name, budget in units:
-        row = run_unit(gp, records, name, budget, options.get(name, {}), args)
+        if name == "resize":
+            row = run_resize_unit(gp, records, budget, args)
+        else:
+            row = run_unit(gp, records, name, budget, options.get(name, {}), args)
         rows.append(row)
         shown = row.get("skipped") or f"acc {row['accuracy']:.3f}  retention {row['layer_averaged_retention']:.3f}"
         print(f"{name:12s} {row['budget']:>9s}  {shown}", file=sys.stderr)

@@ -9,16 +9,20 @@ from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
 
 from glimpseprune.eval.flops import (
     LMDims,
+    ModelDims,
     VIPDims,
     VisionDims,
     baseline_prefill_flops,
     decode_flops,
     decoder_layer_flops,
     dims_from_hf_config,
+    dpp_greedy_flops,
     kept_ratio_for_layer_averaged,
     layer_averaged_retention,
     layer_averaged_retention_schedule,
     lm_linear_flops_per_token,
+    maxmin_greedy_flops,
+    method_scoring_flops,
     prefill_flops,
     vip_flops,
     vision_flops,
@@ -353,3 +357,155 @@ def test_multi_stage_schedule():
         layer_averaged_retention_schedule([(8, 1.5)], 32)
     with pytest.raises(ValueError):
         layer_averaged_retention_schedule([(40, 0.5)], 32)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The baselines' own scoring (method_scoring_flops): hand counts, then the formulas against torch's FLOP counter run
+# on our implementations (aten.mv is registered by hand: the stock counter ignores matrix-vector products).
+
+TINY_DIMS = ModelDims(lm=TINY_LM, vision=TINY_VISION, vip=TINY_VIP)
+# A CLIP-like tower (LLaVA): one patch per token, CLS dropped after the ViT; D_v = 4.
+TINY_CLIP = VisionDims(hidden=4, depth=2, mlp=8, gated_mlp=False, patches_per_token=1, patch_input=12,
+                       projector=((4, 8), (8, 8)), extra_tokens_per_image=1)
+TINY_CLIP_DIMS = ModelDims(lm=TINY_LM, vision=TINY_CLIP, vip=TINY_VIP)
+
+
+def _counted(fn):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mv = {torch.ops.aten.mv: lambda a, b, *args, **kwargs: 2 * a[0] * a[1]}
+    with FlopCounterMode(display=False, custom_mapping=mv) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_scoring_fastv_hand_count():
+    # 5 text + 10 visual tokens, cut at K=2: one row of the last token at layer 1 over all 15 keys.
+    q_proj = 2 * 8 * 8  # D x H·d_h: 128
+    scores = 2 * 8 * 15  # H·d_h per key: 240
+    assert method_scoring_flops("fastv", TINY_DIMS, [10], 5, stages=[(2, 3)]) == q_proj + scores == 368
+    # The row does not depend on how many are kept, nor on how the visual tokens split into images.
+    assert method_scoring_flops("fastv", TINY_DIMS, [6, 4], 5, stages=[(2, 9)]) == 368
+
+
+def test_scoring_pyramiddrop_counts_one_row_per_stage_over_the_tokens_present():
+    # cuts at 1 (10 -> 6) and 2 (6 -> 3): rows over 5 + 10 and 5 + 6 keys
+    expected = (128 + 2 * 8 * 15) + (128 + 2 * 8 * 11)
+    assert method_scoring_flops("pyramiddrop", TINY_DIMS, [10], 5, stages=[(1, 6), (2, 3)]) == expected == 672
+
+
+def test_scoring_divprune_hand_count():
+    # n = 10, k = 3, d = D = 8: full n x n cosine matrix for the first pick, then one row per pick
+    assert method_scoring_flops("divprune", TINY_DIMS, [10], 5, kept=3) == 2 * 10 * 10 * 8 + 3 * (2 * 10 * 8) == 2080
+    # per image (groups of 6 and 4 keeping 2 and 1)
+    per_image = (2 * 6 * 6 * 8 + 2 * (2 * 6 * 8)) + (2 * 4 * 4 * 8 + 1 * (2 * 4 * 8))
+    assert method_scoring_flops("divprune", TINY_DIMS, [6, 4], 5, kept=[2, 1]) == per_image == 1088
+    assert method_scoring_flops("divprune", TINY_DIMS, [10], 5, kept=0) == 0
+
+
+def test_scoring_cdpruner_hand_count():
+    # relevance 2·N·D, then per step t: one similarity row 2·n·D and the Cholesky correction 2·t·n
+    relevance = 2 * 10 * 8
+    steps = sum(2 * 10 * 8 + 2 * t * 10 for t in range(3))
+    assert method_scoring_flops("cdpruner", TINY_DIMS, [10], 5, kept=3) == relevance + steps == 700
+    assert method_scoring_flops("cdpruner", TINY_DIMS, [10], 0, kept=3) == steps  # no text: uniform relevance
+
+
+def test_scoring_visionzip_qwen_hand_count():
+    # one image of 4 tokens = 16 patches, D_v = 4; default block = the last full-attention block (1)
+    qkv = 2 * 16 * 4 * 12  # fused q, k, v projection: 1536
+    logits = 2 * 16 * 16 * 4  # q·kᵀ over the whole image (no weighted sum): 2048
+    merge = 2 * (4 - 2) * 1 * 4  # 2 non-kept tokens against 1 contextual target, key width D_v: 16
+    assert method_scoring_flops("visionzip", TINY_DIMS, [4], 5, kept=[2], contextual=[1]) == qkv + logits + merge
+    # a windowed block (0): each patch sees its window of 4 patches
+    assert method_scoring_flops("visionzip", TINY_DIMS, [4], 5, kept=2, contextual=1, block=0) == (
+        qkv + 2 * 16 * 4 * 4 + merge)
+
+
+def test_scoring_visionzip_clip_hand_count():
+    # LLaVA: one image of 9 patches (+ CLS), D_v = 4: the CLS query, the 10 keys, one row over them
+    score = 2 * 4 * 4 + 2 * 10 * 4 * 4 + 2 * 10 * 4  # 32 + 320 + 80
+    merge = 2 * (9 - 3) * 1 * 4
+    assert method_scoring_flops("visionzip", TINY_CLIP_DIMS, [9], 5, kept=3, contextual=1) == score + merge == 480
+
+
+def test_scoring_vscan_hand_count():
+    # Qwen2.5-like dims: global block 1 (full), local block 0 (windowed); image of 4 tokens (16 patches);
+    # the ViT stage keeps 2, the LLM stage at layer 2 keeps 1 (its row over 5 text + 2 visual keys).
+    global_scores = 2 * 16 * 4 * 12 + 2 * 16 * 16 * 4
+    local_scores = 2 * 16 * 4 * 12 + 2 * 16 * 4 * 4
+    merge = 2 * (4 - 2) * 2 * 4  # 2 dropped tokens x 2 kept, key width 4
+    row = 2 * 8 * 8 + 2 * 8 * (5 + 2)
+    assert method_scoring_flops("vscan", TINY_DIMS, [4], 5, stages=[(0, 2), (2, 1)]) == (
+        global_scores + local_scores + merge + row)
+    # no windowed block: the global block's scores are reused, not recomputed
+    assert method_scoring_flops("vscan", TINY_DIMS, [4], 5, stages=[(0, 2), (2, 1)], local_block=1) == (
+        global_scores + merge + row)
+
+
+def test_scoring_free_methods_and_errors():
+    for name in ("none", "glimpse", "random", "downsample", "resize"):
+        assert method_scoring_flops(name, TINY_DIMS, [10], 5) == 0
+    assert method_scoring_flops("fastv", TINY_DIMS, [], 5, stages=[(2, 0)]) == 0  # no image, nothing to score
+    with pytest.raises(ValueError, match="unknown method"):
+        method_scoring_flops("magic", TINY_DIMS, [10], 5)
+    with pytest.raises(ValueError, match="stages"):
+        method_scoring_flops("fastv", TINY_DIMS, [10], 5)
+    with pytest.raises(ValueError, match="kept"):
+        method_scoring_flops("divprune", TINY_DIMS, [6, 4], 5, kept=[2])
+    with pytest.raises(ValueError, match="contextual"):
+        method_scoring_flops("visionzip", TINY_DIMS, [4], 5, kept=1, contextual=2)
+
+
+def test_scoring_formulas_match_our_greedy_selectors():
+    import torch
+
+    from glimpseprune.methods.cdpruner import dpp_greedy
+    from glimpseprune.methods.divprune import maxmin_greedy
+
+    torch.manual_seed(0)
+    f = torch.randn(12, 8)
+    assert _counted(lambda: maxmin_greedy(f, 4)) == maxmin_greedy_flops(12, 4, 8) == 2 * 12 * 8 * (12 + 4)
+    assert _counted(lambda: dpp_greedy(f, torch.rand(12), 4)) == dpp_greedy_flops(12, 4, 8)
+
+
+def test_scoring_formulas_match_the_attention_row_and_vit_scores():
+    import types
+
+    import torch
+    from transformers import CLIPVisionConfig, Qwen2Config
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock
+
+    from glimpseprune.adapters.base import FamilyAdapter
+    from glimpseprune.methods.visionzip import VisionZip, cls_attention, contextual_merge
+
+    torch.manual_seed(0)
+    # FastV's row: D = 8, H = 2, H_kv = 1, d_h = 4 (TINY_LM), over 15 cached keys.
+    layer = Qwen2DecoderLayer(Qwen2Config(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                          intermediate_size=16), 0)
+    fake = types.SimpleNamespace(layers=[layer], apply_rotary=lambda q, cos, sin: q)
+    row = lambda: FamilyAdapter.attention_row(fake, 0, torch.randn(1, 1, 8), None, None, torch.randn(1, 1, 15, 4),  # noqa: E731
+                                              None, True)
+    assert _counted(row) == method_scoring_flops("fastv", TINY_DIMS, [10], 5, stages=[(1, 3)])
+
+    # VisionZip on a Qwen2.5-VL block (D_v = 4, 2 heads), one image of 4 tokens = 16 patches, full attention.
+    blk = Qwen2_5_VLVisionBlock(Qwen2_5_VLVisionConfig(hidden_size=4, num_heads=2, intermediate_size=8))
+    adapter = types.SimpleNamespace(visual=types.SimpleNamespace(blocks=[blk, blk]),
+                                    pool_block_output=lambda x, grid: x.view(-1, 4, x.shape[-1]).mean(1))
+    kwargs = {"position_embeddings": (torch.ones(16, 2), torch.zeros(16, 2)), "cu_seqlens": torch.tensor([0, 16])}
+    batch = types.SimpleNamespace(extras={"vit_block_inputs": {1: (torch.randn(16, 4), kwargs)}, "image_grid_thw": None})
+    zip_ = VisionZip(adapter, 1, 0.5, 0.5)
+    keys = {}
+    scored = _counted(lambda: keys.setdefault("k", zip_.token_scores(batch)[1]))
+    merged = _counted(lambda: contextual_merge(torch.randn(4, 4), keys["k"], torch.tensor([1, 2, 3]), 1))
+    # dominant token 0, contextual target among 1..3: 2 others merged into 1 target
+    assert scored + merged == method_scoring_flops("visionzip", TINY_DIMS, [4], 5, kept=2, contextual=1)
+
+    # VisionZip on a CLIP layer (LLaVA): D_v = 4, 2 heads, one image of 9 patches + CLS.
+    clip = CLIPEncoderLayer(CLIPVisionConfig(hidden_size=4, num_attention_heads=2, intermediate_size=8))
+    assert _counted(lambda: cls_attention(clip, torch.randn(1, 10, 4))) == method_scoring_flops(
+        "visionzip", TINY_CLIP_DIMS, [9], 5, kept=9, contextual=0)

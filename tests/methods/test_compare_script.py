@@ -26,4 +26,71 @@ def test_compare_methods_smoke(tmp_path):
     assert "unreachable" in rows[("fastv", "0.111")]["skipped"]  # K=2 of 4 layers: floor 0.5
     assert rows[("fastv", "0.6")]["layer_averaged_retention"] == pytest.approx(0.6, abs=0.01)
     assert rows[("fastv", "0.6")]["prefill_flops"] < rows[("none", "unbounded")]["prefill_flops"]
-    assert "SMOKE" in (out / "compare.md").read_text()
+    # the methods' own scoring: counted separately and added into the total (FastV: one attention row per sample)
+    for key in ("scoring_flops", "prefill_flops_total"):
+        assert all(key in r for r in result["rows"] if "skipped" not in r)
+    fastv, random_, none = rows[("fastv", "0.6")], rows[("random", "0.111")], rows[("none", "unbounded")]
+    assert fastv["scoring_flops"] > 0
+    assert fastv["prefill_flops_total"] == pytest.approx(fastv["prefill_flops"] + fastv["scoring_flops"])
+    assert random_["scoring_flops"] == none["scoring_flops"] == 0
+    assert random_["prefill_flops_total"] == random_["prefill_flops"]
+    table = (out / "compare.md").read_text()
+    assert "SMOKE" in table and "scoring GFLOPs" in table and "prefill GFLOPs total" in table
+
+
+def test_compare_methods_resize_anchor(tmp_path):
+    """Qwen resize anchor: per image the ViT makes ≈ budget × the unpruned tokens (within one 28-px row/column)."""
+    pytest.importorskip("PIL")
+    from glimpseprune.data.scenes import generate_benchmark
+
+    generate_benchmark(tmp_path / "data", 0, 0, 2, seed=1)
+    main = runpy.run_path(str(SCRIPT))["main"]
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "data" / "test.jsonl"), "--methods", "resize", "--budgets", "0.111,0.5",
+                 "--no-glimpse", "--max-new-tokens", "2", "--out", str(out), "--device", "cpu"]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    rows = {(r["method"], r["budget"]): r for r in result["rows"]}
+    full = rows[("none", "unbounded")]
+    for budget in ("0.111", "0.5"):
+        row = rows[("resize", budget)]
+        assert row["n"] == 2 and len(row["resize"]) == 2
+        for sample in row["resize"]:
+            rows_, cols = sample["grid"]
+            assert sample["tokens"] == rows_ * cols  # the processor made what smart_resize predicted
+            assert sample["tokens_full"] == full["visual_tokens_in"]
+            assert abs(sample["tokens"] - sample["target"]) <= max(rows_, cols)  # one 28-px row / column
+            assert sample["target"] == pytest.approx(float(budget) * sample["tokens_full"])
+        actual = sum(s["tokens"] for s in row["resize"]) / sum(s["tokens_full"] for s in row["resize"])
+        assert row["layer_averaged_retention"] == pytest.approx(actual, abs=0.05)
+        assert row["visual_tokens_kept"] < full["visual_tokens_in"]
+        assert 0 < row["vit_flops"] < full["vit_flops"]  # the ViT runs at the reduced size
+        assert row["scoring_flops"] == 0 and row["prefill_flops_total"] == row["prefill_flops"]
+    assert rows[("resize", "0.111")]["visual_tokens_kept"] < rows[("resize", "0.5")]["visual_tokens_kept"]
+
+
+def test_resize_anchor_refuses_llava():
+    import types
+
+    settings = runpy.run_path(str(SCRIPT))["qwen_resize_settings"]
+    gp = types.SimpleNamespace(model=types.SimpleNamespace(config=types.SimpleNamespace(model_type="llava")))
+    with pytest.raises(ValueError, match="Qwen-VL families.*downsample"):
+        settings(gp)
+
+
+def test_choose_pixel_limit_picks_the_closest_count():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    choose = runpy.run_path(str(SCRIPT))["choose_pixel_limit"]
+    rule = {"factor": 28, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280, "smart_resize": smart_resize}
+    c = choose(560, 840, 0.25, rule)  # unpruned: 20 x 30 = 600 tokens, target 150
+    assert c["tokens_full"] == 600 and c["target"] == 150
+    h, w = smart_resize(560, 840, 28, c["min_pixels"], c["max_pixels"])
+    assert c["tokens"] == (h // 28) * (w // 28) == c["grid"][0] * c["grid"][1]
+    assert abs(c["tokens"] - 150) <= max(c["grid"])
+    assert c["ratio"] == c["tokens"] / 600
+
+    def count(m):  # tokens at pixel limit m·28²
+        h, w = smart_resize(560, 840, 28, min(56 * 56, m * 784), m * 784)
+        return (h // 28) * (w // 28)
+
+    assert all(abs(count(m) - 150) >= abs(c["tokens"] - 150) for m in range(1, 601))  # no limit gets closer

@@ -17,6 +17,10 @@ The reference counter had three defects that this model fixes: after pruning it 
 tokens (we count text + kept visual), it did not multiply the VIP's output projection by the token count (every
 VIP projection here scales with N), and it ignored the glimpse token and its extra attention row (counted here).
 
+:func:`method_scoring_flops` counts what a baseline pruning method computes to decide what to keep (attention rows,
+ViT block scores, greedy selections) on top of its forward pass; the forward itself is counted by the functions
+above with the token counts present at each layer.
+
 The ``dims_from_hf_config`` constructor reads the sizes from transformers config objects, so the FLOPs of a model
 can be computed without loading weights.
 """
@@ -416,3 +420,198 @@ def kept_ratio_for_layer_averaged(target: float, K: int, L: int) -> float:
             f"the first K layers keep every visual token, so the retention is at least K/L = {floor:.4f}"
         )
     return max(0.0, (target * L - K) / (L - K))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The baselines' own scoring
+
+
+def _attention_row_flops(lm: LMDims, keys: int) -> int:
+    """One query row recomputed from the cache (``adapters.base.attention_row``): Q projection + scores."""
+    return 2 * lm.hidden * lm.heads * lm.head_dim + 2 * lm.heads * lm.head_dim * keys
+
+
+def _cut_rows_flops(lm: LMDims, stages: Sequence[tuple[int, int]], n_visual: int, text_len: int) -> int:
+    """The last prompt token's attention row at every cut layer >= 1, over the keys present before that cut."""
+    layers = [int(layer) for layer, _ in stages]
+    if not layers or any(not 0 <= x < lm.layers for x in layers) or any(a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"stages need strictly increasing cut layers within [0, {lm.layers}), got {list(stages)}")
+    total, present = 0, n_visual
+    for layer, kept in stages:
+        if not 0 <= kept <= present:
+            raise ValueError(f"stage kept counts must be non-increasing within [0, {n_visual}], got {list(stages)}")
+        if layer >= 1:
+            total += _attention_row_flops(lm, text_len + present)
+        present = int(kept)
+    return total
+
+
+def _default_vit_block(vision: VisionDims) -> int:
+    return max(vision.full_attention_blocks) if vision.full_attention_blocks else vision.depth - 1
+
+
+def _vit_windowed(vision: VisionDims, block: int) -> bool:
+    return vision.window_patches is not None and block not in vision.full_attention_blocks
+
+
+def _vit_block_score_flops(vision: VisionDims, counts: Sequence[int], block: int, cls: bool) -> int:
+    """Scores of one ViT block recomputed from its captured input (``methods.visionzip``), all images.
+
+    CLIP (``cls``): the CLS query projection 2·D_v², the keys of CLS + P patches 2·(1+P)·D_v² and the CLS row over
+    them 2·(1+P)·D_v (H·d_h = D_v). Qwen: the fused qkv projection 2·p·D_v·3D_v of the p = tokens·patches_per_token
+    patches and the scores q·kᵀ, 2·p·keys·D_v with keys = p in a full-attention block, min(p, window) in a windowed one
+    (only the logits: received attention sums the softmax, it never multiplies by V).
+    """
+    if not 0 <= block < vision.depth:
+        raise ValueError(f"ViT block {block} out of range (0..{vision.depth - 1})")
+    d = vision.hidden
+    total = 0
+    for tokens in counts:
+        if tokens == 0:
+            continue
+        if cls:
+            total += 2 * d * d + 2 * (1 + tokens) * d * d + 2 * (1 + tokens) * d
+        else:
+            p = tokens * vision.patches_per_token
+            keys = min(p, vision.window_patches) if _vit_windowed(vision, block) else p
+            total += 2 * p * d * 3 * d + 2 * p * keys * d
+    return total
+
+
+def _per_image(name: str, value, counts: Sequence[int]) -> list[int]:
+    """An int (one image) or one value per image -> list matching ``counts``."""
+    values = [int(value)] if isinstance(value, int) else [int(v) for v in value]
+    if len(values) != len(counts) or any(not 0 <= v <= c for v, c in zip(values, counts)):
+        raise ValueError(f"{name} {values} must give one count in [0, n_image] per image {list(counts)}")
+    return values
+
+
+def _groups(kept, counts: Sequence[int]) -> list[tuple[int, int]]:
+    """(n, k) of every budget group: ``kept`` an int -> one group over all images; a sequence -> one per image."""
+    if isinstance(kept, int):
+        n = sum(counts)
+        if not 0 <= kept <= n:
+            raise ValueError(f"kept={kept} must be in [0, {n}]")
+        return [(n, kept)]
+    return list(zip(counts, _per_image("kept", kept, counts)))
+
+
+def maxmin_greedy_flops(n: int, k: int, d: int) -> int:
+    """``methods.divprune.maxmin_greedy`` on n features of width d picking k: 2·n·d·(n + k).
+
+    The first pick needs every token's nearest other token, the full n×n cosine matrix (in row chunks), 2·n²·d;
+    then one similarity row 2·n·d for the first pick and for each of the k − 1 later ones.
+    """
+    return 0 if k <= 0 or n == 0 else 2 * n * d * (n + k)
+
+
+def dpp_greedy_flops(n: int, k: int, d: int) -> int:
+    """``methods.cdpruner.dpp_greedy`` (incremental Cholesky, no n×n kernel) on n features of width d picking k.
+
+    Step t (0-based) computes one similarity row f·f_j, 2·n·d, and the correction c[:t]ᵀ·c[:t, j], 2·t·n; over
+    s = min(k, n) steps 2·n·d·s + n·s·(s − 1). Every step is counted even if the volume runs out early (the rest is
+    then filled by relevance, a sort): an upper bound.
+    """
+    s = min(max(k, 0), n)
+    return 2 * n * d * s + n * s * (s - 1)
+
+
+SCORING_FREE = ("none", "glimpse", "random", "downsample", "resize")
+SCORED = ("fastv", "pyramiddrop", "divprune", "cdpruner", "visionzip", "vscan")
+
+
+def method_scoring_flops(
+    method: str,
+    dims: ModelDims,
+    image_token_counts: Sequence[int],
+    text_len: int,
+    *,
+    stages: Sequence[tuple[int, int]] | None = None,
+    kept=None,
+    contextual=0,
+    block: int | None = None,
+    global_block: int | None = None,
+    local_block: int | None = None,
+    kept_vision=None,
+    cls: bool | None = None,
+) -> int:
+    """FLOPs one sample spends deciding what to keep, beyond the forward pass (what OUR implementations compute).
+
+    ``image_token_counts``: LLM visual tokens per image before pruning (N = their sum); ``text_len``: the sample's
+    non-visual prompt tokens. Same conventions as the rest of the module: 2 FLOPs per multiply-accumulate, matrix
+    products only, so softmax, normalisation (cosine = dot products of normalised rows), RoPE, means, top-k / sorts and
+    argmaxes are not counted. Per method (keyword parameters in brackets):
+
+    * ``fastv``, ``pyramiddrop`` [``stages``: (cut layer, visual tokens present after the cut) as applied]: at every
+      cut the last prompt token's attention row at layer K − 1 is recomputed from the cache: its Q projection
+      2·D·H·d_h (after the input norm) plus scores 2·H·d_h·(text_len + visual tokens present before the cut).
+    * ``divprune`` [``kept``: int = one group over all images, or one count per image for ``per_image``]: per group
+      :func:`maxmin_greedy_flops` with d = D (LLM input embeddings).
+    * ``cdpruner`` [``kept`` as for divprune]: relevance, one cosine of every visual token with the instruction's
+      mean embedding, 2·N·D (when ``text_len`` > 0); per group :func:`dpp_greedy_flops` with d = D.
+    * ``visionzip`` [``kept`` and ``contextual`` per image, ``block``, ``cls``]: the ViT block's scores
+      (:func:`_vit_block_score_flops`: CLS row on CLIP; qkv projection + chunked q·kᵀ on Qwen) plus the contextual
+      merge, a key cosine of every non-kept token with the image's c targets, 2·(n − kept)·c·D_v per image.
+    * ``vscan`` [``stages`` = [(0, k1), (llm_layer, k2)], ``kept_vision`` per image (default: k1 for one image),
+      ``global_block``, ``local_block``, ``cls``]: the global block's scores, the local block's when it is another
+      block (a windowed one on Qwen2.5-VL), the merge of every dropped token into its most key-similar kept token
+      2·(n − kept)·kept·D_v per image, and the LLM-stage attention row as for FastV.
+    * ``none``, ``glimpse``, ``random``, ``downsample``, ``resize``: 0. GlimpsePrune's glimpse row and VIP are already
+      in :func:`prefill_flops`; downsample's pooling is additions only (≈ N·D, no matrix product), ``resize``
+      shrinks the image before the ViT.
+
+    ``block`` / ``global_block`` default to the last full-attention ViT block (the last block without windows; the
+    block index does not change the cost on CLIP); ``local_block`` defaults to the last windowed block before
+    ``global_block``, or ``global_block`` itself (then it is not scored twice). ``cls`` (CLS-row scoring, LLaVA)
+    defaults to ``patches_per_token == 1``, which is true of the CLIP towers :func:`dims_from_hf_config` builds.
+    """
+    counts = [int(c) for c in image_token_counts]
+    if any(c < 0 for c in counts) or text_len < 0:
+        raise ValueError(f"need non-negative counts and text_len, got {counts}, {text_len}")
+    n = sum(counts)
+    lm, vision = dims.lm, dims.vision
+    cls = vision.patches_per_token == 1 if cls is None else cls
+    if method not in SCORING_FREE + SCORED:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(SCORING_FREE + SCORED)}")
+    if method in SCORING_FREE or n == 0:
+        return 0
+    if method in ("fastv", "pyramiddrop"):
+        if stages is None:
+            raise ValueError(f"{method}: give stages=[(cut layer, kept), ...]")
+        return _cut_rows_flops(lm, stages, n, text_len)
+    if method in ("divprune", "cdpruner"):
+        if kept is None:
+            raise ValueError(f"{method}: give kept= (int, or one count per image)")
+        groups = _groups(kept, counts)
+        if method == "divprune":
+            return sum(maxmin_greedy_flops(g, k, lm.hidden) for g, k in groups)
+        relevance = 2 * n * lm.hidden if text_len > 0 else 0
+        return relevance + sum(dpp_greedy_flops(g, k, lm.hidden) for g, k in groups)
+    if method == "visionzip":
+        if kept is None:
+            raise ValueError("visionzip: give kept= (dominant + contextual per image)")
+        kept_i = _per_image("kept", kept, counts)
+        ctx_i = _per_image("contextual", contextual, counts)
+        if any(c > k for c, k in zip(ctx_i, kept_i)):
+            raise ValueError(f"contextual {ctx_i} cannot exceed kept {kept_i}")
+        score = _vit_block_score_flops(vision, counts, _default_vit_block(vision) if block is None else block, cls)
+        merge = sum(2 * (c - k) * t * vision.hidden for c, k, t in zip(counts, kept_i, ctx_i))
+        return score + merge
+    if method == "vscan":
+        if stages is None:
+            raise ValueError("vscan: give stages=[(0, kept after the ViT stage), (llm_layer, kept)]")
+        if kept_vision is None:
+            if len(counts) != 1:
+                raise ValueError("vscan: give kept_vision= per image when a sample has several images")
+            kept_vision = int(stages[0][1])
+        kv = _per_image("kept_vision", kept_vision, counts)
+        g = _default_vit_block(vision) if global_block is None else int(global_block)
+        if local_block is None:
+            windowed = [i for i in range(g) if vision.full_attention_blocks and i not in vision.full_attention_blocks]
+            local_block = windowed[-1] if windowed else g
+        score = _vit_block_score_flops(vision, counts, g, cls)
+        if int(local_block) != g:
+            score += _vit_block_score_flops(vision, counts, int(local_block), cls)
+        merge = sum(2 * (c - k) * k * vision.hidden for c, k in zip(counts, kv))
+        return score + merge + _cut_rows_flops(lm, stages, n, text_len)
+    raise AssertionError(method)  # unreachable: every name in SCORED is handled above

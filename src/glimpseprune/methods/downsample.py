@@ -7,7 +7,10 @@ token's position id - whose embedding becomes the mean of the cell's embeddings 
 - On LLaVA (fixed 24 × 24 = 576 tokens) this is exactly the landscape's recommended anchor: 3 × 3 average pooling
   -> 8 × 8 = 64 tokens = 11.1 %.
 - On Qwen2.5-VL the alternative anchor is to resize the input image (a smaller ``max_pixels``) so the ViT itself
-  makes ≈ budget tokens (which also saves ViT FLOPs). That is NOT done here: this pools after the ViT.
+  makes ≈ budget tokens (which also saves ViT FLOPs). This method does not: it pools after the ViT. The resize
+  anchor is the pseudo-method ``resize`` of ``benchmarks/compare_methods.py`` (Qwen-VL families only): per image
+  it picks the pixel limit whose smart-resized image gives the closest token count, re-runs the processor with it
+  and runs the model unpruned.
 
 Budget: s is chosen per image so that ceil(h/s)·ceil(w/s) is as close as possible to fraction·n (ties: the larger
 s, i.e. fewer tokens), so the kept count only approximates the budget (the reported ratio is the actual one);

@@ -113,3 +113,54 @@ def test_cell_targets_mark_the_objects():
     assert targets.shape == (3, 256)
     assert (targets[2] > 0).sum() == len(scene.objects)  # one centre cell per object
     assert 0 < (targets[0] > 0).float().mean() < 0.5
+
+
+def test_pretrain_options_text_first_relevance_aligned_curriculum(tmp_path):
+    """The optional recipe parts run end to end, resume with their own state, and the prompt order is saved."""
+    import torch
+
+    from glimpseprune.mini.pretrain import pretrain
+    from glimpseprune.model import GlimpsePrune
+
+    extra = dict(prompt_order="text_first", relevance_weight=1.0, relevance_loss="softmax", relevance_layer=1,
+                 aux_aligned=True, extra_turns=0, warmup_pixels={"max_pixels": 3136, "steps": 1})
+    first = pretrain(_tiny_recipe(tmp_path / "run", max_minutes=0, **extra), log=lambda _: None)
+    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    assert first["step"] == 1 and {"rel_head", "rel_null", "aux_scale"} <= set(state)
+    second = pretrain(_tiny_recipe(tmp_path / "run", **extra), log=lambda _: None)
+    assert second["done"]
+    model = GlimpsePrune.from_pretrained(tmp_path / "run" / "final")
+    prompt = model.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}],
+        add_generation_prompt=True, tokenize=False)
+    assert prompt.index("Q?") < prompt.index("<|vision_start|>")  # the question precedes the image
+    # the saved processor is the full-resolution one, not the curriculum's down-scaled copy
+    assert model.processor.image_processor.size["longest_edge"] == 12544
+
+
+def test_relevance_targets_and_pointer_loss():
+    import torch
+
+    from glimpseprune.mini.pretrain import pointer_loss, relevance_targets
+
+    t = relevance_targets([[0, 0, 10, 10], [20, 20, 40, 40]], "target", 40, 40, 4, 4)
+    assert t.nonzero().squeeze(1).tolist() == [0, 15]  # centres (5, 5) -> cell 0, (30, 30) -> cell 15
+    assert relevance_targets([[0, 0, 10, 10]], "evidence", 40, 40, 4, 4).sum() == 0
+    grid = torch.tensor([[1, 4, 4], [1, 4, 4]])  # two images of 2x2 merged tokens
+    targets = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
+    good = torch.tensor([9.0, 0, 0, 0, 0, 0, 0, 0])
+    bad = torch.tensor([0.0, 9, 0, 0, 9, 0, 0, 0])
+    null = torch.tensor(1.0)
+    assert pointer_loss(good, targets, grid, null) < 0.5 < pointer_loss(bad, targets, grid, null)
+    # by hand: image 1 -> log(1 + (3 + e) / e^9); image 2 (no mark) -> logsumexp(0, 0, 0, 0, 1) - 1
+    import math
+
+    expected = (math.log(1 + (3 + math.e) / math.exp(9)) + math.log(4 + math.e) - 1) / 2
+    assert abs(float(pointer_loss(good, targets, grid, null)) - expected) < 1e-5
+
+
+def test_pretrain_rejects_unknown_prompt_order(tmp_path):
+    from glimpseprune.mini.pretrain import pretrain
+
+    with pytest.raises(ValueError, match="prompt_order"):
+        pretrain(_tiny_recipe(tmp_path / "run", prompt_order="sideways"), log=lambda _: None)

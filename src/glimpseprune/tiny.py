@@ -43,6 +43,19 @@ QWEN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The same layout with the question *before* the image(s) in each user turn (text items first, then images). Under
+# causal attention, image tokens can then read the question and mark themselves as relevant; the embedded mini
+# model is trained and shipped with it (its saved chat template), so every code path that formats prompts through
+# ``apply_chat_template`` uses the order the model was trained with.
+QWEN_TEXT_FIRST_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] != 'image' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 DEFAULT_CORPUS = [
     "what colour is the shape in the image?",
     "is there a red circle? yes no",

@@ -29,6 +29,10 @@ What it does, in order:
      that predicts each answer, averaged over heads and renormalised over the visual tokens, should fall on that
      answer's box tokens (loss ``-log`` of that share; eager attention in the decoder while training).
 
+   Optional, off in the shipped recipe (see ``docs/mini_model.md``, attempts H and C): ``prompt_order``
+   (question before the image), a relevance probe on the decoder's visual states (``relevance_*``), a dense probe
+   tied to the word embeddings (``aux_aligned``) and a resolution curriculum (``warmup_pixels``).
+
    AdamW, linear warm-up then cosine decay, gradient clipping, fp32, ``threads`` torch threads (1 is fastest on
    a shared 2-core machine) and ``num_workers`` data processes (rendering + preprocessing overlap the step).
 5. **Checkpoints.** Every ``save_every`` steps ``<output_dir>/checkpoint/`` (model + processor + optimiser,
@@ -70,6 +74,13 @@ DEFAULTS: dict = {
     "extra_turns": 5,
     "attn_weight": 0.0,
     "attn_layers": [2, 3],
+    "prompt_order": "image_first",
+    "relevance_weight": 0.0,
+    "relevance_layer": 2,
+    "relevance_pos_weight": 20.0,
+    "relevance_loss": "bce",
+    "aux_aligned": False,
+    "warmup_pixels": None,
     "threads": 1,
     "num_workers": 1,
     "save_every": 20,
@@ -130,6 +141,29 @@ class PretrainConfig:
     # record's own question as further chat turns (the ViT, most of the cost, runs once for all of them)
     extra_turns: int = 5
     attn_layers: list[int] = field(default_factory=lambda: [2, 3])
+    # "text_first": the question precedes the image in the user turn (the saved chat template says so, so answer,
+    # demo, eval and stage-1 training format prompts the same way). Image tokens can then read the question.
+    prompt_order: str = "image_first"
+    # Relevance probe (training scaffolding, like the dense probe): a linear layer on the decoder's hidden state of
+    # each visual token after ``relevance_layer`` layers predicts whether that token holds the centre of an object
+    # the question is about (the centre cell of each box; none for "evidence" boxes of a "no" answer). One marked
+    # token per referenced object, so the mark also supports counting. BCE with ``relevance_pos_weight``.
+    relevance_weight: float = 0.0
+    relevance_layer: int = 2
+    relevance_pos_weight: float = 20.0
+    # "bce": per-token BCE (pos_weight above). "softmax": per image, every marked token must beat all unmarked ones
+    # and a learned "nothing here" logit; an image with no mark must put the null logit first. One well-scaled term
+    # per image instead of 256 mostly easy ones.
+    relevance_loss: str = "bce"
+    # Dense probe classes tied to the decoder's own word embeddings: the covering colour / shape of a cell is
+    # scored by cosine similarity between the merged visual token and the embedding(s) of that word ("red",
+    # " red"; "triangle", " triangle", " triangles"). Visual tokens then carry the very vectors the question's words
+    # are made of, so "does this token hold what the question names" is a similarity the attention can read.
+    aux_aligned: bool = False
+    # Resolution curriculum: {"max_pixels": P, "steps": N}: the first N steps see images down-scaled to at most P
+    # pixels (e.g. 224² -> 64 visual tokens instead of 256): 4x cheaper steps and 4x fewer distractor tokens while
+    # the decoder learns to find what the question names; the remaining steps train at ``max_pixels``.
+    warmup_pixels: dict | None = None
     threads: int = 1
     num_workers: int = 1
     save_every: int = 20
@@ -192,13 +226,15 @@ class Example:
     id: str = ""
     qtype: str | None = None
     turns: list = field(default_factory=list)  # more (question, answer, boxes) about the same image
+    box_role: str | None = None  # glimpse-shapes: target / evidence / none
 
 
 def synthetic_examples(n: int, seed: int, size: int, split: str) -> list[Example]:
     from ..data.scenes import generate_items
 
     return [
-        Example(r["question"], r["short_answer"], None, r["scene"], r["bboxs"], r["id"], r["qtype"])
+        Example(r["question"], r["short_answer"], None, r["scene"], r["bboxs"], r["id"], r["qtype"],
+                box_role=r["box_role"])
         for _, r in generate_items(n, seed=seed, size=size, split=split)
     ]
 
@@ -211,7 +247,7 @@ def record_examples(spec) -> list[Example]:
         raise ValueError(f"no usable records in {spec}: {report.summary()}")
     return [
         Example(r.question, r.short_answer or r.answer, r.image, r.extra.get("scene"), r.boxes, r.id,
-                r.extra.get("qtype"))
+                r.extra.get("qtype"), box_role=r.extra.get("box_role"))
         for r in records
     ]
 
@@ -260,6 +296,23 @@ def cell_targets(scene: dict, grid_h: int, grid_w: int, min_cover: float = 0.2):
     import torch
 
     return torch.from_numpy(np.stack([colour, shape, centre]).astype(np.int64))
+
+
+def relevance_targets(boxes, role: str | None, width: int, height: int, grid_h: int, grid_w: int):
+    """[grid_h*grid_w] float targets for the relevance probe: 1 at the cell holding each box's centre, else 0.
+
+    ``evidence`` boxes (what one inspects to answer "no") are not what the question asks about: no positives.
+    """
+    import torch
+
+    target = torch.zeros(grid_h * grid_w)
+    if role == "evidence":
+        return target
+    for x1, y1, x2, y2 in boxes:
+        cx = min(max(int((x1 + x2) / 2 / width * grid_w), 0), grid_w - 1)
+        cy = min(max(int((y1 + y2) / 2 / height * grid_h), 0), grid_h - 1)
+        target[cy * grid_w + cx] = 1.0
+    return target
 
 
 def derive_turns(scene: dict, rng: random.Random, n: int) -> list[tuple[str, str, list]]:
@@ -384,7 +437,10 @@ class Collator:
                 aux.append(cell_targets(ex.scene, gh, gw))
             else:
                 aux.append(torch.full((3, gh * gw), -100, dtype=torch.long))
+        rel = [relevance_targets(ex.boxes, ex.box_role, im.width, im.height, gh, gw)
+               for ex, im, (gh, gw) in zip(examples, images, grids)]
         out = dict(inputs)
+        out["relevance_targets"] = torch.cat(rel)
         out["labels"] = labels
         out["aux_targets"] = torch.cat(aux, dim=1)
         out["box_masks"] = box_masks
@@ -395,10 +451,11 @@ class StepBatches:
     """Batch ``i`` of this dataset is the batch of optimiser step ``start + i``: a pure function of (seed, step)."""
 
     def __init__(self, examples, collator, batch_size: int, seed: int, start: int, stop: int,
-                 lowercase_prob: float = 0.0, extra_turns: int = 0):
+                 lowercase_prob: float = 0.0, extra_turns: int = 0, pixels_for_step=None):
         self.examples, self.collator, self.bs, self.seed = examples, collator, batch_size, seed
         self.lowercase_prob, self.extra_turns = lowercase_prob, extra_turns
         self.start, self.stop = start, stop
+        self.pixels_for_step = pixels_for_step
         self._perms: dict[int, list[int]] = {}
 
     def indices(self, step: int) -> list[int]:
@@ -427,6 +484,9 @@ class StepBatches:
             if self.extra_turns and ex.scene is not None:
                 ex = replace(ex, turns=derive_turns(ex.scene, rng, self.extra_turns))
             batch.append(ex)
+        if self.pixels_for_step is not None:
+            self.collator.processor.image_processor.size = {"shortest_edge": self.pixels_for_step[0],
+                                                            "longest_edge": self.pixels_for_step[1](step)}
         return self.collator(batch)
 
 
@@ -501,6 +561,68 @@ def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token
     return torch.stack(terms).mean()
 
 
+def word_class_ids(tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids standing for each colour and each shape word (single-token spellings only)."""
+    from ..data.scenes import COLOURS, PLURALS, SHAPES
+
+    def ids(words):
+        out = []
+        for w in words:
+            pieces = tokenizer(w, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1:
+                out.append(pieces[0])
+        if not out:
+            raise ValueError(f"none of {words} is a single token")
+        return out
+
+    colours = [ids([c, " " + c]) for c in COLOURS]
+    shapes = [ids([s, " " + s, " " + PLURALS[s]]) for s in SHAPES]
+    return colours, shapes
+
+
+def aligned_logits(merged, logits, embeddings, colour_ids, shape_ids, scale):
+    """Replace the object-class logits of the colour and covering-shape probes with scale·cos(token, word)."""
+    import torch
+    import torch.nn.functional as F
+
+    def classes(groups):
+        return torch.stack([embeddings[g].mean(0) for g in groups])
+
+    h = F.normalize(merged, dim=-1)
+    colour = scale * h @ F.normalize(classes(colour_ids), dim=-1).T
+    shape = scale * h @ F.normalize(classes(shape_ids), dim=-1).T
+    c_bg, _, s_bg, rest = torch.split(logits, [1, N_COLOURS - 1, 1, logits.shape[-1] - N_COLOURS - 1], dim=-1)
+    return torch.cat([c_bg, colour, s_bg, shape, rest[:, N_SHAPES - 1:]], dim=-1)
+
+
+def build_processor_copy(processor):
+    """An independent processor (the training batches change its image size; the saved one must not change)."""
+    import copy
+
+    return copy.deepcopy(processor)
+
+
+def pointer_loss(logits, targets, grid_thw, null_logit):
+    """Softmax relevance loss over each image's visual tokens plus a null slot (see ``relevance_loss``).
+
+    logits, targets: [n_visual_total] for the whole batch, images in order; grid_thw: [n_images, 3] patch grids.
+    """
+    import torch
+
+    counts = (grid_thw.prod(-1) // 4).tolist()  # 2x2 merge
+    terms = []
+    for z, t in zip(torch.split(logits, counts), torch.split(targets, counts)):
+        pos = t > 0.5
+        neg_and_null = torch.cat([z[~pos], null_logit.reshape(1)])
+        if pos.any():
+            # each marked token against every unmarked token and the null slot
+            others = torch.logsumexp(neg_and_null, 0)
+            terms.append((torch.logaddexp(z[pos], others) - z[pos]).mean())
+        else:
+            terms.append(torch.logsumexp(neg_and_null, 0) - null_logit)
+    return torch.stack(terms).mean()
+
+
 def build_tokenizer_processor(examples: list[Example], cfg: PretrainConfig, synthetic: bool):
     from ..tiny import build_qwen_processor, build_qwen_tokenizer
 
@@ -517,7 +639,16 @@ def build_tokenizer_processor(examples: list[Example], cfg: PretrainConfig, synt
         corpus = sorted(set(corpus) | extra)
     tok = build_qwen_tokenizer(corpus, vocab_size=cfg.tokenizer_vocab_size)
     return build_qwen_processor(tok, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                patch_size=cfg.model.patch_size)
+                                patch_size=cfg.model.patch_size, chat_template=chat_template(cfg.prompt_order))
+
+
+def chat_template(prompt_order: str) -> str:
+    from ..tiny import QWEN_CHAT_TEMPLATE, QWEN_TEXT_FIRST_CHAT_TEMPLATE
+
+    templates = {"image_first": QWEN_CHAT_TEMPLATE, "text_first": QWEN_TEXT_FIRST_CHAT_TEMPLATE}
+    if prompt_order not in templates:
+        raise ValueError(f"prompt_order must be one of {sorted(templates)}, got {prompt_order!r}")
+    return templates[prompt_order]
 
 
 def save_model(model, processor, directory: Path) -> None:
@@ -586,13 +717,24 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     else:
         val = []
 
+    chat_template(cfg.prompt_order)  # validate before any work
+    if cfg.relevance_weight and not 1 <= cfg.relevance_layer <= cfg.model.text_layers:
+        raise ValueError(f"relevance_layer must be in 1..{cfg.model.text_layers}, got {cfg.relevance_layer}")
     aux_head = nn.Linear(cfg.model.text_hidden, N_COLOURS + 2 * N_SHAPES)
+    rel_head = nn.Linear(cfg.model.text_hidden, 1)
+    rel_null = nn.Parameter(torch.zeros(()))  # the "nothing here" logit of the softmax relevance loss
+    aux_scale = nn.Parameter(torch.tensor(10.0))  # temperature of the aligned probe
     state = None
     if cfg.resume and (ckpt / "state.pt").is_file():
         model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32)
         processor = load_processor(ckpt, model.config.model_type)
         state = torch.load(ckpt / "state.pt", weights_only=False)
         aux_head.load_state_dict(state["aux_head"])
+        if "rel_head" in state:
+            rel_head.load_state_dict(state["rel_head"])
+            with torch.no_grad():
+                rel_null.copy_(state["rel_null"])
+                aux_scale.copy_(state.get("aux_scale", aux_scale))
         log(f"[pretrain-mini] resuming from {ckpt} at step {state['step']}")
     else:
         processor = build_tokenizer_processor(train, cfg, synthetic)
@@ -600,11 +742,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed + 1)
             aux_head.reset_parameters()
+            rel_head.reset_parameters()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[pretrain-mini] {len(train)} training examples, {len(val)} validation; model {n_params / 1e6:.2f} M "
         f"parameters; {cfg.steps} steps of {cfg.batch_size}; {cfg.threads} thread(s)")
 
-    params = list(model.parameters()) + list(aux_head.parameters())
+    params = list(model.parameters()) + list(aux_head.parameters()) + list(rel_head.parameters()) + [rel_null, aux_scale]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -624,8 +767,14 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         lambda _m, _a, output: captured.__setitem__("merged", output.pooler_output)
     )
     collator = Collator(processor)
-    batches = StepBatches(train, collator, cfg.batch_size, cfg.seed, start, cfg.steps, cfg.lowercase_prob,
-                          cfg.extra_turns)
+    word_ids = word_class_ids(processor.tokenizer) if cfg.aux_aligned else None
+    pixels_for_step = None
+    if cfg.warmup_pixels:
+        warm_px, warm_steps = int(cfg.warmup_pixels["max_pixels"]), int(cfg.warmup_pixels["steps"])
+        pixels_for_step = (cfg.min_pixels, lambda s: warm_px if s < warm_steps else cfg.max_pixels)
+    batches = StepBatches(train, Collator(build_processor_copy(processor)) if pixels_for_step else collator,
+                          cfg.batch_size, cfg.seed, start, cfg.steps, cfg.lowercase_prob, cfg.extra_turns,
+                          pixels_for_step)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                                          worker_init_fn=_worker_init if cfg.num_workers else None,
                                          prefetch_factor=2 if cfg.num_workers else None,
@@ -636,7 +785,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(model, processor, tmp)
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "aux_head": aux_head.state_dict(), "elapsed": elapsed, "history": history,
+                    "aux_head": aux_head.state_dict(), "rel_head": rel_head.state_dict(), "rel_null": rel_null.detach(),
+                    "aux_scale": aux_scale.detach(), "elapsed": elapsed, "history": history,
                     "config": cfg.to_dict()}, tmp / "state.pt")
         shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)
@@ -661,8 +811,22 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         for batch in loader:
             aux_targets = batch.pop("aux_targets")
             box_masks = batch.pop("box_masks")
-            lm = model(**batch, output_attentions=bool(cfg.attn_weight))
+            rel_targets = batch.pop("relevance_targets")
+            lm = model(**batch, output_attentions=bool(cfg.attn_weight),
+                       output_hidden_states=bool(cfg.relevance_weight))
             loss = lm.loss
+            rel_loss = None
+            if cfg.relevance_weight:
+                hidden = lm.hidden_states[cfg.relevance_layer][batch["input_ids"] == model.config.image_token_id]
+                hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
+                rel_logits = rel_head(hidden).squeeze(-1)
+                if cfg.relevance_loss == "softmax":
+                    rel_loss = pointer_loss(rel_logits, rel_targets, batch["image_grid_thw"],
+                                            rel_null)
+                else:
+                    rel_loss = nn.functional.binary_cross_entropy_with_logits(
+                        rel_logits, rel_targets, pos_weight=torch.tensor(cfg.relevance_pos_weight))
+                loss = loss + cfg.relevance_weight * rel_loss
             attn_loss = None
             if cfg.attn_weight:
                 attn_loss = grounding_loss(lm.attentions, cfg.attn_layers, batch["input_ids"], batch["labels"],
@@ -675,6 +839,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
                 # parameter-free RMS norm: the probe must not reward large merged tokens (they enter the decoder)
                 merged = merged * torch.rsqrt(merged.pow(2).mean(-1, keepdim=True) + 1e-6)
                 logits = aux_head(merged)
+                if cfg.aux_aligned:
+                    logits = aligned_logits(merged, logits, model.get_input_embeddings().weight, *word_ids, aux_scale)
                 parts = torch.split(logits, [N_COLOURS, N_SHAPES, N_SHAPES], dim=-1)
                 aux_loss = sum(nn.functional.cross_entropy(p, aux_targets[k], ignore_index=-100)
                                for k, p in enumerate(parts)) / 3
@@ -694,6 +860,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             if bar is not None:
                 bar.update(1)
                 post = dict(lm=f"{ema:.3f}", aux=f"{float(aux_loss):.3f}")
+                if rel_loss is not None:
+                    post["rel"] = f"{float(rel_loss):.3f}"
                 if attn_loss is not None:
                     post["attn"] = f"{float(attn_loss):.3f}"
                 bar.set_postfix(**post, lr=f"{scheduler.get_last_lr()[0]:.1e}")

@@ -427,6 +427,29 @@ def naive_vit_received_attention(gp, inputs, block):
     return received, k.reshape(n, -1)
 
 
+def visionzip_by_loops(x, scores, keys, d: int, c: int):
+    """VisionZip's selection written as loops: dominant top-d by score; c uniformly spaced targets among the rest;
+    every other token joins its most key-similar target and each target becomes its group's mean.
+    Returns (keep mask, embeddings with the targets replaced)."""
+    n = x.shape[0]
+    dom = topk_loop(scores, d)
+    rest = [i for i in range(n) if not dom[i]]
+    step = max(1, len(rest) // c)
+    targets = rest[::step][:c]
+    groups = {t: [t] for t in targets}
+    kn = keys / keys.norm(dim=1, keepdim=True)
+    for i in rest:
+        if i not in groups:
+            sims = [float(kn[i] @ kn[t]) for t in targets]
+            groups[targets[sims.index(max(sims))]].append(i)
+    keep = dom.clone()
+    keep[targets] = True
+    new = x.clone()
+    for t, members in groups.items():
+        new[t] = x[members].mean(0)
+    return keep, new
+
+
 def test_visionzip_matches_full_attention_maps_and_reference_cut(qwen, gp, images):
     model, processor = qwen
     inputs = build_inputs(processor, [QUESTION], [[images["square"]]])
@@ -442,21 +465,7 @@ def test_visionzip_matches_full_attention_maps_and_reference_cut(qwen, gp, image
     x = batch.inputs_embeds[0][batch.visual_mask[0]]
     n = x.shape[0]
     d, c = int(0.15 * n), int(0.1 * n)
-    dom = topk_loop(scores, d)
-    rest = [i for i in range(n) if not dom[i]]
-    step = max(1, len(rest) // c)
-    targets = rest[::step][:c]
-    groups = {t: [t] for t in targets}
-    kn = tok_keys / tok_keys.norm(dim=1, keepdim=True)
-    for i in rest:
-        if i not in groups:
-            sims = [float(kn[i] @ kn[t]) for t in targets]
-            groups[targets[sims.index(max(sims))]].append(i)
-    keep = dom.clone()
-    keep[targets] = True
-    new = x.clone()
-    for t, members in groups.items():
-        new[t] = x[members].mean(0)
+    keep, new = visionzip_by_loops(x, scores, tok_keys, d, c)
     assert torch.equal(seen[0].keep[0].cpu(), keep)
     torch.testing.assert_close(seen[0].replace[0], new[keep], atol=1e-6, rtol=1e-5)
     ref_tokens, _ = reference_generate(model, dict(inputs), keep, 0, 6, replace=new[keep])

@@ -19,7 +19,7 @@ from glimpseprune.processing import build_inputs
 from glimpseprune.tiny import TinyLlavaSpec, tiny_llava
 
 from ..adapters.reference import stock_embeds_and_positions
-from .test_baselines import QUESTION, run, topk_loop
+from .test_baselines import QUESTION, run, topk_loop, visionzip_by_loops
 
 STRATEGIES = ["default", "full"]  # "full": the projector also sees CLS, one extra never-pruned placeholder per image
 _CACHE: dict[str, tuple] = {}
@@ -191,21 +191,7 @@ def test_visionzip_matches_loops_and_by_hand_cut(llava, images):
     n = x.shape[0]
     assert n == 256
     d, c = int(54 / 576 * n), int(10 / 576 * n)
-    dom = topk_loop(scores, d)
-    rest = [i for i in range(n) if not dom[i]]
-    step = max(1, len(rest) // c)
-    targets = rest[::step][:c]
-    groups = {t: [t] for t in targets}
-    kn = keys / keys.norm(dim=1, keepdim=True)
-    for i in rest:
-        if i not in groups:
-            sims = [float(kn[i] @ kn[t]) for t in targets]
-            groups[targets[sims.index(max(sims))]].append(i)
-    keep = dom.clone()
-    keep[targets] = True
-    new = x.clone()
-    for t, members in groups.items():
-        new[t] = x[members].mean(0)
+    keep, new = visionzip_by_loops(x, scores, keys, d, c)
     assert torch.equal(seen[0].keep[0].cpu(), keep) and int(keep.sum()) == d + c
     torch.testing.assert_close(seen[0].replace[0], new[keep], atol=1e-6, rtol=1e-5)
     cand = prunable(model, inputs["input_ids"][0])

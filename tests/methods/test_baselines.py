@@ -450,6 +450,33 @@ def visionzip_by_loops(x, scores, keys, d: int, c: int):
     return keep, new
 
 
+def vscan_keep_by_loops(global_scores, local_scores, n: int, w: int, win: int, n_global: int, n_local: int):
+    """VScan's vision-stage pick written as loops: the top ``n_global`` by global score, then ``n_local`` more taken
+    round-robin over win×win windows of the token grid (width ``w``), each window in local-score order."""
+    keep = topk_loop(global_scores, n_global)
+    left = [i for i in range(n) if not keep[i]]
+    rank = {}
+    for wid in {(i // w // win, i % w // win) for i in left}:
+        members = sorted([i for i in left if (i // w // win, i % w // win) == wid],
+                         key=lambda i: (-float(local_scores[i]), i))
+        rank.update({i: r for r, i in enumerate(members)})
+    for i in sorted(left, key=lambda i: (rank[i], -float(local_scores[i]), i))[:n_local]:
+        keep[i] = True
+    return keep
+
+
+def merge_into_kept_by_loops(x, keys, keep):
+    """Every dropped token joins its most key-similar kept token; each kept token becomes its group's mean."""
+    kn = keys / keys.norm(dim=1, keepdim=True)
+    kept = keep.nonzero().squeeze(1).tolist()
+    groups = {t: [t] for t in kept}
+    for i in range(x.shape[0]):
+        if not keep[i]:
+            sims = [float(kn[i] @ kn[t]) for t in kept]
+            groups[kept[sims.index(max(sims))]].append(i)
+    return torch.stack([x[groups[t]].mean(0) for t in kept])
+
+
 def test_visionzip_matches_full_attention_maps_and_reference_cut(qwen, gp, images):
     model, processor = qwen
     inputs = build_inputs(processor, [QUESTION], [[images["square"]]])
@@ -535,22 +562,8 @@ def test_vscan_matches_loops_full_attention_and_reference_cut(qwen, gp, images):
     win = 112 // 14 // 2  # tiny ViT: 112-px windows = 4×4 merged tokens
     k1 = math.floor(0.4 * n)
     n_local = round(0.5 * k1)
-    keep1 = topk_loop(gs, k1 - n_local)
-    left = [i for i in range(n) if not keep1[i]]
-    rank = {}
-    for wid in {(i // w // win, i % w // win) for i in left}:
-        members = sorted([i for i in left if (i // w // win, i % w // win) == wid], key=lambda i: (-float(ls[i]), i))
-        rank.update({i: r for r, i in enumerate(members)})
-    for i in sorted(left, key=lambda i: (rank[i], -float(ls[i]), i))[:n_local]:
-        keep1[i] = True
-    kn = keys / keys.norm(dim=1, keepdim=True)
-    kept = keep1.nonzero().squeeze(1).tolist()
-    groups = {t: [t] for t in kept}
-    for i in range(n):
-        if not keep1[i]:
-            sims = [float(kn[i] @ kn[t]) for t in kept]
-            groups[kept[sims.index(max(sims))]].append(i)
-    merged = torch.stack([x[groups[t]].mean(0) for t in kept])
+    keep1 = vscan_keep_by_loops(gs, ls, n, w, win, k1 - n_local, n_local)
+    merged = merge_into_kept_by_loops(x, keys, keep1)
     assert torch.equal(seen[0].keep[0].cpu(), keep1)
     torch.testing.assert_close(seen[0].replace[0], merged, atol=1e-6, rtol=1e-5)
     # LLM stage: last-token attention at layer 1 after the merged vision stage, among the survivors

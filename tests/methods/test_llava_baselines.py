@@ -19,7 +19,8 @@ from glimpseprune.processing import build_inputs
 from glimpseprune.tiny import TinyLlavaSpec, tiny_llava
 
 from ..adapters.reference import stock_embeds_and_positions
-from .test_baselines import QUESTION, run, topk_loop, visionzip_by_loops
+from .test_baselines import (QUESTION, merge_into_kept_by_loops, run, visionzip_by_loops,
+                             vscan_keep_by_loops)
 
 STRATEGIES = ["default", "full"]  # "full": the projector also sees CLS, one extra never-pruned placeholder per image
 _CACHE: dict[str, tuple] = {}
@@ -164,15 +165,7 @@ def test_vscan_explicit_local_layer_scores(llava, images):
     n, (h, w) = 256, batch.images[0][0].grid
     k1 = math.floor(0.3 * n)
     n_local = round(0.5 * k1)
-    keep1 = topk_loop(gs, k1 - n_local)
-    left = [i for i in range(n) if not keep1[i]]
-    win = 4
-    rank = {}
-    for wid in {(i // w // win, i % w // win) for i in left}:
-        members = sorted([i for i in left if (i // w // win, i % w // win) == wid], key=lambda i: (-float(ls[i]), i))
-        rank.update({i: r for r, i in enumerate(members)})
-    for i in sorted(left, key=lambda i: (rank[i], -float(ls[i]), i))[:n_local]:
-        keep1[i] = True
+    keep1 = vscan_keep_by_loops(gs, ls, n, w, 4, k1 - n_local, n_local)
     assert torch.equal(seen[0].keep[0].cpu(), keep1)
 
 
@@ -216,22 +209,8 @@ def test_vscan_stage_one_matches_loops(llava, images):
     n, (h, w) = x.shape[0], batch.images[0][0].grid
     k1 = math.floor(0.4 * n)
     n_local = round(0.5 * k1)
-    keep1 = topk_loop(gs, k1 - n_local)
-    left = [i for i in range(n) if not keep1[i]]
-    rank = {}
-    for wid in {(i // w // 4, i % w // 4) for i in left}:
-        members = sorted([i for i in left if (i // w // 4, i % w // 4) == wid], key=lambda i: (-float(gs[i]), i))
-        rank.update({i: r for r, i in enumerate(members)})
-    for i in sorted(left, key=lambda i: (rank[i], -float(gs[i]), i))[:n_local]:
-        keep1[i] = True
-    kn = keys / keys.norm(dim=1, keepdim=True)
-    kept = keep1.nonzero().squeeze(1).tolist()
-    groups = {t: [t] for t in kept}
-    for i in range(n):
-        if not keep1[i]:
-            sims = [float(kn[i] @ kn[t]) for t in kept]
-            groups[kept[sims.index(max(sims))]].append(i)
-    merged = torch.stack([x[groups[t]].mean(0) for t in kept])
+    keep1 = vscan_keep_by_loops(gs, gs, n, w, 4, k1 - n_local, n_local)
+    merged = merge_into_kept_by_loops(x, keys, keep1)
     assert torch.equal(seen[0].keep[0].cpu(), keep1)
     torch.testing.assert_close(seen[0].replace[0], merged, atol=1e-6, rtol=1e-5)
     keep2 = seen[2].keep[0].cpu()

@@ -46,6 +46,7 @@ What it does, in order:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -179,17 +180,15 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, overrides: list[str] | None = None) -> "PretrainConfig":
+        from ..train.trainer import parse_value, set_dotted  # the same key=value syntax as `glimpseprune train`
+
         data = json.loads(json.dumps(data))
         data = {k: v for k, v in data.items() if not k.startswith("_")}
         for item in overrides or []:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"override {item!r} is not key=value")
-            target = data
-            parts = key.strip().split(".")
-            for part in parts[:-1]:
-                target = target.setdefault(part, {})
-            target[parts[-1]] = _parse_value(value)
+            set_dotted(data, key.strip(), parse_value(value))
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown pretrain config keys: {sorted(unknown)}")
@@ -205,13 +204,6 @@ class PretrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 # ---- data ------------------------------------------------------------------------------------------------------
@@ -595,13 +587,6 @@ def aligned_logits(merged, logits, embeddings, colour_ids, shape_ids, scale):
     return torch.cat([c_bg, colour, s_bg, shape, rest[:, N_SHAPES - 1:]], dim=-1)
 
 
-def build_processor_copy(processor):
-    """An independent processor (the training batches change its image size; the saved one must not change)."""
-    import copy
-
-    return copy.deepcopy(processor)
-
-
 def pointer_loss(logits, targets, grid_thw, null_logit):
     """Softmax relevance loss over each image's visual tokens plus a null slot (see ``relevance_loss``).
 
@@ -772,7 +757,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     if cfg.warmup_pixels:
         warm_px, warm_steps = int(cfg.warmup_pixels["max_pixels"]), int(cfg.warmup_pixels["steps"])
         pixels_for_step = (cfg.min_pixels, lambda s: warm_px if s < warm_steps else cfg.max_pixels)
-    batches = StepBatches(train, Collator(build_processor_copy(processor)) if pixels_for_step else collator,
+    # The curriculum changes the batches' image size: give them their own processor, the saved one must not change.
+    batches = StepBatches(train, Collator(copy.deepcopy(processor)) if pixels_for_step else collator,
                           cfg.batch_size, cfg.seed, start, cfg.steps, cfg.lowercase_prob, cfg.extra_turns,
                           pixels_for_step)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.num_workers,

@@ -164,3 +164,167 @@ def test_pretrain_rejects_unknown_prompt_order(tmp_path):
 
     with pytest.raises(ValueError, match="prompt_order"):
         pretrain(_tiny_recipe(tmp_path / "run", prompt_order="sideways"), log=lambda _: None)
+
+
+def test_zoomed_scene_magnifies_and_keeps_every_object_whole():
+    import random
+
+    from glimpseprune.data.scenes import COLOURS, Scene, generate_items, object_box, render_scene
+    from glimpseprune.mini.pretrain import zoomed_scene
+
+    rng = random.Random(0)
+    for scene, _ in generate_items(12, seed=1, split="train"):
+        d = scene.to_dict()
+        for n in (1, 2, len(d["objects"])):
+            part = dict(d, objects=d["objects"][:n])
+            z = zoomed_scene(part, rng, 3.0)
+            assert [(o["shape"], o["colour"]) for o in z["objects"]] == [(o["shape"], o["colour"]) for o in
+                                                                          part["objects"]]
+            for before, after in zip(part["objects"], z["objects"]):
+                assert after["size"] >= before["size"]  # magnified, never shrunk
+                assert 0 <= after["x"] and after["x"] + after["size"] <= z["width"]
+                assert 0 <= after["y"] and after["y"] + after["size"] <= z["height"]
+            image = render_scene(Scene.from_dict(z))
+            for obj in Scene.from_dict(z).objects:  # each object is drawn whole, in its own colour
+                x1, y1, x2, y2 = object_box(obj)
+                crop = image.crop((x1, y1, x2, y2))
+                assert COLOURS[obj.colour] in {c for _, c in crop.getcolors(1 << 16)}
+    one = dict(d, objects=d["objects"][:1])
+    sizes = [zoomed_scene(one, random.Random(s), 3.0)["objects"][0]["size"] for s in range(20)]
+    # a lone object fills 1/f^2 of the canvas with f in [1.3, 3]: its side is a third of the canvas or more
+    assert min(sizes) >= 448 / 3 - 1 and max(sizes) <= 448 / 1.3 + 1
+
+
+def test_reduced_examples_ask_about_the_reduced_scene():
+    import random
+
+    from glimpseprune.data.scenes import Scene, object_box
+    from glimpseprune.mini.pretrain import reduced_example, synthetic_examples
+
+    rng = random.Random(0)
+    for ex in synthetic_examples(20, 0, 448, "train"):
+        r = reduced_example(ex, rng, 2, 3, 3.0)
+        objs = Scene.from_dict(r.scene).objects
+        assert 1 <= len(objs) <= 2
+        boxes = [object_box(o) for o in objs]
+        for q, a, bxs in [(r.question, r.answer, r.boxes)] + r.turns:
+            assert all(b in boxes for b in bxs)  # every box is a box of the reduced scene
+            if q.startswith("What colour is the "):
+                shape = q[len("What colour is the "):-1]
+                assert [o.colour for o in objs if o.shape == shape] == [a]
+            if q.startswith("How many "):
+                plural = q.split()[2]
+                assert a == ["zero", "one", "two", "three"][sum(plural.startswith(o.shape) for o in objs)]
+
+
+def test_objects_curriculum_stages_and_validation(tmp_path):
+    from glimpseprune.mini.pretrain import StepBatches, pretrain, synthetic_examples
+
+    examples = synthetic_examples(16, 0, 448, "train")
+    stages = [[2, 1, 3.0], [4, 2]]
+    batches = StepBatches(examples, lambda batch: batch, 4, seed=0, start=0, stop=6, extra_turns=2,
+                          objects_curriculum=stages)
+    counts = {step: [len(ex.scene["objects"]) for ex in batches[step]] for step in range(6)}
+    assert all(c == 1 for step in (0, 1) for c in counts[step])
+    assert all(1 <= c <= 2 for step in (2, 3) for c in counts[step])
+    assert any(c >= 3 for c in counts[4] + counts[5])  # after the last stage: the full scenes
+    assert [ex.scene for ex in batches[4]] == [examples[j].scene for j in batches.indices(4)]
+    for bad in ([[2, 0]], [[3, 1], [2, 2]], [[2, 1, 1.0]], [[2]], [["a", 1]]):
+        with pytest.raises(ValueError, match="objects_curriculum"):
+            pretrain(_tiny_recipe(tmp_path / "bad", objects_curriculum=bad), log=lambda _: None)
+
+
+def test_curriculum_config_parses():
+    from pathlib import Path
+
+    from glimpseprune.mini.pretrain import PretrainConfig, check_objects_curriculum
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "mini"
+    cfg = PretrainConfig.from_file(root / "pretrain_curriculum.json")
+    check_objects_curriculum(cfg.objects_curriculum)
+    assert cfg.model.merger_init_std and cfg.model.resid_init_std and cfg.role_tokens
+    assert not PretrainConfig.from_file(root / "pretrain.json").role_tokens  # the shipped recipe is unchanged
+
+
+def test_init_options_set_the_scales(tmp_path):
+    from glimpseprune.mini.pretrain import build_model, build_tokenizer_processor, synthetic_examples
+
+    cfg = _tiny_recipe(tmp_path / "x", model={"text_hidden": 32, "text_layers": 2, "text_heads": 4,
+                                              "text_kv_heads": 2, "text_intermediate": 64, "vision_hidden": 32,
+                                              "vision_intermediate": 64, "vision_heads": 2, "vision_depth": 2,
+                                              "fullatt_blocks": [1], "resid_init_std": 0.001,
+                                              "merger_init_std": 0.5}, role_tokens=True)
+    examples = synthetic_examples(8, 0, 448, "train")
+    processor = build_tokenizer_processor(examples, cfg, True)
+    assert processor.tokenizer.tokenize("<|im_start|>assistant\n") == ["<|im_start|>", "assistant", "Ċ"]
+    model = build_model(processor.tokenizer, cfg.model, 0)
+    layer = model.model.language_model.layers[0]
+    assert abs(float(layer.mlp.down_proj.weight.std()) - 0.001) < 2e-4
+    assert abs(float(layer.self_attn.o_proj.weight.std()) - 0.001) < 2e-4
+    assert abs(float(layer.mlp.up_proj.weight.std()) - 0.02) < 5e-3  # the rest keeps initializer_range
+    assert abs(float(model.model.visual.merger.mlp[-1].weight.std()) - 0.5) < 0.05
+
+
+def test_diagnose_reports_on_a_checkpoint(tmp_path, capsys):
+    from glimpseprune.mini import diagnose
+    from glimpseprune.mini.pretrain import pretrain
+
+    pretrain(_tiny_recipe(tmp_path / "run", max_minutes=0), log=lambda _: None)  # leaves checkpoint/ with state.pt
+    ckpt = tmp_path / "run" / "checkpoint"
+    assert diagnose.main([str(ckpt), "--n", "4", "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["exact_match"]) == {name for name, _, _ in diagnose.SETTINGS}
+    for row in report["exact_match"].values():
+        assert 0 <= row["exact_match"] <= 1 and sum(v["n"] for v in row["per_type"].values()) == 4
+    sens = report["image_sensitivity"]
+    assert len(sens) == 3  # embeddings + 2 decoder layers
+    assert sens[0]["spread"] == 0  # the answer position's own embedding cannot depend on the image
+    assert sens[-1]["spread"] > 0  # after attending to the image it does, even untrained
+    assert set(report["probe"]) == {"colour", "covering_shape", "centred_shape"}
+    assert "probe on object cells" in capsys.readouterr().out
+    assert diagnose.qtype_of("how many stars are there?") == "count"
+    with pytest.raises(SystemExit):
+        diagnose.main([str(tmp_path / "missing")])
+
+
+def test_weighted_cross_entropy_by_hand():
+    import math
+
+    from glimpseprune.mini.pretrain import weighted_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, -5.0]])
+    targets = torch.tensor([0, 1, 1, -100])
+    ce = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    assert torch.allclose(weighted_cross_entropy(logits, targets, 1.0), ce)
+    per = [math.log(1 + math.exp(-2)), math.log(1 + math.exp(-1)), math.log(2)]  # background, object, object
+    expected = (per[0] + 10 * per[1] + 10 * per[2]) / 21
+    assert abs(float(weighted_cross_entropy(logits, targets, 10.0)) - expected) < 1e-6
+
+
+def test_vision_warmup_trains_only_the_vision_tower(tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from glimpseprune.mini.pretrain import build_model, build_tokenizer_processor, pretrain, synthetic_examples
+
+    cfg = _tiny_recipe(tmp_path / "run", steps=1, vision_warmup_steps=1, aux_object_weight=10.0)
+    pretrain(cfg, log=lambda _: None)
+    trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "run" / "final").state_dict()
+    examples = synthetic_examples(cfg.synthetic["n_train"], 0, 448, "train")
+    fresh = build_model(build_tokenizer_processor(examples, cfg, True).tokenizer, cfg.model, cfg.seed).state_dict()
+    decoder = [k for k in trained if "language_model" in k or "lm_head" in k]
+    vision = [k for k in trained if "visual" in k and k.endswith("weight")]
+    assert decoder and vision
+    assert all(torch.equal(trained[k], fresh[k]) for k in decoder)  # the decoder never ran
+    assert any(not torch.equal(trained[k], fresh[k]) for k in vision)  # the vision tower learnt from the probe
+
+
+def test_lr_schedule_restarts_after_the_vision_warmup(tmp_path):
+    from glimpseprune.mini.pretrain import lr_lambda
+
+    plain = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_lambda(0, plain) == 0.1 and lr_lambda(9, plain) == 1.0
+    assert abs(lr_lambda(55, plain) - 0.55) < 1e-9 and abs(lr_lambda(100, plain) - 0.1) < 1e-9
+    split = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1, vision_warmup_steps=40)
+    assert lr_lambda(0, split) == 0.1 and lr_lambda(39, split) == 1.0  # vision phase: warm-up, then hold the peak
+    assert lr_lambda(40, split) == 0.1 and lr_lambda(49, split) == 1.0  # decoder phase: its own warm-up ...
+    assert abs(lr_lambda(75, split) - 0.55) < 1e-9 and abs(lr_lambda(100, split) - 0.1) < 1e-9  # ... and cosine

@@ -27,11 +27,17 @@ What it does, in order:
      model is a stock Qwen2.5-VL.
    - a grounding loss (``attn_weight``, ``attn_layers``): at those decoder layers the attention of the position
      that predicts each answer, averaged over heads and renormalised over the visual tokens, should fall on that
-     answer's box tokens (loss ``-log`` of that share; eager attention in the decoder while training).
+     answer's box tokens (loss ``-log`` of that share; eager attention in the decoder while training; 0 in the
+     shipped recipe).
+   - a distractor curriculum (``objects_curriculum``): early steps see each scene reduced to 1, then 2, 3 …
+     of its objects, magnified (``zoomed_scene``), with every question derived from the reduced scene; then the
+     full scenes. Together with a resolution curriculum (``warmup_pixels``: the curriculum at 224², the rest at
+     448²) and two initialisation scales (``model.resid_init_std``, ``model.merger_init_std``) this is what
+     makes the model look at the image at all (``docs/mini_model.md``, attempt Z).
 
    Optional, off in the shipped recipe (see ``docs/mini_model.md``, attempts H and C): ``prompt_order``
-   (question before the image), a relevance probe on the decoder's visual states (``relevance_*``), a dense probe
-   tied to the word embeddings (``aux_aligned``) and a resolution curriculum (``warmup_pixels``).
+   (question before the image), a relevance probe on the decoder's visual states (``relevance_*``) and a dense
+   probe tied to the word embeddings (``aux_aligned``).
 
    AdamW, linear warm-up then cosine decay, gradient clipping, fp32, ``threads`` torch threads (1 is fastest on
    a shared 2-core machine) and ``num_workers`` data processes (rendering + preprocessing overlap the step).
@@ -82,6 +88,10 @@ DEFAULTS: dict = {
     "relevance_loss": "bce",
     "aux_aligned": False,
     "warmup_pixels": None,
+    "objects_curriculum": None,
+    "role_tokens": False,
+    "aux_object_weight": 1.0,
+    "vision_warmup_steps": 0,
     "threads": 1,
     "num_workers": 1,
     "save_every": 20,
@@ -116,6 +126,15 @@ class MiniModelSpec:
     # even tell the question types apart after 100 steps).
     embed_init_std: float = 1.0
     tie_word_embeddings: bool = False
+    # Std of the decoder's residual-branch output projections (o_proj, down_proj), GPT-2 style small init; None:
+    # ``initializer_range``. At 0.02 the text positions' residual stream grew to norm ~460 within 300 steps while the
+    # image moved it by ~0.2, i.e. the model was blind to the image (see docs/mini_model.md, attempt Z).
+    resid_init_std: float | None = None
+    # Std of the vision merger's last projection (the merged visual tokens that enter the decoder); None:
+    # ``initializer_range``. At 0.02 the merged tokens have norm ~1 against ~11 for the text embeddings (std 1.0), and
+    # after one decoder layer a visual token's own content is a ~7 % perturbation of what it attended to: the decoder
+    # cannot tell an object's token from the background's. ~0.25 puts both at the same scale.
+    merger_init_std: float | None = None
 
 
 @dataclass
@@ -165,6 +184,23 @@ class PretrainConfig:
     # pixels (e.g. 224² -> 64 visual tokens instead of 256): 4x cheaper steps and 4x fewer distractor tokens while
     # the decoder learns to find what the question names; the remaining steps train at ``max_pixels``.
     warmup_pixels: dict | None = None
+    # Distractor curriculum: [[until_step, max_objects(, max_zoom_out)], ...]. Before ``until_step`` every training
+    # image keeps 1..max_objects of its scene's objects (a random subset, re-rendered; with ``max_zoom_out``, also
+    # magnified, see ``zoomed_scene``) and all its questions are derived from that reduced scene. With one object
+    # the decoder only has to read what it sees; with two it must pick the one the question names out of two, a
+    # strong gradient for the match that 3-6 objects hide in noise.
+    objects_curriculum: list | None = None
+    # Train the tokenizer on the chat template's role names too ("user", "assistant"): spelled out letter by letter
+    # they are ~12 of the ~25 tokens of a turn, almost half of the decoder's text compute. Off in the shipped recipe
+    # (its tokenizer predates the option and must stay reproducible).
+    role_tokens: bool = False
+    # Weight of object cells (vs background cells, weight 1) in the dense probe's cross-entropies. Background is
+    # ~90 % of the cells, so at 1 a probe that names every object's shape wrongly still has a low loss.
+    aux_object_weight: float = 1.0
+    # The first N steps train only the vision tower and its dense probe (no decoder pass, full scenes): shapes
+    # are learnt from object outlines, which full scenes (small objects) show and magnified ones (big flat
+    # interiors) hide. The objects curriculum's steps count from 0 as usual; it starts after these steps.
+    vision_warmup_steps: int = 0
     threads: int = 1
     num_workers: int = 1
     save_every: int = 20
@@ -353,6 +389,64 @@ def derive_turns(scene: dict, rng: random.Random, n: int) -> list[tuple[str, str
     return out
 
 
+def zoomed_scene(scene: dict, rng: random.Random, max_zoom_out: float = 3.0) -> dict:
+    """The scene seen through a random square window that holds all its objects, magnified to the full canvas.
+
+    The window's side is ``f`` times the side of the objects' joint footprint, ``f`` uniform in
+    [1.3, ``max_zoom_out``] (clamped to the canvas), so one object fills 1/f² of the image instead of ~1-4 %.
+    Objects keep their shape, colour and relative layout; boxes and probe targets follow from the new scene.
+    """
+    objects = scene["objects"]
+    x0, y0 = min(o["x"] for o in objects), min(o["y"] for o in objects)
+    x1, y1 = max(o["x"] + o["size"] for o in objects), max(o["y"] + o["size"] for o in objects)
+    canvas = min(scene["width"], scene["height"])
+    side = min(max(x1 - x0, y1 - y0) * rng.uniform(1.3, max_zoom_out), canvas)
+    side = max(side, x1 - x0, y1 - y0)
+    wx = rng.uniform(max(x1 - side, 0), min(x0, scene["width"] - side))
+    wy = rng.uniform(max(y1 - side, 0), min(y0, scene["height"] - side))
+    scale = canvas / side
+    moved = [dict(o, x=int((o["x"] - wx) * scale), y=int((o["y"] - wy) * scale),
+                  size=max(int(o["size"] * scale), 1)) for o in objects]
+    for o in moved:  # rounding must not push an object over the edge
+        o["x"] = min(max(o["x"], 0), scene["width"] - o["size"])
+        o["y"] = min(max(o["y"], 0), scene["height"] - o["size"])
+    return dict(scene, objects=moved)
+
+
+def check_objects_curriculum(stages) -> None:
+    """``[[until_step, max_objects(, max_zoom_out)], ...]`` with increasing steps, ``max_objects`` >= 1 and
+    ``max_zoom_out`` >= 1.3 (the smallest zoom-out drawn), else a ValueError that says which stage is wrong."""
+    if stages is None:
+        return
+    last = 0
+    for stage in stages:
+        ok = isinstance(stage, (list, tuple)) and len(stage) in (2, 3) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in stage)
+        if not ok or int(stage[0]) != stage[0] or int(stage[1]) != stage[1] or stage[0] <= last or stage[1] < 1 \
+                or (len(stage) == 3 and stage[2] < 1.3):
+            raise ValueError(f"objects_curriculum stage {stage!r} must be [until_step > {last}, max_objects >= 1"
+                             "(, max_zoom_out >= 1.3)], stages in increasing step order")
+        last = stage[0]
+
+
+def reduced_example(ex: Example, rng: random.Random, max_objects: int, extra_turns: int,
+                    max_zoom_out: float | None = None) -> Example:
+    """``ex``'s image with only 1..``max_objects`` of its objects (a random subset), and ``1 + extra_turns``
+    questions derived from that reduced scene (the record's own question may no longer hold, so it is replaced).
+    ``max_zoom_out``: also magnify the kept objects (:func:`zoomed_scene`)."""
+    objects = list(ex.scene["objects"])
+    keep = rng.sample(range(len(objects)), rng.randint(1, min(max_objects, len(objects))))
+    scene = dict(ex.scene, objects=[objects[i] for i in sorted(keep)])
+    if max_zoom_out:
+        scene = zoomed_scene(scene, rng, max_zoom_out)
+    turns = []
+    while not turns:  # derive_turns skips impossible draws; one object always allows a colour question
+        turns = derive_turns(scene, rng, 1 + extra_turns)
+    (question, answer, boxes), rest = turns[0], turns[1:]
+    return replace(ex, scene=scene, question=question, answer=answer, boxes=boxes, box_role=None, qtype=None,
+                   turns=rest)
+
+
 class Collator:
     """Examples -> model inputs with answer-only labels (right padding), box masks and auxiliary cell targets.
 
@@ -443,11 +537,14 @@ class StepBatches:
     """Batch ``i`` of this dataset is the batch of optimiser step ``start + i``: a pure function of (seed, step)."""
 
     def __init__(self, examples, collator, batch_size: int, seed: int, start: int, stop: int,
-                 lowercase_prob: float = 0.0, extra_turns: int = 0, pixels_for_step=None):
+                 lowercase_prob: float = 0.0, extra_turns: int = 0, pixels_for_step=None,
+                 objects_curriculum=None, vision_warmup_steps: int = 0):
         self.examples, self.collator, self.bs, self.seed = examples, collator, batch_size, seed
         self.lowercase_prob, self.extra_turns = lowercase_prob, extra_turns
         self.start, self.stop = start, stop
         self.pixels_for_step = pixels_for_step
+        self.objects_curriculum = sorted(objects_curriculum or [])
+        self.vision_warmup_steps = vision_warmup_steps
         self._perms: dict[int, list[int]] = {}
 
     def indices(self, step: int) -> list[int]:
@@ -469,11 +566,16 @@ class StepBatches:
         step = self.start + i
         rng = random.Random(f"mini-pretrain/{self.seed}/case/{step}")
         batch = []
+        stage = None if step < self.vision_warmup_steps else next(
+            (st for st in self.objects_curriculum if step < st[0]), None)
+        max_objects = stage[1] if stage else None
         for j in self.indices(step):
             ex = self.examples[j]
+            if max_objects is not None and ex.scene is not None:
+                ex = reduced_example(ex, rng, max_objects, self.extra_turns, stage[2] if len(stage) > 2 else None)
             if self.lowercase_prob and rng.random() < self.lowercase_prob:
                 ex = replace(ex, question=ex.question[:1].lower() + ex.question[1:])
-            if self.extra_turns and ex.scene is not None:
+            if self.extra_turns and ex.scene is not None and max_objects is None:
                 ex = replace(ex, turns=derive_turns(ex.scene, rng, self.extra_turns))
             batch.append(ex)
         if self.pixels_for_step is not None:
@@ -522,9 +624,15 @@ def build_model(tokenizer, spec: MiniModelSpec, seed: int):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(cfg)
-        if spec.embed_init_std:
-            with torch.no_grad():
+        with torch.no_grad():
+            if spec.embed_init_std:
                 model.get_input_embeddings().weight.normal_(0.0, spec.embed_init_std)
+            if spec.merger_init_std is not None:
+                model.model.visual.merger.mlp[-1].weight.normal_(0.0, spec.merger_init_std)
+            if spec.resid_init_std is not None:
+                for layer in model.model.language_model.layers:
+                    layer.self_attn.o_proj.weight.normal_(0.0, spec.resid_init_std)
+                    layer.mlp.down_proj.weight.normal_(0.0, spec.resid_init_std)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.do_sample = False
@@ -551,6 +659,17 @@ def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token
     if not terms:
         return None
     return torch.stack(terms).mean()
+
+
+def weighted_cross_entropy(logits, targets, object_weight: float = 1.0):
+    """Mean cross-entropy over cells (``-100`` ignored) where object cells (target > 0) weigh ``object_weight``."""
+    import torch
+    from torch import nn
+
+    valid = targets >= 0
+    weights = torch.where(targets > 0, float(object_weight), 1.0) * valid
+    ce = nn.functional.cross_entropy(logits, targets.clamp_min(0), reduction="none")
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-9)
 
 
 def word_class_ids(tokenizer) -> tuple[list[list[int]], list[list[int]]]:
@@ -622,6 +741,8 @@ def build_tokenizer_processor(examples: list[Example], cfg: PretrainConfig, synt
         if cfg.lowercase_prob:
             extra |= {t[:1].lower() + t[1:] for t in extra}
         corpus = sorted(set(corpus) | extra)
+    if cfg.role_tokens:
+        corpus = sorted(set(corpus) | {"system", "user", "assistant"})
     tok = build_qwen_tokenizer(corpus, vocab_size=cfg.tokenizer_vocab_size)
     return build_qwen_processor(tok, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                 patch_size=cfg.model.patch_size, chat_template=chat_template(cfg.prompt_order))
@@ -671,9 +792,18 @@ def accuracy(answers: list[str], examples: list[Example]) -> float:
 # ---- training --------------------------------------------------------------------------------------------------
 
 def lr_lambda(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``. With a vision warm-up, that phase warms up and then
+    holds the peak, and the decoder phase gets its own warm-up and cosine decay: otherwise the decoder would start
+    learning on an already decayed learning rate."""
+    start, stop = 0, cfg.steps
+    if cfg.vision_warmup_steps:
+        if step < cfg.vision_warmup_steps:
+            return min((step + 1) / cfg.warmup_steps, 1.0)
+        start = cfg.vision_warmup_steps
+    local = step - start
+    if local < cfg.warmup_steps:
+        return (local + 1) / cfg.warmup_steps
+    progress = (local - cfg.warmup_steps) / max(stop - start - cfg.warmup_steps, 1)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -703,6 +833,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         val = []
 
     chat_template(cfg.prompt_order)  # validate before any work
+    check_objects_curriculum(cfg.objects_curriculum)
     if cfg.relevance_weight and not 1 <= cfg.relevance_layer <= cfg.model.text_layers:
         raise ValueError(f"relevance_layer must be in 1..{cfg.model.text_layers}, got {cfg.relevance_layer}")
     aux_head = nn.Linear(cfg.model.text_hidden, N_COLOURS + 2 * N_SHAPES)
@@ -760,7 +891,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     # The curriculum changes the batches' image size: give them their own processor, the saved one must not change.
     batches = StepBatches(train, Collator(copy.deepcopy(processor)) if pixels_for_step else collator,
                           cfg.batch_size, cfg.seed, start, cfg.steps, cfg.lowercase_prob, cfg.extra_turns,
-                          pixels_for_step)
+                          pixels_for_step, cfg.objects_curriculum, cfg.vision_warmup_steps)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                                          worker_init_fn=_worker_init if cfg.num_workers else None,
                                          prefetch_factor=2 if cfg.num_workers else None,
@@ -798,11 +929,17 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             aux_targets = batch.pop("aux_targets")
             box_masks = batch.pop("box_masks")
             rel_targets = batch.pop("relevance_targets")
-            lm = model(**batch, output_attentions=bool(cfg.attn_weight),
-                       output_hidden_states=bool(cfg.relevance_weight))
-            loss = lm.loss
+            vision_only = step < cfg.vision_warmup_steps
+            if vision_only:  # the vision tower and its probe alone (the hook captures the merged tokens)
+                model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+                lm = None
+                loss = torch.zeros(())
+            else:
+                lm = model(**batch, output_attentions=bool(cfg.attn_weight),
+                           output_hidden_states=bool(cfg.relevance_weight))
+                loss = lm.loss
             rel_loss = None
-            if cfg.relevance_weight:
+            if cfg.relevance_weight and not vision_only:
                 hidden = lm.hidden_states[cfg.relevance_layer][batch["input_ids"] == model.config.image_token_id]
                 hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
                 rel_logits = rel_head(hidden).squeeze(-1)
@@ -814,13 +951,13 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
                         rel_logits, rel_targets, pos_weight=torch.tensor(cfg.relevance_pos_weight))
                 loss = loss + cfg.relevance_weight * rel_loss
             attn_loss = None
-            if cfg.attn_weight:
+            if cfg.attn_weight and not vision_only:
                 attn_loss = grounding_loss(lm.attentions, cfg.attn_layers, batch["input_ids"], batch["labels"],
                                            box_masks, model.config.image_token_id)
                 if attn_loss is not None:
                     loss = loss + cfg.attn_weight * attn_loss
             aux_loss = torch.zeros(())
-            if cfg.aux_weight and (aux_targets >= 0).any():
+            if (cfg.aux_weight or vision_only) and (aux_targets >= 0).any():
                 merged = captured["merged"]
                 # parameter-free RMS norm: the probe must not reward large merged tokens (they enter the decoder)
                 merged = merged * torch.rsqrt(merged.pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -828,9 +965,11 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
                 if cfg.aux_aligned:
                     logits = aligned_logits(merged, logits, model.get_input_embeddings().weight, *word_ids, aux_scale)
                 parts = torch.split(logits, [N_COLOURS, N_SHAPES, N_SHAPES], dim=-1)
-                aux_loss = sum(nn.functional.cross_entropy(p, aux_targets[k], ignore_index=-100)
+                aux_loss = sum(weighted_cross_entropy(p, aux_targets[k], cfg.aux_object_weight)
                                for k, p in enumerate(parts)) / 3
-                loss = loss + cfg.aux_weight * aux_loss
+                loss = loss + (cfg.aux_weight or 1.0) * aux_loss
+            if not loss.requires_grad:
+                raise ValueError(f"step {step}: nothing to train (vision_warmup_steps needs records with a scene)")
             loss.backward()
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -841,11 +980,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             now = time.perf_counter()
             elapsed += now - t_last
             t_last = now
-            lm_value = float(lm.loss.detach())
-            ema = lm_value if ema is None else 0.9 * ema + 0.1 * lm_value
+            if lm is not None:
+                lm_value = float(lm.loss.detach())
+                ema = lm_value if ema is None else 0.9 * ema + 0.1 * lm_value
             if bar is not None:
                 bar.update(1)
-                post = dict(lm=f"{ema:.3f}", aux=f"{float(aux_loss):.3f}")
+                post = dict(lm="-" if ema is None else f"{ema:.3f}", aux=f"{float(aux_loss):.3f}")
                 if rel_loss is not None:
                     post["rel"] = f"{float(rel_loss):.3f}"
                 if attn_loss is not None:

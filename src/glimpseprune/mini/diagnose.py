@@ -1,0 +1,161 @@
+"""Why does a mini base model (not) answer? Three measurements on a ``pretrain-mini`` checkpoint or final folder.
+
+``python -m glimpseprune.mini.diagnose DIR [--n 64] [--out report.json]``
+
+1. **Exact match on easier scenes**, per question type: the val split as is, and reduced to 1 / 2 / 3 of its
+   objects (with and without magnification, :func:`~glimpseprune.mini.pretrain.reduced_example`). A model that
+   answers one word per question type scores the same everywhere; one that reads the image gains on small scenes.
+2. **Does the image reach the answer?** For one-circle scenes asked "What colour is the circle?" (the same
+   prompt for every image), per decoder layer: the norm of the hidden state at the position that predicts the
+   answer, and how much it differs across images (mean distance to the mean over images). A spread that is a
+   tiny fraction of the norm means the logits barely depend on the image (attempts A-H in
+   ``docs/mini_model.md``; attempt Z explains why).
+3. **What the vision tower encodes** (checkpoints only: needs the dense probe in ``state.pt``): the probe's
+   accuracy on *object* cells for colour, covering shape and centred shape. The probe's loss averages over all
+   cells, mostly background, so a low loss does not mean shapes are readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+from pathlib import Path
+
+SETTINGS = (("full scenes", None, None), ("1 object", 1, None), ("<=2 objects", 2, None), ("<=3 objects", 3, None),
+            ("1 object, zoomed", 1, 3.0), ("<=2 objects, zoomed", 2, 3.0))
+
+
+def qtype_of(question: str) -> str:
+    q = question.lower()
+    for prefix, name in (("what colour", "colour_of_shape"), ("what shape", "shape_of_colour"),
+                         ("is there", "exists"), ("how many", "count")):
+        if q.startswith(prefix):
+            return name
+    return "other"
+
+
+def reduced_accuracy(model, processor, val, settings=SETTINGS, seed: int = 0) -> dict:
+    from ..eval.scorers import exact_match
+    from .pretrain import greedy_answers, reduced_example
+
+    out = {}
+    for name, max_objects, zoom in settings:
+        rng = random.Random(f"diagnose/{seed}/{name}")
+        examples = [reduced_example(ex, rng, max_objects, 0, zoom) if max_objects else ex for ex in val]
+        answers = greedy_answers(model, processor, examples)
+        per = collections.defaultdict(list)
+        for answer, ex in zip(answers, examples):
+            per[qtype_of(ex.question)].append(float(exact_match(answer, ex.answer)))
+        out[name] = {"exact_match": sum(map(sum, per.values())) / max(len(examples), 1),
+                     "per_type": {k: {"exact_match": sum(v) / len(v), "n": len(v)} for k, v in sorted(per.items())},
+                     "answers": collections.Counter(answers).most_common(8)}
+    return out
+
+
+def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
+    import torch
+
+    from .pretrain import Collator, reduced_example
+
+    rng = random.Random(f"diagnose/{seed}/sensitivity")
+    examples = []
+    for ex in val:
+        one = reduced_example(ex, rng, 1, 0)
+        # one circle per image: the same prompt everywhere, so any spread comes from the image alone
+        obj = dict(one.scene["objects"][0], shape="circle")
+        scene = dict(one.scene, objects=[obj])
+        examples.append(type(one)("What colour is the circle?", obj["colour"], None, scene))
+    batch = Collator(processor)(examples)
+    labels = batch.pop("labels")
+    for key in ("aux_targets", "box_masks", "relevance_targets"):
+        batch.pop(key)
+    model.eval()
+    with torch.inference_mode():
+        out = model(**batch, output_hidden_states=True)
+    rows = torch.arange(len(examples))
+    first_answer = (labels != -100).int().argmax(1)
+    report = []
+    for layer, hidden in enumerate(out.hidden_states):
+        states = hidden[rows, first_answer - 1]  # the position that predicts the answer
+        spread = (states - states.mean(0)).norm(dim=-1).mean()
+        report.append({"layer": layer, "norm": round(float(states.norm(dim=-1).mean()), 3),
+                       "spread": round(float(spread), 4)})
+    return report
+
+
+def probe_accuracy(directory, model, processor, val) -> dict | None:
+    """Object-cell accuracy of the checkpoint's dense probe (None without ``state.pt``)."""
+    import torch
+    from torch import nn
+
+    from .pretrain import N_COLOURS, N_SHAPES, Collator
+
+    state_file = Path(directory) / "state.pt"
+    if not state_file.is_file():
+        return None
+    state = torch.load(state_file, weights_only=False)
+    head = nn.Linear(model.config.text_config.hidden_size, N_COLOURS + 2 * N_SHAPES)
+    head.load_state_dict(state["aux_head"])
+    batch = Collator(processor)(val)
+    captured = {}
+    hook = model.model.visual.register_forward_hook(lambda _m, _a, o: captured.__setitem__("m", o.pooler_output))
+    try:
+        with torch.inference_mode():
+            model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
+    finally:
+        hook.remove()
+    merged = captured["m"]
+    merged = merged * torch.rsqrt(merged.pow(2).mean(-1, keepdim=True) + 1e-6)  # as in training
+    with torch.inference_mode():
+        parts = torch.split(head(merged), [N_COLOURS, N_SHAPES, N_SHAPES], dim=-1)
+    out = {}
+    for name, logits, target in zip(("colour", "covering_shape", "centred_shape"), parts, batch["aux_targets"]):
+        on_object = target > 0
+        out[name] = {"accuracy_on_object_cells": float((logits.argmax(-1)[on_object] == target[on_object])
+                                                       .float().mean()), "cells": int(on_object.sum())}
+    return out
+
+
+def diagnose(directory, n: int = 64, seed: int = 0) -> dict:
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from ..processing import load_processor
+    from .pretrain import synthetic_examples
+
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
+    processor = load_processor(directory, model.config.model_type)
+    val = synthetic_examples(n, seed, 448, "val")
+    return {"model": str(directory), "n": n,
+            "exact_match": reduced_accuracy(model, processor, val, seed=seed),
+            "image_sensitivity": image_sensitivity(model, processor, val[:16], seed=seed),
+            "probe": probe_accuracy(directory, model, processor, val[:16])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", help="a pretrain-mini checkpoint/ or final/ folder")
+    parser.add_argument("--n", type=int, default=64, help="val items per setting (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="also write the report here (JSON)")
+    args = parser.parse_args(argv)
+    if not (Path(args.directory) / "config.json").is_file():
+        parser.error(f"{args.directory} holds no model (config.json missing)")
+    report = diagnose(args.directory, args.n, args.seed)
+    for name, row in report["exact_match"].items():
+        types = "  ".join(f"{k} {100 * v['exact_match']:.0f}% ({v['n']})" for k, v in row["per_type"].items())
+        print(f"{name:>20}: {100 * row['exact_match']:5.1f} %   {types}")
+    for row in report["image_sensitivity"]:
+        print(f"layer {row['layer']}: answer-position norm {row['norm']:.2f}, spread across images {row['spread']:.4f}")
+    if report["probe"]:
+        print("probe on object cells: " + ", ".join(f"{k} {100 * v['accuracy_on_object_cells']:.1f}%"
+                                                    for k, v in report["probe"].items()))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

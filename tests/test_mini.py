@@ -328,3 +328,16 @@ def test_lr_schedule_restarts_after_the_vision_warmup(tmp_path):
     assert lr_lambda(0, split) == 0.1 and lr_lambda(39, split) == 1.0  # vision phase: warm-up, then hold the peak
     assert lr_lambda(40, split) == 0.1 and lr_lambda(49, split) == 1.0  # decoder phase: its own warm-up ...
     assert abs(lr_lambda(75, split) - 0.55) < 1e-9 and abs(lr_lambda(100, split) - 0.1) < 1e-9  # ... and cosine
+
+
+def test_vision_warmup_needs_scenes(tmp_path):
+    from glimpseprune.data.scenes import generate_benchmark
+    from glimpseprune.mini.pretrain import pretrain
+
+    generate_benchmark(tmp_path / "bench", n_train=4, n_val=0, n_test=0, seed=0)
+    lines = (tmp_path / "bench" / "train.jsonl").read_text().splitlines()
+    plain = [json.dumps({k: v for k, v in json.loads(line).items() if k != "scene"}) for line in lines]
+    (tmp_path / "bench" / "plain.jsonl").write_text("\n".join(plain) + "\n")
+    cfg = _tiny_recipe(tmp_path / "run", data=str(tmp_path / "bench" / "plain.jsonl"), vision_warmup_steps=1)
+    with pytest.raises(ValueError, match="vision_warmup_steps needs records with a scene"):
+        pretrain(cfg, log=lambda _: None)

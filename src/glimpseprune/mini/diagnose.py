@@ -57,7 +57,7 @@ def reduced_accuracy(model, processor, val, settings=SETTINGS, seed: int = 0) ->
 def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
     import torch
 
-    from .pretrain import Collator, reduced_example
+    from .pretrain import Collator, Example, reduced_example
 
     rng = random.Random(f"diagnose/{seed}/sensitivity")
     examples = []
@@ -66,7 +66,7 @@ def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
         # one circle per image: the same prompt everywhere, so any spread comes from the image alone
         obj = dict(one.scene["objects"][0], shape="circle")
         scene = dict(one.scene, objects=[obj])
-        examples.append(type(one)("What colour is the circle?", obj["colour"], None, scene))
+        examples.append(Example("What colour is the circle?", obj["colour"], None, scene))
     batch = Collator(processor)(examples)
     labels = batch.pop("labels")
     for key in ("aux_targets", "box_masks", "relevance_targets"):
@@ -90,7 +90,7 @@ def probe_accuracy(directory, model, processor, val) -> dict | None:
     import torch
     from torch import nn
 
-    from .pretrain import N_COLOURS, N_SHAPES, Collator
+    from .pretrain import N_COLOURS, N_SHAPES, Collator, rms_normalised
 
     state_file = Path(directory) / "state.pt"
     if not state_file.is_file():
@@ -106,10 +106,8 @@ def probe_accuracy(directory, model, processor, val) -> dict | None:
             model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
     finally:
         hook.remove()
-    merged = captured["m"]
-    merged = merged * torch.rsqrt(merged.pow(2).mean(-1, keepdim=True) + 1e-6)  # as in training
     with torch.inference_mode():
-        parts = torch.split(head(merged), [N_COLOURS, N_SHAPES, N_SHAPES], dim=-1)
+        parts = torch.split(head(rms_normalised(captured["m"])), [N_COLOURS, N_SHAPES, N_SHAPES], dim=-1)
     out = {}
     for name, logits, target in zip(("colour", "covering_shape", "centred_shape"), parts, batch["aux_targets"]):
         on_object = target > 0

@@ -661,6 +661,13 @@ def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token
     return torch.stack(terms).mean()
 
 
+def rms_normalised(x):
+    """Parameter-free RMS norm over the last dimension: what the probes read (they must not reward large tokens)."""
+    import torch
+
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
 def weighted_cross_entropy(logits, targets, object_weight: float = 1.0):
     """Mean cross-entropy over cells (``-100`` ignored) where object cells (target > 0) weigh ``object_weight``."""
     import torch
@@ -941,7 +948,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             rel_loss = None
             if cfg.relevance_weight and not vision_only:
                 hidden = lm.hidden_states[cfg.relevance_layer][batch["input_ids"] == model.config.image_token_id]
-                hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
+                hidden = rms_normalised(hidden)
                 rel_logits = rel_head(hidden).squeeze(-1)
                 if cfg.relevance_loss == "softmax":
                     rel_loss = pointer_loss(rel_logits, rel_targets, batch["image_grid_thw"],
@@ -958,9 +965,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
                     loss = loss + cfg.attn_weight * attn_loss
             aux_loss = torch.zeros(())
             if (cfg.aux_weight or vision_only) and (aux_targets >= 0).any():
-                merged = captured["merged"]
-                # parameter-free RMS norm: the probe must not reward large merged tokens (they enter the decoder)
-                merged = merged * torch.rsqrt(merged.pow(2).mean(-1, keepdim=True) + 1e-6)
+                merged = rms_normalised(captured["merged"])
                 logits = aux_head(merged)
                 if cfg.aux_aligned:
                     logits = aligned_logits(merged, logits, model.get_input_embeddings().weight, *word_ids, aux_scale)

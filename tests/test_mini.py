@@ -324,7 +324,10 @@ def test_lr_schedule_restarts_after_the_vision_warmup(tmp_path):
     plain = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_lambda(0, plain) == 0.1 and lr_lambda(9, plain) == 1.0
     assert abs(lr_lambda(55, plain) - 0.55) < 1e-9 and abs(lr_lambda(100, plain) - 0.1) < 1e-9
-    split = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1, vision_warmup_steps=40)
+    same = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1, vision_warmup_steps=40)
+    assert [lr_lambda(s, same) for s in range(101)] == [lr_lambda(s, plain) for s in range(101)]
+    split = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1, vision_warmup_steps=40,
+                         decoder_lr_restart=True)
     assert lr_lambda(0, split) == 0.1 and lr_lambda(39, split) == 1.0  # vision phase: warm-up, then hold the peak
     assert lr_lambda(40, split) == 0.1 and lr_lambda(49, split) == 1.0  # decoder phase: its own warm-up ...
     assert abs(lr_lambda(75, split) - 0.55) < 1e-9 and abs(lr_lambda(100, split) - 0.1) < 1e-9  # ... and cosine

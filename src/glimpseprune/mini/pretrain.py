@@ -92,6 +92,7 @@ DEFAULTS: dict = {
     "role_tokens": False,
     "aux_object_weight": 1.0,
     "vision_warmup_steps": 0,
+    "decoder_lr_restart": False,
     "threads": 1,
     "num_workers": 1,
     "save_every": 20,
@@ -201,6 +202,7 @@ class PretrainConfig:
     # are learnt from object outlines, which full scenes (small objects) show and magnified ones (big flat
     # interiors) hide. The objects curriculum's steps count from 0 as usual; it starts after these steps.
     vision_warmup_steps: int = 0
+    decoder_lr_restart: bool = False  # see lr_lambda
     threads: int = 1
     num_workers: int = 1
     save_every: int = 20
@@ -799,11 +801,11 @@ def accuracy(answers: list[str], examples: list[Example]) -> float:
 # ---- training --------------------------------------------------------------------------------------------------
 
 def lr_lambda(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``. With a vision warm-up, that phase warms up and then
-    holds the peak, and the decoder phase gets its own warm-up and cosine decay: otherwise the decoder would start
-    learning on an already decayed learning rate."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``. With a vision warm-up and ``decoder_lr_restart``,
+    that phase warms up and then holds the peak, and the decoder phase gets its own warm-up and cosine decay (so the
+    decoder does not start on an already decayed learning rate; attempt Z's R3 measured no gain from it)."""
     start, stop = 0, cfg.steps
-    if cfg.vision_warmup_steps:
+    if cfg.vision_warmup_steps and cfg.decoder_lr_restart:
         if step < cfg.vision_warmup_steps:
             return min((step + 1) / cfg.warmup_steps, 1.0)
         start = cfg.vision_warmup_steps

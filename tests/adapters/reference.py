@@ -47,10 +47,12 @@ def stock_embeds_and_positions(model, inputs: dict) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def reference_generate(model, inputs: dict, prunable: torch.Tensor, keep_visual: torch.Tensor, prune_layer: int,
-                       max_new_tokens: int):
+                       max_new_tokens: int, replace: torch.Tensor | None = None):
     """Greedy tokens and first-step logits for ONE sample (batch 1, no padding).
 
     ``prunable``: [n] bool, the prompt positions that are pruning candidates; ``keep_visual``: bool over them.
+    ``replace``: hidden states [kept, D] that the kept candidates take on entering layer ``prune_layer`` (merging
+    baselines).
     """
     lm = model.model.language_model
     assert inputs["input_ids"].shape[0] == 1
@@ -74,6 +76,9 @@ def reference_generate(model, inputs: dict, prunable: torch.Tensor, keep_visual:
         h = embeds_all
         cos_sin = lm.rotary_emb(h, pos_all)
         for i, layer in enumerate(lm.layers):
+            if replace is not None and i == prune_layer:
+                h = h.clone()
+                h[0, prunable.nonzero().squeeze(1)[keep_visual]] = replace.to(h.dtype)
             mask = (early if i < prune_layer else late)[None, None]
             h = layer(h, attention_mask=mask, position_embeddings=cos_sin, position_ids=None)
         logits = model.lm_head(lm.norm(h[:, -1]))[0].float()

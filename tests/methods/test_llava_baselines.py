@@ -18,7 +18,7 @@ from glimpseprune.methods import get_method
 from glimpseprune.processing import build_inputs
 from glimpseprune.tiny import TinyLlavaSpec, tiny_llava
 
-from ..adapters.reference import stock_embeds_and_positions
+from ..adapters.reference import reference_generate
 from .test_baselines import (QUESTION, merge_into_kept_by_loops, run, visionzip_by_loops,
                              vscan_keep_by_loops)
 
@@ -71,35 +71,6 @@ def reference_keys(model, pixel_values, layer):
     with torch.no_grad():
         k = clip_layer.self_attn.k_proj(clip_layer.layer_norm1(hidden_states[layer]))
     return k[:, 1:].reshape(-1, k.shape[-1]).float()
-
-
-@torch.no_grad()
-def reference_generate_replaced(model, inputs, cand, keep, replace, max_new_tokens):
-    """Greedy tokens for ONE sample when the cut is at layer 0 with merged embeddings, by hand: the stock
-    embeddings with the kept candidates' rows replaced, every layer masked to the kept prompt tokens (+ generated
-    ones), no cache, every step recomputed."""
-    lm = model.model.language_model
-    embeds, pos = stock_embeds_and_positions(model, inputs)
-    embeds = embeds.clone()
-    embeds[0, cand.nonzero().squeeze(1)[keep]] = replace.to(embeds.dtype)
-    n = embeds.shape[1]
-    kept = torch.ones(n, dtype=torch.bool)
-    kept[cand.nonzero().squeeze(1)] = keep
-    tokens = []
-    for step in range(max_new_tokens):
-        total = n + step
-        if tokens:
-            h = torch.cat([embeds, lm.embed_tokens(torch.tensor([tokens]))], dim=1)
-            pos_all = torch.cat([pos, pos[..., -1:] + torch.arange(1, step + 1)], dim=-1)
-        else:
-            h, pos_all = embeds, pos
-        key_ok = torch.cat([kept, torch.ones(step, dtype=torch.bool)])
-        mask = (torch.ones(total, total, dtype=torch.bool).tril() & key_ok[None, :])[None, None]
-        cos_sin = lm.rotary_emb(h, pos_all)
-        for layer in lm.layers:
-            h = layer(h, attention_mask=mask, position_embeddings=cos_sin, position_ids=None)
-        tokens.append(int(model.lm_head(lm.norm(h[:, -1]))[0].argmax()))
-    return tokens
 
 
 # ---- defaults ---------------------------------------------------------------------------------------------------
@@ -188,7 +159,7 @@ def test_visionzip_matches_loops_and_by_hand_cut(llava, images):
     assert torch.equal(seen[0].keep[0].cpu(), keep) and int(keep.sum()) == d + c
     torch.testing.assert_close(seen[0].replace[0], new[keep], atol=1e-6, rtol=1e-5)
     cand = prunable(model, inputs["input_ids"][0])
-    ref_tokens = reference_generate_replaced(model, dict(inputs), cand, keep, new[keep], 6)
+    ref_tokens, _ = reference_generate(model, dict(inputs), cand, keep, 0, 6, replace=new[keep])
     out = gp.generate(**inputs, method=method, max_new_tokens=6, min_new_tokens=6)
     assert out.generated[0].tolist() == ref_tokens
     assert len(set(ref_tokens)) > 1, "degenerate tiny model: equality would be vacuous"

@@ -240,10 +240,20 @@ def test_curriculum_config_parses():
     from glimpseprune.mini.pretrain import PretrainConfig, check_objects_curriculum
 
     root = Path(__file__).resolve().parents[1] / "configs" / "mini"
-    cfg = PretrainConfig.from_file(root / "pretrain_curriculum.json")
-    check_objects_curriculum(cfg.objects_curriculum)
-    assert cfg.model.merger_init_std and cfg.model.resid_init_std and cfg.role_tokens
-    assert not PretrainConfig.from_file(root / "pretrain.json").role_tokens  # the shipped recipe is unchanged
+    for name in ("pretrain.json", "pretrain_curriculum.json"):
+        cfg = PretrainConfig.from_file(root / name)
+        check_objects_curriculum(cfg.objects_curriculum)
+        assert cfg.model.merger_init_std and cfg.model.resid_init_std and cfg.role_tokens
+
+
+def test_builtin_recipe_is_the_shipped_config_file():
+    """`pretrain-mini` without --config runs exactly configs/mini/pretrain.json, the recipe of the shipped model."""
+    from pathlib import Path
+
+    from glimpseprune.mini.pretrain import DEFAULTS, PretrainConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "mini" / "pretrain.json"
+    assert PretrainConfig.from_dict(DEFAULTS).to_dict() == PretrainConfig.from_file(path).to_dict()
 
 
 def test_init_options_set_the_scales(tmp_path):
@@ -281,7 +291,14 @@ def test_diagnose_reports_on_a_checkpoint(tmp_path, capsys):
     assert sens[0]["spread"] == 0  # the answer position's own embedding cannot depend on the image
     assert sens[-1]["spread"] > 0  # after attending to the image it does, even untrained
     assert set(report["probe"]) == {"colour", "covering_shape", "centred_shape"}
-    assert "probe on object cells" in capsys.readouterr().out
+    attention = report["attention_on_boxes"]
+    assert set(attention) == {"full scenes", "<=2 objects"}
+    for types in attention.values():
+        for row in types.values():
+            shares = [v for k, v in row.items() if k.startswith("layer")]
+            assert len(shares) == 2 and all(0 <= v <= 1 for v in shares) and 0 < row["box_area"] < 1
+    printed = capsys.readouterr().out
+    assert "probe on object cells" in printed and "attention on boxes" in printed
     assert diagnose.qtype_of("how many stars are there?") == "count"
     with pytest.raises(SystemExit):
         diagnose.main([str(tmp_path / "missing")])
@@ -344,3 +361,109 @@ def test_vision_warmup_needs_scenes(tmp_path):
     cfg = _tiny_recipe(tmp_path / "run", data=str(tmp_path / "bench" / "plain.jsonl"), vision_warmup_steps=1)
     with pytest.raises(ValueError, match="vision_warmup_steps needs records with a scene"):
         pretrain(cfg, log=lambda _: None)
+
+
+def test_question_grounding_starts_at_the_last_colour_or_shape_word():
+    import random
+    from dataclasses import replace
+
+    from glimpseprune.mini.pretrain import Collator, build_tokenizer_processor, derive_turns, synthetic_examples
+
+    cfg = _tiny_recipe("unused", role_tokens=True)
+    examples = synthetic_examples(8, 0, 448, "train")
+    processor = build_tokenizer_processor(examples, cfg, True)
+    rng = random.Random(0)
+    examples = [replace(ex, turns=derive_turns(ex.scene, rng, 3)) for ex in examples[:4]]
+    batch = Collator(processor, "question")(examples)
+    words = {"red", "green", "blue", "yellow", "purple", "orange", "circle", "square", "triangle", "star", "cross",
+             "circles", "squares", "triangles", "stars", "crosses"}
+    n = 0
+    for b, ex in enumerate(examples):
+        ids = batch["input_ids"][b].tolist()
+        questions = [ex.question] + [t[0] for t in ex.turns]
+        assert len(batch["query_starts"][b]) == len(questions)
+        for start, question in zip(batch["query_starts"][b], questions):
+            tail = processor.tokenizer.decode(ids[start:]).lstrip()
+            last_word = [w.strip("?").lower() for w in question.split() if w.strip("?").lower() in words][-1]
+            # the supervised positions start at the question's last colour/shape word and run past its end
+            assert tail.lower().startswith(last_word) and tail.index("<|im_end|>") == len(
+                question[question.lower().rindex(last_word):])
+            n += 1
+    assert n == 16
+    plain = Collator(processor)(examples)  # "answer": no extra positions
+    assert all(s is None for starts in plain["query_starts"] for s in starts)
+    with pytest.raises(ValueError, match="attn_from"):
+        Collator(processor, "everywhere")
+
+
+def test_grounding_loss_by_hand():
+    from glimpseprune.mini.pretrain import grounding_loss
+
+    image_id = 7
+    input_ids = torch.tensor([[1, 7, 7, 7, 2, 3, 4, 5]])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 6:8] = input_ids[0, 6:8]  # one answer, predicted from position 5
+    attn = torch.rand(1, 2, 8, 8)  # [batch, heads, query, key]
+    mask = torch.tensor([False, True, True])
+    layers_ = [attn, attn * 0 + 1]
+
+    def share(row):  # head-averaged attention of a query row, over the visual keys 1..3
+        a = attn[0, :, row, 1:4].mean(0)
+        return float(a[mask].sum() / a.sum())
+
+    import math
+
+    only_answer = grounding_loss([attn], [0], input_ids, labels, [[mask]], image_id)
+    assert abs(float(only_answer) + math.log(share(5))) < 1e-6
+    from_word = grounding_loss([attn], [0], input_ids, labels, [[mask]], image_id, query_starts=[[4]])
+    assert abs(float(from_word) + (math.log(share(4)) + math.log(share(5))) / 2) < 1e-6
+    uniform = grounding_loss(layers_, [1], input_ids, labels, [[mask]], image_id, query_starts=[[4]])
+    assert abs(float(uniform) + math.log(2 / 3)) < 1e-6  # uniform attention: 2 of 3 visual tokens are on the box
+    assert grounding_loss([attn], [0], input_ids, labels, [[None]], image_id) is None  # no box: no term
+
+
+def test_pretrain_with_question_grounding_logs_its_losses(tmp_path):
+    from glimpseprune.mini.pretrain import pretrain
+
+    logs = []
+    with pytest.raises(ValueError, match="attn_layers"):
+        pretrain(_tiny_recipe(tmp_path / "bad", attn_weight=1.0, attn_layers=[2]), log=logs.append)
+    metrics = pretrain(_tiny_recipe(tmp_path / "run", attn_weight=1.0, attn_layers=[1], attn_from="question",
+                                    extra_turns=2, log_every=1), log=logs.append)
+    assert metrics["done"]
+    lines = [line for line in logs if line.startswith("[pretrain-mini] step ")]
+    assert len(lines) == 2 and all(" lm " in line and " attn " in line for line in lines)
+
+
+def test_benchmark_turn_sampling_matches_the_benchmark_answers():
+    import collections
+    import random
+
+    from glimpseprune.data.scenes import COUNT_WORDS, Scene, object_box
+    from glimpseprune.mini.pretrain import derive_turns, synthetic_examples
+
+    examples = synthetic_examples(150, 0, 448, "train")
+    answers = {"uniform": collections.Counter(), "benchmark": collections.Counter()}
+    for mode in answers:
+        rng = random.Random(0)
+        for ex in examples:
+            objs = Scene.from_dict(ex.scene).objects
+            for question, answer, boxes in derive_turns(ex.scene, rng, 6, mode):
+                words = question.rstrip("?").lower().split()
+                if question.startswith("Is there"):
+                    colour, shape = words[-2], words[-1]
+                    match = [o for o in objs if o.shape == shape and o.colour == colour]
+                    assert answer == ("yes" if match else "no")
+                    if mode == "benchmark" and not match:  # a "no" always has a partial match as evidence
+                        assert boxes and all(b in [object_box(o) for o in objs if o.shape == shape or
+                                                   o.colour == colour] for b in boxes)
+                    answers[mode][answer] += 1
+                elif question.startswith("How many"):
+                    n = sum(o.shape + ("es" if o.shape == "cross" else "s") == words[2] for o in objs)
+                    assert answer == COUNT_WORDS[n] and len(boxes) == n
+                    answers[mode][answer] += 1
+    bench, uniform = answers["benchmark"], answers["uniform"]
+    assert abs(bench["yes"] - bench["no"]) < 0.15 * (bench["yes"] + bench["no"])
+    assert bench["two"] + bench["three"] > uniform["two"] + uniform["three"]
+    with pytest.raises(ValueError, match="turn sampling"):
+        derive_turns(examples[0].scene, random.Random(0), 1, "skewed")

@@ -22,9 +22,9 @@ def default_model(device: str = "cpu", glimpse: str | None = None):
 
     if (MINI_DIR / "base" / "config.json").is_file():
         model = GlimpsePrune.from_pretrained(MINI_DIR / "base", glimpse or MINI_DIR / "glimpse", device=device)
-        # Say what it is every time: a chance-level base model must never pass for a real answerer.
-        return model, ("embedded mini model (glimpseprune/assets/mini): trained pruning modules on a base model that "
-                       "still answers at chance level, see its MODEL_CARD.md")
+        # Say what it is every time, with its measured accuracy: a toy model must not pass for a general answerer.
+        return model, ("embedded mini model (glimpseprune/assets/mini): a 2 M-parameter Qwen2.5-VL for glimpse-shapes "
+                       "scenes only, 81.4 % exact match on its test split (goal 90 %), see its MODEL_CARD.md")
     from .tiny import tiny_qwen2_5_vl
 
     base, processor = tiny_qwen2_5_vl()
@@ -38,9 +38,10 @@ def default_model(device: str = "cpu", glimpse: str | None = None):
 
 
 # The CLI's example (no --image): this glimpse-shapes *test* item (seed 0), whose question is "What colour is the
-# triangle?" (the CLI's default question) and whose answer is purple. The current mini model answers it correctly,
-# pruned and unpruned (tests/test_mini.py), but only because it answers every colour question "purple": it is at
-# chance level on the benchmark (see assets/mini/MODEL_CARD.md), so this is a regression check, not evidence.
+# triangle?" (the CLI's default question) and whose answer is purple. tests/test_mini.py checks that the shipped
+# mini model answers it, pruned and unpruned. Not a hand-picked success: the item predates the current model, and
+# that model answers all 30 test items with this question among the first 600 right, in both ways and with the
+# lower-case question too (81.4 % exact match over all question types; see assets/mini/MODEL_CARD.md).
 EXAMPLE_ITEM = 202
 EXAMPLE_QUESTION = "What colour is the triangle?"
 EXAMPLE_ANSWER = "purple"

@@ -10,7 +10,10 @@
    answer, and how much it differs across images (mean distance to the mean over images). A spread that is a
    tiny fraction of the norm means the logits barely depend on the image (attempts A-H in
    ``docs/mini_model.md``; attempt Z explains why).
-3. **What the vision tower encodes** (checkpoints only: needs the dense probe in ``state.pt``): the probe's
+3. **Where the answer looks**: per question type and decoder layer, the share of the answer position's visual
+   attention (mean over heads) that falls on the referenced objects' box tokens, on full scenes and on scenes
+   reduced to 2 objects, next to the share of the image those tokens are (what looking anywhere would give).
+4. **What the vision tower encodes** (checkpoints only: needs the dense probe in ``state.pt``): the probe's
    accuracy on *object* cells for colour, covering shape and centred shape. The probe's loss averages over all
    cells, mostly background, so a low loss does not mean shapes are readable.
 """
@@ -69,7 +72,7 @@ def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
         examples.append(Example("What colour is the circle?", obj["colour"], None, scene))
     batch = Collator(processor)(examples)
     labels = batch.pop("labels")
-    for key in ("aux_targets", "box_masks", "relevance_targets"):
+    for key in ("aux_targets", "box_masks", "relevance_targets", "query_starts"):
         batch.pop(key)
     model.eval()
     with torch.inference_mode():
@@ -83,6 +86,44 @@ def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
         report.append({"layer": layer, "norm": round(float(states.norm(dim=-1).mean()), 3),
                        "spread": round(float(spread), 4)})
     return report
+
+
+def attention_on_boxes(model, processor, val, seed: int = 0) -> dict:
+    """Per setting, question type and decoder layer: mean share of the visual attention on the box tokens."""
+    import torch
+
+    from .pretrain import Collator, reduced_example
+
+    out = {}
+    previous = model.config.text_config._attn_implementation
+    model.config.text_config._attn_implementation = "eager"  # attention weights are needed
+    try:
+        for name, max_objects in (("full scenes", None), ("<=2 objects", 2)):
+            rng = random.Random(f"diagnose/{seed}/attention/{name}")
+            examples = [reduced_example(ex, rng, max_objects, 0) if max_objects else ex for ex in val]
+            examples = [ex for ex in examples if ex.boxes]
+            batch = Collator(processor)(examples)
+            labels, masks = batch.pop("labels"), batch.pop("box_masks")
+            for key in ("aux_targets", "relevance_targets", "query_starts"):
+                batch.pop(key)
+            model.eval()
+            with torch.inference_mode():
+                attentions = model(**batch, output_attentions=True).attentions
+            first_answer = (labels != -100).int().argmax(1)
+            per = collections.defaultdict(lambda: collections.defaultdict(list))
+            for b, ex in enumerate(examples):
+                vis = (batch["input_ids"][b] == model.config.image_token_id).nonzero().squeeze(1)
+                mask = masks[b][0]
+                qtype = qtype_of(ex.question)
+                per[qtype]["box_area"].append(float(mask.float().mean()))
+                for layer, att in enumerate(attentions):
+                    a = att[b, :, first_answer[b] - 1, vis].mean(0)
+                    per[qtype][f"layer {layer}"].append(float(a[mask].sum() / a.sum().clamp_min(1e-9)))
+            out[name] = {q: {k: round(sum(v) / len(v), 3) for k, v in rows.items()} | {"n": len(rows["box_area"])}
+                         for q, rows in sorted(per.items())}
+    finally:
+        model.config.text_config._attn_implementation = previous
+    return out
 
 
 def probe_accuracy(directory, model, processor, val) -> dict | None:
@@ -129,6 +170,7 @@ def diagnose(directory, n: int = 64, seed: int = 0) -> dict:
     return {"model": str(directory), "n": n,
             "exact_match": reduced_accuracy(model, processor, val, seed=seed),
             "image_sensitivity": image_sensitivity(model, processor, val[:16], seed=seed),
+            "attention_on_boxes": attention_on_boxes(model, processor, val, seed=seed),
             "probe": probe_accuracy(directory, model, processor, val[:16])}
 
 
@@ -147,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>20}: {100 * row['exact_match']:5.1f} %   {types}")
     for row in report["image_sensitivity"]:
         print(f"layer {row['layer']}: answer-position norm {row['norm']:.2f}, spread across images {row['spread']:.4f}")
+    for name, types in report["attention_on_boxes"].items():
+        for qtype, row in types.items():
+            layers = " ".join(f"{row[k]:.2f}" for k in row if k.startswith("layer"))
+            print(f"attention on boxes, {name}, {qtype} (n={row['n']}, boxes are {100 * row['box_area']:.0f} % of "
+                  f"the image): by layer {layers}")
     if report["probe"]:
         print("probe on object cells: " + ", ".join(f"{k} {100 * v['accuracy_on_object_cells']:.1f}%"
                                                     for k, v in report["probe"].items()))

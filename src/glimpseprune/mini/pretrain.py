@@ -26,9 +26,11 @@ What it does, in order:
      it. The probe is training scaffolding (kept in the checkpoint state, never in the saved model): the shipped
      model is a stock Qwen2.5-VL.
    - a grounding loss (``attn_weight``, ``attn_layers``): at those decoder layers the attention of the position
-     that predicts each answer, averaged over heads and renormalised over the visual tokens, should fall on that
-     answer's box tokens (loss ``-log`` of that share; eager attention in the decoder while training; 0 in the
-     shipped recipe).
+     that predicts each answer (``attn_from="question"``: also of every position from the question's last colour
+     or shape word on), averaged over heads and renormalised over the visual tokens, should fall on that answer's
+     box tokens (loss ``-log`` of that share; eager attention in the decoder while training).
+   - ``turn_sampling="benchmark"``: the extra turns' exists and count questions follow the benchmark's answer
+     distributions (yes/no 50/50 with partial matches, counts drawn by answer), not mostly "no" and "zero".
    - a distractor curriculum (``objects_curriculum``): early steps see each scene reduced to 1, then 2, 3 …
      of its objects, magnified (``zoomed_scene``), with every question derived from the reduced scene; then the
      full scenes. Together with a resolution curriculum (``warmup_pixels``: the curriculum at 224², the rest at
@@ -62,48 +64,57 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-DEFAULTS: dict = {
+DEFAULTS: dict = {  # = configs/mini/pretrain.json, the recipe of the shipped mini model (a test checks)
     "data": None,
     "synthetic": {"n_train": 40000, "seed": 0, "size": 448},
     "val_data": None,
-    "n_val": 128,
+    "n_val": 64,
     "output_dir": "runs/mini_base",
     "seed": 0,
-    "steps": 360,
+    "steps": 1700,
     "batch_size": 16,
     "lr": 2e-3,
     "min_lr_ratio": 0.05,
     "warmup_steps": 25,
-    "weight_decay": 0.01,
+    "weight_decay": 0.1,
     "max_grad_norm": 1.0,
     "aux_weight": 1.0,
     "lowercase_prob": 0.25,
-    "extra_turns": 5,
-    "attn_weight": 0.0,
+    "extra_turns": 11,
+    "attn_weight": 1.0,
     "attn_layers": [2, 3],
+    "attn_from": "question",
+    "turn_sampling": "benchmark",
     "prompt_order": "image_first",
     "relevance_weight": 0.0,
     "relevance_layer": 2,
     "relevance_pos_weight": 20.0,
     "relevance_loss": "bce",
     "aux_aligned": False,
-    "warmup_pixels": None,
-    "objects_curriculum": None,
-    "role_tokens": False,
-    "aux_object_weight": 1.0,
-    "vision_warmup_steps": 0,
-    "decoder_lr_restart": False,
-    "threads": 1,
+    "warmup_pixels": {"max_pixels": 224 * 224, "steps": 1500},
+    "objects_curriculum": [[650, 1, 3.0], [800, 2, 3.0], [950, 3, 2.5], [1050, 6, 2.0]],
+    "role_tokens": True,
+    "aux_object_weight": 10.0,
+    "vision_warmup_steps": 500,
+    "decoder_lr_restart": True,
+    "threads": 2,
     "num_workers": 1,
-    "save_every": 20,
-    "eval_every": 100,
+    "save_every": 50,
+    "eval_every": 500,
     "max_minutes": None,
     "resume": True,
     "progress": True,
+    "log_every": 50,
     "tokenizer_vocab_size": 400,
     "min_pixels": 56 * 56,
     "max_pixels": 448 * 448,
     "max_new_tokens": 4,
+    "model": {
+        "text_hidden": 128, "text_layers": 6, "text_heads": 4, "text_kv_heads": 2, "text_intermediate": 384,
+        "vision_hidden": 96, "vision_depth": 4, "vision_heads": 4, "vision_intermediate": 192,
+        "fullatt_blocks": [1, 3], "window_size": 112, "patch_size": 14, "initializer_range": 0.02,
+        "embed_init_std": 1.0, "tie_word_embeddings": False, "resid_init_std": 0.004, "merger_init_std": 0.25
+    },
 }
 
 
@@ -161,7 +172,14 @@ class PretrainConfig:
     # glimpse-shapes records: this many more questions about the same image, derived from its scene, follow the
     # record's own question as further chat turns (the ViT, most of the cost, runs once for all of them)
     extra_turns: int = 5
+    # How the extra turns draw exists / count questions: "uniform" or "benchmark" (see derive_turns).
+    turn_sampling: str = "uniform"
     attn_layers: list[int] = field(default_factory=lambda: [2, 3])
+    # Which positions the grounding loss supervises. "answer": the position that predicts the answer. "question":
+    # also every position from the question's last colour/shape word on (glimpse-shapes questions; others fall back
+    # to "answer"). In the image-first layout the word token itself ("triangle") can attend straight to the
+    # matching visual tokens, a one-hop match, instead of first moving the word to the answer position.
+    attn_from: str = "answer"
     # "text_first": the question precedes the image in the user turn (the saved chat template says so, so answer,
     # demo, eval and stage-1 training format prompts the same way). Image tokens can then read the question.
     prompt_order: str = "image_first"
@@ -210,6 +228,8 @@ class PretrainConfig:
     max_minutes: float | None = None
     resume: bool = True
     progress: bool = True
+    # Every N steps, one plain text line with the running losses (for logs of runs without a terminal; 0: never).
+    log_every: int = 0
     tokenizer_vocab_size: int = 400
     min_pixels: int = 56 * 56
     max_pixels: int = 448 * 448
@@ -345,11 +365,20 @@ def relevance_targets(boxes, role: str | None, width: int, height: int, grid_h: 
     return target
 
 
-def derive_turns(scene: dict, rng: random.Random, n: int) -> list[tuple[str, str, list]]:
+def derive_turns(scene: dict, rng: random.Random, n: int, sampling: str = "uniform") -> list[tuple[str, str, list]]:
     """``n`` more (question, answer, boxes) about a glimpse-shapes scene, computed from its objects with the
-    benchmark's own wording (:func:`glimpseprune.data.scenes._texts`) and exact boxes."""
+    benchmark's own wording (:func:`glimpseprune.data.scenes._texts`) and exact boxes.
+
+    ``sampling="uniform"``: an exists question names a present object or a random (shape, colour) pair; a count
+    question a random shape. ``"benchmark"``: the answer distributions of the benchmark itself: exists is yes or
+    no with equal odds and a "no" names a pair that only *partly* matches the scene (same colour or same shape as
+    some object) wherever one exists; a count question first draws its answer uniformly from the counts the scene
+    allows (0 … 3), then a shape with that count. Otherwise "no" and "zero" dominate, and so do the shortcuts they
+    allow ("nothing of that colour", "that shape is absent")."""
     from ..data.scenes import COLOURS, COUNT_WORDS, SHAPES, Scene, _texts, object_box
 
+    if sampling not in ("uniform", "benchmark"):
+        raise ValueError(f"turn sampling must be 'uniform' or 'benchmark', got {sampling!r}")
     objs = Scene.from_dict(scene).objects
     out = []
     for _ in range(n):
@@ -375,6 +404,11 @@ def derive_turns(scene: dict, rng: random.Random, n: int) -> list[tuple[str, str
             if rng.random() < 0.5:
                 obj = rng.choice(objs)
                 shape, colour = obj.shape, obj.colour
+            elif sampling == "benchmark":
+                present = {(o.shape, o.colour) for o in objs}
+                absent = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present]
+                partial = [(s, c) for s, c in absent if any(o.shape == s or o.colour == c for o in objs)]
+                shape, colour = rng.choice(partial or absent)
             else:
                 shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
             present = any(o.shape == shape and o.colour == colour for o in objs)
@@ -382,7 +416,14 @@ def derive_turns(scene: dict, rng: random.Random, n: int) -> list[tuple[str, str
             refs = [o for o in objs if (o.shape == shape and o.colour == colour) or
                     (not present and (o.shape == shape or o.colour == colour))]
         else:
-            shape = rng.choice(SHAPES)
+            if sampling == "benchmark":
+                by_count: dict[int, list[str]] = {}
+                for s in SHAPES:
+                    by_count.setdefault(sum(o.shape == s for o in objs), []).append(s)
+                counts = [c for c in by_count if c < len(COUNT_WORDS)]
+                shape = rng.choice(by_count[rng.choice(sorted(counts))])
+            else:
+                shape = rng.choice(SHAPES)
             refs = [o for o in objs if o.shape == shape]
             if len(refs) >= len(COUNT_WORDS):
                 continue
@@ -432,7 +473,7 @@ def check_objects_curriculum(stages) -> None:
 
 
 def reduced_example(ex: Example, rng: random.Random, max_objects: int, extra_turns: int,
-                    max_zoom_out: float | None = None) -> Example:
+                    max_zoom_out: float | None = None, sampling: str = "uniform") -> Example:
     """``ex``'s image with only 1..``max_objects`` of its objects (a random subset), and ``1 + extra_turns``
     questions derived from that reduced scene (the record's own question may no longer hold, so it is replaced).
     ``max_zoom_out``: also magnify the kept objects (:func:`zoomed_scene`)."""
@@ -443,7 +484,7 @@ def reduced_example(ex: Example, rng: random.Random, max_objects: int, extra_tur
         scene = zoomed_scene(scene, rng, max_zoom_out)
     turns = []
     while not turns:  # derive_turns skips impossible draws; one object always allows a colour question
-        turns = derive_turns(scene, rng, 1 + extra_turns)
+        turns = derive_turns(scene, rng, 1 + extra_turns, sampling)
     (question, answer, boxes), rest = turns[0], turns[1:]
     return replace(ex, scene=scene, question=question, answer=answer, boxes=boxes, box_role=None, qtype=None,
                    turns=rest)
@@ -456,7 +497,9 @@ class Collator:
     question first (exactly the single-turn prompt used at inference), then the others; every answer is supervised.
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, attn_from: str = "answer"):
+        self.check_attn_from(attn_from)
+        self.attn_from = attn_from
         self.processor = processor
         self.tok = processor.tokenizer
         self.eos = self.tok.eos_token
@@ -491,6 +534,33 @@ class Collator:
                 i += 1
         return spans
 
+    @staticmethod
+    def check_attn_from(attn_from: str) -> None:
+        if attn_from not in ("answer", "question"):
+            raise ValueError(f"attn_from must be 'answer' or 'question', got {attn_from!r}")
+
+    def word_start(self, ids: list[int], answer_start: int, question: str) -> int | None:
+        """Position of the token holding the first letter of ``question``'s last colour/shape word, in the user
+        turn that ends just before the answer starting at ``answer_start``; None when there is no such word."""
+        import re
+
+        from ..data.scenes import COLOURS, PLURALS, SHAPES
+
+        words = sorted(set(COLOURS) | set(SHAPES) | set(PLURALS.values()), key=len, reverse=True)
+        found = list(re.finditer(r"\b(" + "|".join(words) + r")\b", question, flags=re.IGNORECASE))
+        if not found:
+            return None
+        suffix = len(question) - found[-1].start()  # characters from the word's first letter to the end
+        end_turn = self.tok.convert_tokens_to_ids("<|im_end|>")
+        k = answer_start - len(self.header)
+        while k > 0 and ids[k] != end_turn:  # the user turn's <|im_end|>
+            k -= 1
+        seen = 0
+        while k > 0 and seen < suffix:
+            k -= 1
+            seen += len(self.tok.decode([ids[k]]))
+        return k if seen >= suffix else None
+
     def __call__(self, examples: list[Example]) -> dict:
         import torch
 
@@ -503,13 +573,17 @@ class Collator:
         self.tok.padding_side = "left"
         labels = torch.full_like(inputs["input_ids"], -100)
         grids = (inputs["image_grid_thw"][:, 1:] // 2).tolist()
-        box_masks = []
+        box_masks, query_starts = [], []
         for b, ex in enumerate(examples):
             spans = self.answer_spans(inputs["input_ids"][b].tolist())
             if len(spans) != 1 + len(ex.turns):
                 raise ValueError(f"found {len(spans)} answers in a {1 + len(ex.turns)}-turn sequence")
             for start, end in spans:
                 labels[b, start:end] = inputs["input_ids"][b, start:end]
+            questions = [ex.question] + [t[0] for t in ex.turns]
+            ids = inputs["input_ids"][b].tolist()
+            query_starts.append([self.word_start(ids, start, q) if self.attn_from == "question" and ex.scene
+                                 else None for (start, _), q in zip(spans, questions)])
             gh, gw = grids[b]
             masks = []
             for boxes in [ex.boxes] + [t[2] for t in ex.turns]:
@@ -532,6 +606,7 @@ class Collator:
         out["labels"] = labels
         out["aux_targets"] = torch.cat(aux, dim=1)
         out["box_masks"] = box_masks
+        out["query_starts"] = query_starts
         return out
 
 
@@ -540,13 +615,14 @@ class StepBatches:
 
     def __init__(self, examples, collator, batch_size: int, seed: int, start: int, stop: int,
                  lowercase_prob: float = 0.0, extra_turns: int = 0, pixels_for_step=None,
-                 objects_curriculum=None, vision_warmup_steps: int = 0):
+                 objects_curriculum=None, vision_warmup_steps: int = 0, turn_sampling: str = "uniform"):
         self.examples, self.collator, self.bs, self.seed = examples, collator, batch_size, seed
         self.lowercase_prob, self.extra_turns = lowercase_prob, extra_turns
         self.start, self.stop = start, stop
         self.pixels_for_step = pixels_for_step
         self.objects_curriculum = sorted(objects_curriculum or [])
         self.vision_warmup_steps = vision_warmup_steps
+        self.turn_sampling = turn_sampling
         self._perms: dict[int, list[int]] = {}
 
     def indices(self, step: int) -> list[int]:
@@ -574,11 +650,12 @@ class StepBatches:
         for j in self.indices(step):
             ex = self.examples[j]
             if max_objects is not None and ex.scene is not None:
-                ex = reduced_example(ex, rng, max_objects, self.extra_turns, stage[2] if len(stage) > 2 else None)
+                ex = reduced_example(ex, rng, max_objects, self.extra_turns, stage[2] if len(stage) > 2 else None,
+                                     self.turn_sampling)
             if self.lowercase_prob and rng.random() < self.lowercase_prob:
                 ex = replace(ex, question=ex.question[:1].lower() + ex.question[1:])
             if self.extra_turns and ex.scene is not None and max_objects is None:
-                ex = replace(ex, turns=derive_turns(ex.scene, rng, self.extra_turns))
+                ex = replace(ex, turns=derive_turns(ex.scene, rng, self.extra_turns, self.turn_sampling))
             batch.append(ex)
         if self.pixels_for_step is not None:
             self.collator.processor.image_processor.size = {"shortest_edge": self.pixels_for_step[0],
@@ -641,26 +718,44 @@ def build_model(tokenizer, spec: MiniModelSpec, seed: int):
     return model
 
 
-def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token_id):
-    """Mean over answers with boxes and over ``layers`` of -log(share of visual attention on the box tokens)."""
+def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token_id, query_starts=None):
+    """Mean over answers with boxes and over ``layers`` of -log(share of the visual attention on the box tokens),
+    averaged over the answer's supervised positions: the one that predicts it, or, where ``query_starts`` gives a
+    start for it, every position from that start to the one that predicts it. Attention: mean over heads."""
     import torch
 
-    terms = []
+    rows_b, rows_q, box_cols, weights, n_answers = [], [], [], [], 0
+    seq = input_ids.shape[1]
     for b, masks in enumerate(box_masks):
         lab = labels[b] != -100
         starts = (lab & ~torch.cat([lab.new_zeros(1), lab[:-1]])).nonzero().squeeze(1).tolist()
         vis = (input_ids[b] == image_token_id).nonzero().squeeze(1)
-        for q_start, mask in zip(starts, masks):
+        firsts = query_starts[b] if query_starts is not None else [None] * len(starts)
+        for q_start, mask, first in zip(starts, masks, firsts):
             if mask is None or not mask.any() or len(vis) != len(mask):
                 continue
             q = q_start - 1  # the position that predicts the answer's first token
-            for layer in layers:
-                att = attentions[layer][b, :, q, vis].mean(0)  # [n_visual]
-                share = att[mask].sum() / att.sum().clamp_min(1e-9)
-                terms.append(-torch.log(share.clamp_min(1e-6)))
-    if not terms:
+            rows = list(range(q if first is None else first, q + 1))
+            cols = torch.zeros(seq, dtype=torch.bool)
+            cols[vis[mask]] = True
+            rows_b += [b] * len(rows)
+            rows_q += rows
+            box_cols += [cols] * len(rows)
+            weights += [1.0 / len(rows)] * len(rows)
+            n_answers += 1
+    if not n_answers:
         return None
-    return torch.stack(terms).mean()
+    rows_b, rows_q = torch.tensor(rows_b), torch.tensor(rows_q)
+    on_box = torch.stack(box_cols).to(attentions[0].dtype)  # [rows, seq]
+    on_image = (input_ids == image_token_id)[rows_b].to(attentions[0].dtype)
+    weights = torch.tensor(weights, dtype=attentions[0].dtype)
+    total = 0.0
+    # One gather per layer (a loop of per-answer slices made backward write a full-size gradient per slice).
+    for layer in layers:
+        att = attentions[layer].mean(1)[rows_b, rows_q]  # [rows, seq]
+        share = (att * on_box).sum(-1) / (att * on_image).sum(-1).clamp_min(1e-9)
+        total = total + (weights * -torch.log(share.clamp_min(1e-6))).sum() / n_answers
+    return total / len(layers)
 
 
 def rms_normalised(x):
@@ -842,6 +937,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         val = []
 
     chat_template(cfg.prompt_order)  # validate before any work
+    Collator.check_attn_from(cfg.attn_from)
+    if cfg.turn_sampling not in ("uniform", "benchmark"):
+        raise ValueError(f"turn_sampling must be 'uniform' or 'benchmark', got {cfg.turn_sampling!r}")
+    if cfg.attn_weight and not all(0 <= int(k) < cfg.model.text_layers for k in cfg.attn_layers):
+        raise ValueError(f"attn_layers must be decoder layer indices in 0..{cfg.model.text_layers - 1}, "
+                         f"got {cfg.attn_layers}")
     check_objects_curriculum(cfg.objects_curriculum)
     if cfg.relevance_weight and not 1 <= cfg.relevance_layer <= cfg.model.text_layers:
         raise ValueError(f"relevance_layer must be in 1..{cfg.model.text_layers}, got {cfg.relevance_layer}")
@@ -891,16 +992,16 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     hook = model.model.visual.register_forward_hook(
         lambda _m, _a, output: captured.__setitem__("merged", output.pooler_output)
     )
-    collator = Collator(processor)
+    collator = Collator(processor, cfg.attn_from)
     word_ids = word_class_ids(processor.tokenizer) if cfg.aux_aligned else None
     pixels_for_step = None
     if cfg.warmup_pixels:
         warm_px, warm_steps = int(cfg.warmup_pixels["max_pixels"]), int(cfg.warmup_pixels["steps"])
         pixels_for_step = (cfg.min_pixels, lambda s: warm_px if s < warm_steps else cfg.max_pixels)
     # The curriculum changes the batches' image size: give them their own processor, the saved one must not change.
-    batches = StepBatches(train, Collator(copy.deepcopy(processor)) if pixels_for_step else collator,
+    batches = StepBatches(train, Collator(copy.deepcopy(processor), cfg.attn_from) if pixels_for_step else collator,
                           cfg.batch_size, cfg.seed, start, cfg.steps, cfg.lowercase_prob, cfg.extra_turns,
-                          pixels_for_step, cfg.objects_curriculum, cfg.vision_warmup_steps)
+                          pixels_for_step, cfg.objects_curriculum, cfg.vision_warmup_steps, cfg.turn_sampling)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                                          worker_init_fn=_worker_init if cfg.num_workers else None,
                                          prefetch_factor=2 if cfg.num_workers else None,
@@ -932,11 +1033,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         bar = tqdm(total=cfg.steps, initial=start, desc="pretrain-mini", dynamic_ncols=True)
     model.train()
     step, stopped, t_last = start, False, time.perf_counter()
-    ema = None
+    ema, ema_attn = None, None
     try:
         for batch in loader:
             aux_targets = batch.pop("aux_targets")
             box_masks = batch.pop("box_masks")
+            query_starts = batch.pop("query_starts")
             rel_targets = batch.pop("relevance_targets")
             vision_only = step < cfg.vision_warmup_steps
             if vision_only:  # the vision tower and its probe alone (the hook captures the merged tokens)
@@ -962,7 +1064,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             attn_loss = None
             if cfg.attn_weight and not vision_only:
                 attn_loss = grounding_loss(lm.attentions, cfg.attn_layers, batch["input_ids"], batch["labels"],
-                                           box_masks, model.config.image_token_id)
+                                           box_masks, model.config.image_token_id, query_starts)
                 if attn_loss is not None:
                     loss = loss + cfg.attn_weight * attn_loss
             aux_loss = torch.zeros(())
@@ -990,13 +1092,20 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             if lm is not None:
                 lm_value = float(lm.loss.detach())
                 ema = lm_value if ema is None else 0.9 * ema + 0.1 * lm_value
+            if attn_loss is not None:
+                a_value = float(attn_loss.detach())
+                ema_attn = a_value if ema_attn is None else 0.9 * ema_attn + 0.1 * a_value
+            if cfg.log_every and step % cfg.log_every == 0:
+                log(f"[pretrain-mini] step {step}: lm {'-' if ema is None else f'{ema:.3f}'} "
+                    f"aux {float(aux_loss.detach()):.3f}" + ("" if ema_attn is None else f" attn {ema_attn:.3f}")
+                    + f" lr {scheduler.get_last_lr()[0]:.1e} ({elapsed / 60:.1f} min)")
             if bar is not None:
                 bar.update(1)
-                post = dict(lm="-" if ema is None else f"{ema:.3f}", aux=f"{float(aux_loss):.3f}")
+                post = dict(lm="-" if ema is None else f"{ema:.3f}", aux=f"{float(aux_loss.detach()):.3f}")
                 if rel_loss is not None:
-                    post["rel"] = f"{float(rel_loss):.3f}"
+                    post["rel"] = f"{float(rel_loss.detach()):.3f}"
                 if attn_loss is not None:
-                    post["attn"] = f"{float(attn_loss):.3f}"
+                    post["attn"] = f"{float(attn_loss.detach()):.3f}"
                 bar.set_postfix(**post, lr=f"{scheduler.get_last_lr()[0]:.1e}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 acc = evaluate(step)
@@ -1041,7 +1150,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         cfg = PretrainConfig.from_file(args.config, args.overrides)
     else:
-        cfg = PretrainConfig.from_dict(dict(DEFAULTS, model=asdict(MiniModelSpec())), args.overrides)
+        cfg = PretrainConfig.from_dict(DEFAULTS, args.overrides)
     metrics = pretrain(cfg)
     return 0 if metrics.get("done") else 3
 

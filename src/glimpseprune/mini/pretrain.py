@@ -264,6 +264,15 @@ class PretrainConfig:
         return asdict(self)
 
 
+ATTN_FROM = ("answer", "question")  # see PretrainConfig.attn_from
+TURN_SAMPLINGS = ("uniform", "benchmark")  # see derive_turns
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
 # ---- data ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -377,8 +386,7 @@ def derive_turns(scene: dict, rng: random.Random, n: int, sampling: str = "unifo
     allow ("nothing of that colour", "that shape is absent")."""
     from ..data.scenes import COLOURS, COUNT_WORDS, SHAPES, Scene, _texts, object_box
 
-    if sampling not in ("uniform", "benchmark"):
-        raise ValueError(f"turn sampling must be 'uniform' or 'benchmark', got {sampling!r}")
+    check_choice("turn sampling", sampling, TURN_SAMPLINGS)
     objs = Scene.from_dict(scene).objects
     out = []
     for _ in range(n):
@@ -498,13 +506,19 @@ class Collator:
     """
 
     def __init__(self, processor, attn_from: str = "answer"):
-        self.check_attn_from(attn_from)
+        check_choice("attn_from", attn_from, ATTN_FROM)
         self.attn_from = attn_from
         self.processor = processor
         self.tok = processor.tokenizer
         self.eos = self.tok.eos_token
         self.header = self.tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
         self.eos_id = self.tok.convert_tokens_to_ids(self.eos)
+        import re
+
+        from ..data.scenes import COLOURS, PLURALS, SHAPES
+
+        words = sorted(set(COLOURS) | set(SHAPES) | set(PLURALS.values()), key=len, reverse=True)
+        self.attribute_words = re.compile(r"\b(" + "|".join(words) + r")\b", flags=re.IGNORECASE)
 
     def prompt(self, question: str) -> str:
         from ..processing import user_message
@@ -534,26 +548,15 @@ class Collator:
                 i += 1
         return spans
 
-    @staticmethod
-    def check_attn_from(attn_from: str) -> None:
-        if attn_from not in ("answer", "question"):
-            raise ValueError(f"attn_from must be 'answer' or 'question', got {attn_from!r}")
-
     def word_start(self, ids: list[int], answer_start: int, question: str) -> int | None:
         """Position of the token holding the first letter of ``question``'s last colour/shape word, in the user
         turn that ends just before the answer starting at ``answer_start``; None when there is no such word."""
-        import re
-
-        from ..data.scenes import COLOURS, PLURALS, SHAPES
-
-        words = sorted(set(COLOURS) | set(SHAPES) | set(PLURALS.values()), key=len, reverse=True)
-        found = list(re.finditer(r"\b(" + "|".join(words) + r")\b", question, flags=re.IGNORECASE))
+        found = list(self.attribute_words.finditer(question))
         if not found:
             return None
         suffix = len(question) - found[-1].start()  # characters from the word's first letter to the end
-        end_turn = self.tok.convert_tokens_to_ids("<|im_end|>")
         k = answer_start - len(self.header)
-        while k > 0 and ids[k] != end_turn:  # the user turn's <|im_end|>
+        while k > 0 and ids[k] != self.eos_id:  # the user turn's <|im_end|> (the chat's end-of-turn = eos token)
             k -= 1
         seen = 0
         while k > 0 and seen < suffix:
@@ -937,9 +940,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         val = []
 
     chat_template(cfg.prompt_order)  # validate before any work
-    Collator.check_attn_from(cfg.attn_from)
-    if cfg.turn_sampling not in ("uniform", "benchmark"):
-        raise ValueError(f"turn_sampling must be 'uniform' or 'benchmark', got {cfg.turn_sampling!r}")
+    check_choice("attn_from", cfg.attn_from, ATTN_FROM)
+    check_choice("turn_sampling", cfg.turn_sampling, TURN_SAMPLINGS)
     if cfg.attn_weight and not all(0 <= int(k) < cfg.model.text_layers for k in cfg.attn_layers):
         raise ValueError(f"attn_layers must be decoder layer indices in 0..{cfg.model.text_layers - 1}, "
                          f"got {cfg.attn_layers}")

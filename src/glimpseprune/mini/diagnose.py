@@ -60,7 +60,7 @@ def reduced_accuracy(model, processor, val, settings=SETTINGS, seed: int = 0) ->
 def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
     import torch
 
-    from .pretrain import Collator, Example, reduced_example
+    from .pretrain import Collator, Example, reduced_example, split_batch
 
     rng = random.Random(f"diagnose/{seed}/sensitivity")
     examples = []
@@ -70,10 +70,8 @@ def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
         obj = dict(one.scene["objects"][0], shape="circle")
         scene = dict(one.scene, objects=[obj])
         examples.append(Example("What colour is the circle?", obj["colour"], None, scene))
-    batch = Collator(processor)(examples)
+    batch, _ = split_batch(Collator(processor)(examples))
     labels = batch.pop("labels")
-    for key in ("aux_targets", "box_masks", "relevance_targets", "query_starts"):
-        batch.pop(key)
     model.eval()
     with torch.inference_mode():
         out = model(**batch, output_hidden_states=True)
@@ -92,7 +90,7 @@ def attention_on_boxes(model, processor, val, seed: int = 0) -> dict:
     """Per setting, question type and decoder layer: mean share of the visual attention on the box tokens."""
     import torch
 
-    from .pretrain import Collator, reduced_example
+    from .pretrain import Collator, box_attention_shares, reduced_example, split_batch
 
     out = {}
     previous = model.config.text_config._attn_implementation
@@ -102,23 +100,21 @@ def attention_on_boxes(model, processor, val, seed: int = 0) -> dict:
             rng = random.Random(f"diagnose/{seed}/attention/{name}")
             examples = [reduced_example(ex, rng, max_objects, 0) if max_objects else ex for ex in val]
             examples = [ex for ex in examples if ex.boxes]
-            batch = Collator(processor)(examples)
-            labels, masks = batch.pop("labels"), batch.pop("box_masks")
-            for key in ("aux_targets", "relevance_targets", "query_starts"):
-                batch.pop(key)
+            batch, extras = split_batch(Collator(processor)(examples))
+            labels = batch.pop("labels")
             model.eval()
             with torch.inference_mode():
                 attentions = model(**batch, output_attentions=True).attentions
-            first_answer = (labels != -100).int().argmax(1)
+            # one question per example, each with boxes: one row of shares per example, in order
+            shares, _, n = box_attention_shares(attentions, range(len(attentions)), batch["input_ids"], labels,
+                                                extras["box_masks"], model.config.image_token_id)
+            assert n == len(examples) == shares.shape[1]
             per = collections.defaultdict(lambda: collections.defaultdict(list))
             for b, ex in enumerate(examples):
-                vis = (batch["input_ids"][b] == model.config.image_token_id).nonzero().squeeze(1)
-                mask = masks[b][0]
                 qtype = qtype_of(ex.question)
-                per[qtype]["box_area"].append(float(mask.float().mean()))
-                for layer, att in enumerate(attentions):
-                    a = att[b, :, first_answer[b] - 1, vis].mean(0)
-                    per[qtype][f"layer {layer}"].append(float(a[mask].sum() / a.sum().clamp_min(1e-9)))
+                per[qtype]["box_area"].append(float(extras["box_masks"][b][0].float().mean()))
+                for layer in range(len(attentions)):
+                    per[qtype][f"layer {layer}"].append(float(shares[layer, b]))
             out[name] = {q: {k: round(sum(v) / len(v), 3) for k, v in rows.items()} | {"n": len(rows["box_area"])}
                          for q, rows in sorted(per.items())}
     finally:

@@ -273,6 +273,16 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+# Batch entries the collator adds for the training losses; the rest are the model's inputs.
+TRAINING_EXTRAS = ("aux_targets", "box_masks", "relevance_targets", "query_starts")
+
+
+def split_batch(batch: dict) -> tuple[dict, dict]:
+    """A collated batch -> (model inputs, training extras :data:`TRAINING_EXTRAS`)."""
+    inputs = {k: v for k, v in batch.items() if k not in TRAINING_EXTRAS}
+    return inputs, {k: batch[k] for k in TRAINING_EXTRAS}
+
+
 # ---- data ------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -721,10 +731,13 @@ def build_model(tokenizer, spec: MiniModelSpec, seed: int):
     return model
 
 
-def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token_id, query_starts=None):
-    """Mean over answers with boxes and over ``layers`` of -log(share of the visual attention on the box tokens),
-    averaged over the answer's supervised positions: the one that predicts it, or, where ``query_starts`` gives a
-    start for it, every position from that start to the one that predicts it. Attention: mean over heads."""
+def box_attention_shares(attentions, layers, input_ids, labels, box_masks, image_token_id, query_starts=None):
+    """Per layer and supervised position: the share of its visual attention (mean over heads) on its answer's box
+    tokens. The supervised positions of an answer with boxes: the one that predicts it, or, where ``query_starts``
+    gives a start for it, every position from that start to the one that predicts it.
+
+    Returns ``(shares [len(layers), rows], weights [rows], n_answers)``, ``weights`` = 1 / (the answer's number of
+    rows), rows in answer order; None when no answer has boxes."""
     import torch
 
     rows_b, rows_q, box_cols, weights, n_answers = [], [], [], [], 0
@@ -751,14 +764,24 @@ def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token
     rows_b, rows_q = torch.tensor(rows_b), torch.tensor(rows_q)
     on_box = torch.stack(box_cols).to(attentions[0].dtype)  # [rows, seq]
     on_image = (input_ids == image_token_id)[rows_b].to(attentions[0].dtype)
-    weights = torch.tensor(weights, dtype=attentions[0].dtype)
-    total = 0.0
+    shares = []
     # One gather per layer (a loop of per-answer slices made backward write a full-size gradient per slice).
     for layer in layers:
         att = attentions[layer].mean(1)[rows_b, rows_q]  # [rows, seq]
-        share = (att * on_box).sum(-1) / (att * on_image).sum(-1).clamp_min(1e-9)
-        total = total + (weights * -torch.log(share.clamp_min(1e-6))).sum() / n_answers
-    return total / len(layers)
+        shares.append((att * on_box).sum(-1) / (att * on_image).sum(-1).clamp_min(1e-9))
+    return torch.stack(shares), torch.tensor(weights, dtype=attentions[0].dtype), n_answers
+
+
+def grounding_loss(attentions, layers, input_ids, labels, box_masks, image_token_id, query_starts=None):
+    """Mean over answers with boxes and over ``layers`` of -log(share of the visual attention on the box tokens),
+    averaged over the answer's supervised positions (:func:`box_attention_shares`)."""
+    import torch
+
+    found = box_attention_shares(attentions, layers, input_ids, labels, box_masks, image_token_id, query_starts)
+    if found is None:
+        return None
+    shares, weights, n_answers = found
+    return (weights * -torch.log(shares.clamp_min(1e-6))).sum() / (n_answers * len(layers))
 
 
 def rms_normalised(x):
@@ -1038,10 +1061,9 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     ema, ema_attn = None, None
     try:
         for batch in loader:
-            aux_targets = batch.pop("aux_targets")
-            box_masks = batch.pop("box_masks")
-            query_starts = batch.pop("query_starts")
-            rel_targets = batch.pop("relevance_targets")
+            batch, extras = split_batch(batch)
+            aux_targets, box_masks = extras["aux_targets"], extras["box_masks"]
+            query_starts, rel_targets = extras["query_starts"], extras["relevance_targets"]
             vision_only = step < cfg.vision_warmup_steps
             if vision_only:  # the vision tower and its probe alone (the hook captures the merged tokens)
                 model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])

@@ -10,7 +10,12 @@ the record dataset through ``GlimpsePrune.generate`` and writes
   per sample, averaged), and the cut schedule; budgets a method
   cannot reach (e.g. FastV at K = 2 on a 4-layer model) are listed with the reason instead of silently moved;
 - ``<out>/compare.md``: the same as a markdown table;
-- ``<out>/pareto.png``: accuracy vs layer-averaged retention (matplotlib, imported lazily; skipped if missing).
+- ``<out>/pareto.png``: accuracy vs layer-averaged retention and vs the share kept after the last cut (matplotlib,
+  imported lazily; skipped if missing).
+
+``--glimpse-kept-caps 0.111`` adds GlimpsePrune rows capped to a kept-after-layer-K ratio (budget label
+``kept<=0.111``): the paper's "≤ 11.1 %" placement, whose layer-averaged retention stays ≥ K/L because the first K
+layers see every token. Both retentions are in every row, so the two conventions are never mixed up.
 
 FLOPs: LLM layers are summed with the sequence length present at each layer (text + visual tokens present), so
 multi-stage schedules are exact; GlimpsePrune uses :func:`~glimpseprune.eval.flops.prefill_flops` (glimpse, VIP).
@@ -258,14 +263,15 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
     from glimpseprune.methods.budget import schedule_retention
     from glimpseprune.processing import build_inputs
 
-    label = "unbounded" if budget is None else f"{budget:g}"
+    kept_cap = budget[1] if isinstance(budget, tuple) else None  # ("kept", cap): the paper's placement of GlimpsePrune
+    label = "unbounded" if budget is None else f"kept<={kept_cap:g}" if kept_cap is not None else f"{budget:g}"
     row = {"method": method_name, "budget": label, "options": options}
     try:
         if method_name == "none":
             method = None
-        elif method_name == "glimpse":  # unbounded (no cap), or capped to hit a layer-averaged budget
-            cap = None
-            if budget is not None:
+        elif method_name == "glimpse":  # unbounded (no cap), capped after layer K, or capped to a layer-averaged budget
+            cap = kept_cap
+            if budget is not None and kept_cap is None:
                 from glimpseprune.methods.budget import kept_ratio_for_retention
 
                 cap = kept_ratio_for_retention(budget, gp.config.prune_layer, gp.adapter.num_layers)
@@ -344,20 +350,24 @@ def pareto_plot(rows: list[dict], path: Path, title: str | None = None) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    by_method: dict[str, list] = {}
-    for r in rows:
-        if "accuracy" in r:
-            by_method.setdefault(r["method"], []).append((r["layer_averaged_retention"], r["accuracy"]))
-    for name, points in sorted(by_method.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set_xlabel("layer-averaged visual-token retention")
-    ax.set_ylabel("accuracy (exact match)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # Both axes of the field: layer-averaged retention (FastV/PDrop/VScan's grid) and the share kept after the last
+    # cut (where the GlimpsePrune paper places itself; its first K layers still see every token).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, xlabel in ((axes[0], "layer_averaged_retention", "layer-averaged visual-token retention"),
+                            (axes[1], "kept_ratio", "visual tokens kept after the last cut")):
+        by_method: dict[str, list] = {}
+        for r in rows:
+            if "accuracy" in r:
+                by_method.setdefault(r["method"], []).append((r[key], r["accuracy"]))
+        for name, points in sorted(by_method.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (exact match)")
+    axes[1].legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -374,6 +384,9 @@ def main(argv=None) -> int:
                         help=f"comma list (default {DEFAULT_METHODS}, plus resize on Qwen-VL models)")
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS, help="layer-averaged retentions, comma list")
     parser.add_argument("--no-glimpse", action="store_true", help="skip GlimpsePrune (unbounded)")
+    parser.add_argument("--glimpse-kept-caps", default="",
+                        help="extra GlimpsePrune rows capped to these kept-after-layer-K ratios (comma list, e.g. "
+                             "0.111: the paper's '<= 11.1 %%' placement); layers before K still hold every token")
     parser.add_argument("--no-full", action="store_true", help="skip the unpruned model")
     parser.add_argument("--option", action="append", default=[], help="method:key=value, e.g. fastv:prune_layer=1")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -394,6 +407,12 @@ def main(argv=None) -> int:
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     units = [] if args.no_full else [("none", None)]
     units += [] if args.no_glimpse or gp.glimpse is None else [("glimpse", None)]
+    kept_caps = [float(c) for c in args.glimpse_kept_caps.split(",") if c.strip()]
+    if kept_caps and gp.glimpse is None:
+        raise SystemExit("--glimpse-kept-caps needs GlimpsePrune modules (--glimpse)")
+    if any(not 0 < c <= 1 for c in kept_caps):
+        raise SystemExit(f"--glimpse-kept-caps must lie in (0, 1], got {kept_caps}")
+    units += [("glimpse", ("kept", c)) for c in kept_caps]
     qwen = getattr(gp.model.config, "model_type", None) in QWEN_FAMILIES
     if args.methods is None:  # the resize anchor joins the defaults on the Qwen families only
         args.methods = DEFAULT_METHODS + (",resize" if qwen else "")

@@ -45,6 +45,36 @@ def test_shipped_model_answers_the_example_scene(mini, question):
 
 
 @shipped
+def test_evaluate_agrees_with_answering_one_item_at_a_time(mini, tmp_path, capsys):
+    """mini.evaluate (batched, the source of the card's figures) against the one-image answer path, item by item."""
+    from glimpseprune.data.masks import mask_metrics, qwen_box_mask
+    from glimpseprune.eval.scorers import exact_match
+    from glimpseprune.mini.evaluate import main
+    from glimpseprune.mini.pretrain import example_image, synthetic_examples
+
+    out = tmp_path / "eval.json"
+    assert main(["--n", "6", "--layout", "dense", "--batch-size", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    examples = synthetic_examples(6, 0, 448, "test", "dense")
+    assert [r["id"] for r in rows] == [ex.id for ex in examples] and report["n"] == 6
+    for row, ex in zip(rows, examples):
+        assert row["question"] == ex.question and row["reference"] == ex.answer
+        image = example_image(ex)
+        assert row["unpruned"] == mini.answer([image], ex.question, method="none", max_new_tokens=4)[0]
+        pruned, res = mini.answer([image], ex.question, method="glimpse", max_new_tokens=4)
+        assert row["pruned"] == pruned and row["kept"] == res.pruning.samples[0].kept
+        assert row["em_pruned"] == exact_match(pruned, ex.answer) and row["kept_ratio"] == row["kept"] / 256
+        if ex.boxes:
+            keep = res.pruning.samples[0].images[0].keep.numpy().astype(bool)
+            target = qwen_box_mask(ex.boxes, 448, 448).reshape(-1).astype(bool)
+            assert row["iou"] == pytest.approx(mask_metrics(keep, target)["iou"])
+    assert report["em_unpruned"] == pytest.approx(sum(r["em_unpruned"] for r in rows) / 6)
+    assert report["kept_ratio_mean"] == pytest.approx(sum(r["kept_ratio"] for r in rows) / 6)
+    assert '"em_pruned"' in capsys.readouterr().out
+
+
+@shipped
 def test_default_model_is_the_mini_model():
     model, description = assets.default_model()
     assert "mini" in description and model.glimpse is not None

@@ -21,8 +21,10 @@ from glimpseprune.data.scenes import (
     COLOURS,
     COUNT_WORDS,
     GAP,
+    LAYOUTS,
     SHAPES,
     VOCAB_WORDS,
+    Layout,
     Scene,
     all_texts,
     generate_benchmark,
@@ -35,9 +37,15 @@ from glimpseprune.data.scenes import (
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
+@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+def layout_name(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def items():
-    return generate_items(500, seed=0)
+def items(layout_name):
+    """500 test-split items of each layout: every property below must hold for the dense variant too."""
+    return generate_items(500, seed=0, layout=layout_name)
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -85,13 +93,14 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
         generate_items(1, size=300)
 
 
-def test_scene_geometry(items):
+def test_scene_geometry(items, layout_name):
+    layout = LAYOUTS[layout_name]
     for scene, record in items:
         objs = scene.objects
-        assert 3 <= len(objs) <= 6 and scene.width == scene.height == 448
+        assert layout.min_objects <= len(objs) <= layout.max_objects and scene.width == scene.height == 448
         assert min(scene.background) >= 220
         for i, o in enumerate(objs):
-            assert o.shape in SHAPES and o.colour in COLOURS and 40 <= o.size <= 90
+            assert o.shape in SHAPES and o.colour in COLOURS and layout.min_size <= o.size <= layout.max_size
             assert BORDER <= o.x and o.x + o.size <= 448 - BORDER and BORDER <= o.y and o.y + o.size <= 448 - BORDER
             for p in objs[i + 1:]:
                 assert (o.x + o.size + GAP <= p.x or p.x + p.size + GAP <= o.x
@@ -205,6 +214,58 @@ def test_vocabulary_covers_everything_generated(items):
     words = {w for t in texts for w in re.findall(r"[A-Za-z]+|[^\sA-Za-z]", t)}
     assert set(VOCAB_WORDS) == words and len(VOCAB_WORDS) < 60
     assert "Is there an orange star?" in texts and "Is there a orange star?" not in texts
+
+
+def test_default_layout_keeps_its_stream_and_dense_is_crowded(tmp_path):
+    """Layouts did not change the default benchmark; the dense one is its own stream and has far more clutter."""
+    default = generate_items(40, seed=0, split="test")
+    assert default == generate_items(40, seed=0, split="test", layout=Layout(3, 6, 40, 90))
+    dense = generate_items(40, seed=0, split="test", layout="dense")
+    assert dense == generate_items(40, seed=0, split="test", layout=LAYOUTS["dense"])
+    assert all(len(d.objects) >= 12 > len(s.objects) for (d, _), (s, _) in zip(dense, default))
+
+    def touched(items):  # share of merged tokens touched by any object
+        return statistics.median(qwen_box_mask([object_box(o) for o in s.objects], 448, 448).mean() for s, _ in items)
+
+    # An 11.1 % budget cannot cover the dense scenes' objects, whatever the pruner does.
+    assert touched(dense) > 0.3 and touched(default) < 0.25
+    generate_benchmark(tmp_path / "d", 0, 0, 3, seed=0, layout="dense")
+    info = json.loads((tmp_path / "d" / "info.json").read_text())
+    assert info["layout"] == {"name": "dense", "min_objects": 12, "max_objects": 14, "min_size": 40, "max_size": 60}
+    generate_benchmark(tmp_path / "p", 0, 0, 3, seed=0)
+    assert "layout" not in json.loads((tmp_path / "p" / "info.json").read_text())
+
+
+@pytest.mark.parametrize("layout, match", [
+    ("crowded", "unknown layout"),
+    (Layout(1, 2, 40, 90), "at least 3"),
+    (Layout(5, 4, 40, 90), "min_objects <= max_objects"),
+    (Layout(3, 6, 10, 90), "min_size"),
+    (Layout(3, 6, 60, 50), "min_size"),
+    (Layout(20, 24, 40, 90), "do not fit"),
+])
+def test_bad_layouts_are_refused_clearly(tmp_path, layout, match):
+    with pytest.raises(ValueError, match=match):
+        generate_items(1, layout=layout)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "info.json").write_text("{}")
+    with pytest.raises(ValueError, match=match):  # refused before anything in OUT_DIR is deleted
+        generate_benchmark(tmp_path / "old", 1, 0, 0, overwrite=True, layout=layout)
+    assert (tmp_path / "old" / "info.json").read_text() == "{}"
+
+
+def test_cli_layouts(tmp_path, capsys):
+    assert main([str(tmp_path / "d"), "--test", "2", "--layout", "dense"]) == 0
+    assert json.loads((tmp_path / "d" / "info.json").read_text())["layout"]["name"] == "dense"
+    assert main([str(tmp_path / "c"), "--test", "2", "--objects", "7", "8", "--object-size", "30", "50"]) == 0
+    info = json.loads((tmp_path / "c" / "info.json").read_text())["layout"]
+    assert info == {"name": None, "min_objects": 7, "max_objects": 8, "min_size": 30, "max_size": 50}
+    for line in (tmp_path / "c" / "test.jsonl").read_text().splitlines():
+        scene = Scene.from_dict(json.loads(line)["scene"])
+        assert 7 <= len(scene.objects) <= 8 and all(30 <= o.size <= 50 for o in scene.objects)
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "x"), "--test", "1", "--objects", "30", "30"])
+    assert err.value.code == 2 and "do not fit" in capsys.readouterr().err
 
 
 def test_cli(tmp_path, capsys):

@@ -68,6 +68,31 @@ def test_compare_methods_resize_anchor(tmp_path):
     assert rows[("resize", "0.111")]["visual_tokens_kept"] < rows[("resize", "0.5")]["visual_tokens_kept"]
 
 
+def test_glimpse_kept_caps_place_glimpseprune_by_its_kept_ratio(tmp_path):
+    """--glimpse-kept-caps: GlimpsePrune capped after layer K (the paper's placement); both retentions reported."""
+    from glimpseprune.data.scenes import generate_benchmark
+
+    generate_benchmark(tmp_path / "data", 0, 0, 4, seed=2, layout="dense")
+    main = runpy.run_path(str(SCRIPT))["main"]
+    out = tmp_path / "out"
+    data = str(tmp_path / "data" / "test.jsonl")
+    assert main(["--data", data, "--methods", "random", "--budgets", "0.111", "--glimpse-kept-caps", "0.02",
+                 "--batch-size", "4", "--max-new-tokens", "2", "--free-form", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    rows = {(r["method"], r["budget"]): r for r in json.loads((out / "compare.json").read_text())["rows"]}
+    capped, free = rows[("glimpse", "kept<=0.02")], rows[("glimpse", "unbounded")]
+    layers = capped["cut_layers"]
+    assert layers == free["cut_layers"] and len(layers) == 1
+    assert capped["kept_ratio"] <= 0.02 + 1e-9 and capped["visual_tokens_kept"] <= 5  # floor(0.02 * 256) = 5
+    # The first K layers still see every token, so the layer-averaged retention stays above K / L.
+    assert capped["layer_averaged_retention"] >= layers[0] / 6 > rows[("random", "0.111")]["layer_averaged_retention"]
+    assert "kept<=0.02" in (out / "compare.md").read_text()
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit, match="kept-caps"):
+            main(["--data", data, "--methods", "random", "--budgets", "0.5", "--glimpse-kept-caps", bad,
+                  "--out", str(out), "--device", "cpu"])
+
+
 def test_resize_anchor_refuses_llava():
     import types
 

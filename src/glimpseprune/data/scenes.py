@@ -40,7 +40,16 @@ Records follow the Visual-CoT training format (:mod:`.records`) with ``dataset="
 ``render_scene(Scene.from_dict(...))``). ``answer`` is the free-form sentence, as in Visual-CoT. ``image`` is
 relative to the JSONL file's folder, where :func:`~glimpseprune.data.records.load_records` looks for it.
 
-Command line: ``python -m glimpseprune.data.scenes OUT_DIR --train N --val N --test N --seed S [--size 448]``.
+**Layouts.** The default layout (3–6 objects of 40–90 px, 4.4 on average) is the benchmark the mini model trains
+on. Every object there is salient, and the objects together touch a median 19 % of Qwen's merged tokens, so a
+question-agnostic pruner that spreads an 11 % budget over the objects still keeps part of the referenced one.
+``layout="dense"`` (12–14 objects of 40–60 px, see :data:`LAYOUTS`) is the harder variant for comparing pruners:
+the objects touch a median 38 % of the tokens, about 13 objects share an 11 % budget of 28 tokens, and only a
+pruner that reads the question knows which ones to keep. Question types, answers and boxes follow the same
+rules; a non-default layout seeds its own random stream and is recorded in ``info.json``.
+
+Command line: ``python -m glimpseprune.data.scenes OUT_DIR --train N --val N --test N --seed S [--size 448]
+[--layout dense | --objects MIN MAX --object-size MIN MAX]``.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import math
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +73,8 @@ __all__ = [
     "QTYPES",
     "SHAPES",
     "VOCAB_WORDS",
+    "LAYOUTS",
+    "Layout",
     "Obj",
     "Scene",
     "all_texts",
@@ -96,6 +107,48 @@ MIN_SIZE, MAX_SIZE = 40, 90  # side of an object's square footprint, px
 BORDER = 8  # free margin between objects and the image edge, px
 GAP = 16  # free margin between two objects' footprints, px
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How crowded a scene is: the range of the object count and of the footprint side (px), both inclusive."""
+
+    min_objects: int = MIN_OBJECTS
+    max_objects: int = MAX_OBJECTS
+    min_size: int = MIN_SIZE
+    max_size: int = MAX_SIZE
+
+    @property
+    def tag(self) -> str:
+        return f"objects{self.min_objects}-{self.max_objects}_size{self.min_size}-{self.max_size}"
+
+    def check(self, image_size: int) -> None:
+        """Raise ``ValueError`` unless every question type can be generated and placed on ``image_size`` px."""
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}..{self.max_objects}")
+        if self.max_objects < 3:  # "How many triangles are there?" -> three needs three objects
+            raise ValueError(f"max_objects must be at least 3 (count questions go up to three), got {self.max_objects}")
+        if not 20 <= self.min_size <= self.max_size:
+            raise ValueError(f"need 20 <= min_size <= max_size (px), got {self.min_size}..{self.max_size}")
+        # Random placement needs slack: the footprints (with their gaps) may fill at most 60 % of the free area.
+        free = (image_size - 2 * BORDER) ** 2
+        need = self.max_objects * (self.max_size + GAP) ** 2
+        if need > 0.6 * free:
+            raise ValueError(f"{self.max_objects} objects of up to {self.max_size} px do not fit on a {image_size} px "
+                             f"image ({need / free:.0%} of the free area; at most 60 %): use fewer or smaller objects")
+
+
+# "default" is the benchmark the mini model trains on; "dense" separates question-aware from question-agnostic
+# pruners (13 objects on average, touching a median 38 % of the 256 merged tokens, against an 11 % budget of 28).
+LAYOUTS: dict[str, Layout] = {"default": Layout(), "dense": Layout(12, 14, 40, 60)}
+
+
+def _layout(layout: Layout | str) -> Layout:
+    if isinstance(layout, Layout):
+        return layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)} or pass a Layout")
+    return LAYOUTS[layout]
 
 
 @dataclass(frozen=True)
@@ -252,12 +305,12 @@ def _apart(x: int, y: int, size: int, other: Obj) -> bool:
             or y + size + GAP <= other.y or other.y + other.size + GAP <= y)
 
 
-def _place(rng: random.Random, attrs: list[tuple[str, str]], image_size: int) -> tuple[Obj, ...]:
+def _place(rng: random.Random, attrs: list[tuple[str, str]], image_size: int, layout: Layout) -> tuple[Obj, ...]:
     """Random non-overlapping placement (sizes, then positions), restarted from scratch when it gets stuck."""
     for _ in range(1000):
         placed: list[Obj] = []
         for shape, colour in attrs:
-            size = rng.randint(MIN_SIZE, MAX_SIZE)
+            size = rng.randint(layout.min_size, layout.max_size)
             for _ in range(100):
                 x = rng.randint(BORDER, image_size - BORDER - size)
                 y = rng.randint(BORDER, image_size - BORDER - size)
@@ -271,7 +324,8 @@ def _place(rng: random.Random, attrs: list[tuple[str, str]], image_size: int) ->
     raise RuntimeError(f"could not place {len(attrs)} objects on a {image_size}px image")
 
 
-def _make_item(rng: random.Random, decks: dict[str, _Deck], image_size: int) -> tuple[Scene, dict[str, Any]]:
+def _make_item(rng: random.Random, decks: dict[str, _Deck], image_size: int,
+               layout: Layout) -> tuple[Scene, dict[str, Any]]:
     qtype = decks["qtype"].draw()
     combo = decks[qtype].draw()
     shape, colour = combo["shape"], combo.get("colour")
@@ -305,12 +359,12 @@ def _make_item(rng: random.Random, decks: dict[str, _Deck], image_size: int) -> 
         referenced = lambda o: o.shape == shape  # noqa: E731
         role = "target" if combo["count"] else "none"
     fillers = [(s, c) for s in SHAPES for c in COLOURS if allowed(s, c)]
-    n_objects = rng.randint(max(MIN_OBJECTS, len(required)), MAX_OBJECTS)
+    n_objects = rng.randint(max(layout.min_objects, len(required)), max(layout.max_objects, len(required)))
     attrs = required + [rng.choice(fillers) for _ in range(n_objects - len(required))]
     rng.shuffle(attrs)  # so that the referenced objects are not always placed first
     grey = rng.randint(228, 246)
     background = tuple(min(255, grey + rng.randint(-4, 4)) for _ in range(3))
-    scene = Scene(image_size, image_size, background, _place(rng, attrs, image_size))
+    scene = Scene(image_size, image_size, background, _place(rng, attrs, image_size, layout))
     question, short, free = _texts(qtype, **combo)
     record = {
         "question": question,
@@ -328,29 +382,38 @@ def _make_item(rng: random.Random, decks: dict[str, _Deck], image_size: int) -> 
     return scene, record
 
 
-def generate_items(n: int, seed: int = 0, size: int = 448, split: str = "train") -> list[tuple[Scene, dict]]:
-    """``n`` (scene, record) pairs of one split, without writing anything; deterministic in (seed, split, size)."""
+def generate_items(n: int, seed: int = 0, size: int = 448, split: str = "train",
+                   layout: Layout | str = "default") -> list[tuple[Scene, dict]]:
+    """``n`` (scene, record) pairs of one split, without writing anything; deterministic in (seed, split, size,
+    layout). ``layout`` is a name in :data:`LAYOUTS` or a :class:`Layout`."""
     if size < 448:
         raise ValueError(f"size must be at least 448 px (objects are 40-90 px), got {size}")
-    # A string seed is hashed with SHA-512 by `random`, so this is stable across processes and Python runs.
-    rng = random.Random(f"glimpse-shapes/v{GENERATOR_VERSION}/{seed}/{split}")
+    layout = _layout(layout)
+    layout.check(size)
+    # A string seed is hashed with SHA-512 by `random`, so this is stable across processes and Python runs. The
+    # default layout keeps the original stream (files written before layouts existed stay valid).
+    stream = f"glimpse-shapes/v{GENERATOR_VERSION}/{seed}/{split}"
+    rng = random.Random(stream if layout == Layout() else f"{stream}/{layout.tag}")
     decks = {"qtype": _Deck(rng, QTYPES), **{q: _Deck(rng, _COMBOS[q]) for q in QTYPES}}
     items = []
     for index in range(n):
-        scene, record = _make_item(rng, decks, size)
+        scene, record = _make_item(rng, decks, size, layout)
         record = {"id": f"shapes-{split}-{index:06d}", "image": f"images/{split}/{index:06d}.png", **record}
         items.append((scene, record))
     return items
 
 
 def generate_benchmark(
-    out_dir, n_train: int, n_val: int, n_test: int, seed: int = 0, size: int = 448, overwrite: bool = False
+    out_dir, n_train: int, n_val: int, n_test: int, seed: int = 0, size: int = 448, overwrite: bool = False,
+    layout: Layout | str = "default",
 ) -> dict[str, list[dict]]:
     """Write ``images/<split>/*.png``, ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and ``info.json``.
 
     Returns the records per split. Refuses to touch an ``out_dir`` already holding any of these outputs unless
     ``overwrite=True``, which deletes exactly those outputs first (so no stale image survives from a bigger run).
     """
+    layout = _layout(layout)
+    layout.check(size)  # before anything is deleted
     out = Path(out_dir)
     owned = [out / f"{split}.jsonl" for split in SPLITS] + [out / "images", out / "info.json"]
     existing = [p for p in owned if p.exists()]
@@ -361,7 +424,7 @@ def generate_benchmark(
     records: dict[str, list[dict]] = {}
     for split, n in zip(SPLITS, (n_train, n_val, n_test)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        items = generate_items(n, seed=seed, size=size, split=split)
+        items = generate_items(n, seed=seed, size=size, split=split, layout=layout)
         with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
             for scene, record in items:
                 render_scene(scene).save(out / record["image"], format="PNG")
@@ -369,6 +432,8 @@ def generate_benchmark(
         records[split] = [record for _, record in items]
     info = {"name": "glimpse-shapes", "version": GENERATOR_VERSION, "seed": seed, "size": size,
             "splits": {split: len(recs) for split, recs in records.items()}}
+    if layout != Layout():  # the default layout's info.json stays as it was before layouts existed
+        info["layout"] = {"name": next((k for k, v in LAYOUTS.items() if v == layout), None), **asdict(layout)}
     (out / "info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return records
 
@@ -384,9 +449,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=448, help="image side in pixels (>= 448)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier benchmark in OUT_DIR")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="default",
+                        help="scene layout preset: default (3-6 objects of 40-90 px) or dense (12-14 of 40-60 px)")
+    parser.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), help="object count range (overrides "
+                        "the preset)")
+    parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+                        help="object footprint side range in px (overrides the preset)")
     args = parser.parse_args(argv)
-    records = generate_benchmark(args.out_dir, args.train, args.val, args.test, seed=args.seed, size=args.size,
-                                 overwrite=args.overwrite)
+    layout = LAYOUTS[args.layout]
+    if args.objects:
+        layout = Layout(args.objects[0], args.objects[1], layout.min_size, layout.max_size)
+    if args.object_size:
+        layout = Layout(layout.min_objects, layout.max_objects, args.object_size[0], args.object_size[1])
+    try:
+        records = generate_benchmark(args.out_dir, args.train, args.val, args.test, seed=args.seed, size=args.size,
+                                     overwrite=args.overwrite, layout=layout)
+    except (ValueError, FileExistsError) as err:
+        parser.error(str(err))
     print(f"wrote glimpse-shapes to {args.out_dir}: " + ", ".join(f"{s} {len(r)}" for s, r in records.items()))
     return 0
 

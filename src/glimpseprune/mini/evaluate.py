@@ -118,12 +118,16 @@ def summarize(rows: list[dict], seconds: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from ..data.scenes import LAYOUTS
+
     p = argparse.ArgumentParser(prog="python -m glimpseprune.mini.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="base model folder (default: the embedded mini model)")
     p.add_argument("--glimpse", help="GlimpsePrune modules folder (default: the embedded ones)")
     p.add_argument("--n", type=int, default=500, help="test items (the first n of the test split)")
     p.add_argument("--seed", type=int, default=0, help="benchmark seed")
     p.add_argument("--split", default="test")
+    p.add_argument("--layout", default="default", choices=sorted(LAYOUTS),
+                   help="scene layout (glimpseprune.data.scenes.LAYOUTS); the model trains on default")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="write the full report (with per-item rows) here as JSON")
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from .pretrain import synthetic_examples
 
     model = load(args.model, args.glimpse)
-    examples = synthetic_examples(args.n, args.seed, 448, args.split)
+    examples = synthetic_examples(args.n, args.seed, 448, args.split, args.layout)
     report = evaluate(model, examples, batch_size=args.batch_size)
     short = {k: v for k, v in report.items() if k != "rows"}
     print(json.dumps(short, indent=1))

@@ -298,13 +298,13 @@ class Example:
     box_role: str | None = None  # glimpse-shapes: target / evidence / none
 
 
-def synthetic_examples(n: int, seed: int, size: int, split: str) -> list[Example]:
+def synthetic_examples(n: int, seed: int, size: int, split: str, layout: str = "default") -> list[Example]:
     from ..data.scenes import generate_items
 
     return [
         Example(r["question"], r["short_answer"], None, r["scene"], r["bboxs"], r["id"], r["qtype"],
                 box_role=r["box_role"])
-        for _, r in generate_items(n, seed=seed, size=size, split=split)
+        for _, r in generate_items(n, seed=seed, size=size, split=split, layout=layout)
     ]
 
 

@@ -180,7 +180,8 @@ def stock_last_row_attention(model, inputs, layer):
 
 def topk_loop(scores, k):
     """Top-k by an explicit sort of (score desc, index asc) pairs."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    values = [float(v) for v in scores.detach()] if torch.is_tensor(scores) else [float(v) for v in scores]
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
     keep = torch.zeros(len(scores), dtype=torch.bool)
     keep[order[:k]] = True
     return keep
@@ -437,7 +438,7 @@ def visionzip_by_loops(x, scores, keys, d: int, c: int):
     step = max(1, len(rest) // c)
     targets = rest[::step][:c]
     groups = {t: [t] for t in targets}
-    kn = keys / keys.norm(dim=1, keepdim=True)
+    kn = (keys / keys.norm(dim=1, keepdim=True)).detach()
     for i in rest:
         if i not in groups:
             sims = [float(kn[i] @ kn[t]) for t in targets]
@@ -453,6 +454,7 @@ def visionzip_by_loops(x, scores, keys, d: int, c: int):
 def vscan_keep_by_loops(global_scores, local_scores, n: int, w: int, win: int, n_global: int, n_local: int):
     """VScan's vision-stage pick written as loops: the top ``n_global`` by global score, then ``n_local`` more taken
     round-robin over win×win windows of the token grid (width ``w``), each window in local-score order."""
+    local_scores = local_scores.detach()
     keep = topk_loop(global_scores, n_global)
     left = [i for i in range(n) if not keep[i]]
     rank = {}
@@ -467,7 +469,7 @@ def vscan_keep_by_loops(global_scores, local_scores, n: int, w: int, win: int, n
 
 def merge_into_kept_by_loops(x, keys, keep):
     """Every dropped token joins its most key-similar kept token; each kept token becomes its group's mean."""
-    kn = keys / keys.norm(dim=1, keepdim=True)
+    kn = (keys / keys.norm(dim=1, keepdim=True)).detach()
     kept = keep.nonzero().squeeze(1).tolist()
     groups = {t: [t] for t in kept}
     for i in range(x.shape[0]):

@@ -106,6 +106,9 @@ def test_boxfree_exact_budget_holds_keep_and_lowers_kl(tmp_path, tiny_train_mode
     assert last < 0.9 * first, kl
     # the shipped policy ranks tokens at the trained budget instead of thresholding offset-free logits
     assert (trainer.gp_config.threshold, trainer.gp_config.max_keep_ratio) == (0.0, target)
+    # ... and the logged keep ratio is that policy's (top floor(target * n)); "p > 0.5" logged 0.03 here
+    for record in history:
+        assert record["keep_ratio"] == pytest.approx(target, abs=0.02), record
 
 
 @pytest.mark.parametrize("target", [1e-3, 0.05, 0.3, 0.5, 0.97])

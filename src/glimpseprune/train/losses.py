@@ -49,18 +49,23 @@ def loc_loss(
 
 @torch.no_grad()
 def mask_stats(
-    per_sample_logits: list[torch.Tensor], per_sample_targets: list[torch.Tensor] | None, threshold: float = 0.5
+    per_sample_logits: list[torch.Tensor], per_sample_targets: list[torch.Tensor] | None, threshold: float = 0.5,
+    policy=None,
 ) -> dict[str, float]:
-    """Token-level precision / recall / F1 / IoU of (p > threshold) vs g, and the kept ratio; means over samples.
+    """Token-level precision / recall / F1 / IoU of the kept mask vs g, and the kept ratio; means over samples.
 
-    0/0 convention as ``data.masks.mask_metrics``: both masks empty is a perfect score, one empty is 0.
+    The kept mask is ``policy.select_group(p)`` when a :class:`~glimpseprune.policy.KeepPolicy` is given (what
+    inference with the saved modules would keep; an exact-budget box-free run saves a top-k policy, for which
+    "p > 0.5" says nothing), else ``p > threshold``. 0/0 convention as ``data.masks.mask_metrics``: both masks
+    empty is a perfect score, one empty is 0.
     """
     out = {"precision": [], "recall": [], "f1": [], "iou": [], "keep_ratio": []}
     targets = per_sample_targets if per_sample_targets is not None else [None] * len(per_sample_logits)
     for z, g in zip(per_sample_logits, targets):
         if z.numel() == 0:
             continue
-        pred = torch.sigmoid(z.float()) > threshold
+        probs = torch.sigmoid(z.float())
+        pred = policy.select_group(probs) if policy is not None else probs > threshold
         out["keep_ratio"].append(pred.float().mean().item())
         if g is None:
             continue

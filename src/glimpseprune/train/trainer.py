@@ -27,6 +27,7 @@ from torch import nn
 
 from ..checkpoint import save_modules
 from ..config import GlimpsePruneConfig
+from ..policy import KeepPolicy
 from .boxfree import BoxFreeConfig, boxfree_losses
 from .collate import Collator, model_inputs
 from .forward import training_forward
@@ -474,7 +475,10 @@ class Stage1Trainer:
     def _scalars(self, parts: dict, batch: dict) -> dict:
         out = {k: float(v.detach()) for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
         targets = batch["box_masks"] if self.cfg.mode == "box" else None
-        out.update(mask_stats(parts["logits"], targets))
+        # Judge the masks the saved modules would produce: the config's own keep policy, per sample.
+        c = self.gp_config
+        policy = KeepPolicy(c.threshold, c.max_keep_ratio, c.min_keep)
+        out.update(mask_stats(parts["logits"], targets, policy=policy))
         return out
 
     def _log(self, window: list[dict], seconds: float) -> None:

@@ -92,6 +92,12 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(results["rows"]) == 2 and all(0 < r["kept"] <= r["total"] for r in results["rows"])
     assert "report:" in capsys.readouterr().out
+    # the dense layout shows other (crowded) scenes
+    assert main(["demo", "--n", "1", "--layout", "dense", "--out", str(tmp_path / "dense"), "--threads", "1"]) == 0
+    dense = json.loads((tmp_path / "dense" / "results.json").read_text())["rows"][0]
+    assert dense["question"] and dense["id"] == results["rows"][0]["id"]  # same ids, other scenes
+    scene = f"{dense['id']}_scene.png"
+    assert (tmp_path / "dense" / scene).read_bytes() != (tmp_path / "demo" / scene).read_bytes()
 
 
 def _tiny_recipe(out_dir, **extra):

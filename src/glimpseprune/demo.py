@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="glimpseprune_demo", help="output folder (default ./glimpseprune_demo)")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed of the scenes (default 0)")
     parser.add_argument("--offset", type=int, default=0, help="start at this test item (default 0)")
+    from .data.scenes import LAYOUTS
+
+    parser.add_argument("--layout", default="default", choices=sorted(LAYOUTS),
+                        help="scene layout: default (3-6 objects, what the mini model trained on) or dense "
+                             "(12-14 objects, where question-blind pruners lose the referenced object)")
     parser.add_argument("--model", help="base VLM folder (default: the embedded mini model)")
     parser.add_argument("--glimpse", help="GlimpsePrune modules folder (default: the embedded ones)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the model has no GlimpsePrune modules: pass --glimpse")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    items = generate_items(args.offset + args.n, seed=args.seed, split="test")[args.offset:]
+    items = generate_items(args.offset + args.n, seed=args.seed, split="test", layout=args.layout)[args.offset:]
     # One untimed warm-up call, so the first scene's timings are not the interpreter's first-call costs.
     warm = render_scene(items[0][0])
     model.answer([warm], items[0][1]["question"], method="glimpse", max_new_tokens=2)

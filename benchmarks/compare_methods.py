@@ -9,7 +9,9 @@ the record dataset through ``GlimpsePrune.generate`` and writes
   method's own scoring FLOPs and the prefill total including them, and decode FLOPs (:mod:`glimpseprune.eval.flops`,
   per sample, averaged), and the cut schedule; budgets a method
   cannot reach (e.g. FastV at K = 2 on a 4-layer model) are listed with the reason instead of silently moved;
-- ``<out>/compare.md``: the same as a markdown table;
+- ``<out>/compare.md``: the same as a markdown table, with each row compared item by item against one reference
+  row (``--paired-against``, default ``glimpse:unbounded``): items only the reference / only this row got right and
+  the exact McNemar p-value (:func:`glimpseprune.eval.stats.paired_exact_test`; per-record scores are in the JSON);
 - ``<out>/pareto.png``: accuracy vs layer-averaged retention and vs the share kept after the last cut (matplotlib,
   imported lazily; skipped if missing).
 
@@ -244,6 +246,7 @@ def run_resize_unit(gp, records, budget: float, args) -> dict:
     row.update({
         "n": len(scores),
         "accuracy": mean(scores),
+        "scores": scores,  # per record, in data order: for paired tests between rows
         "kept_ratio": mean(ratios),
         "layer_averaged_retention": mean(ratios),
         "visual_tokens_in": mean(n_in),  # what the processor's own limits would make
@@ -309,6 +312,7 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
     row.update({
         "n": len(scores),
         "accuracy": mean(scores),
+        "scores": scores,  # per record, in data order: for paired tests between rows
         "kept_ratio": mean(kept_ratio),
         "layer_averaged_retention": mean(retention),
         "visual_tokens_in": mean(n_in),
@@ -320,16 +324,34 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
     return row
 
 
-def markdown(rows: list[dict], model_label: str, data: str, title: str | None = None) -> str:
+def paired_reference(rows: list[dict], label: str) -> dict | None:
+    """The row named ``METHOD:BUDGET`` (e.g. ``glimpse:unbounded``) that the others are paired against, if it ran."""
+    method, _, budget = label.partition(":")
+    return next((r for r in rows if r["method"] == method and r["budget"] == budget and "scores" in r), None)
+
+
+def paired_cell(row: dict, ref: dict | None) -> str:
+    """``ref-only / row-only (p)``: items only the reference / only this row got right, exact McNemar p-value."""
+    from glimpseprune.eval.stats import paired_exact_test
+
+    if ref is None or row is ref:
+        return "—"
+    t = paired_exact_test(ref["scores"], row["scores"])
+    return f"{t['a_only']} / {t['b_only']} (p={t['p_value']:.2g})"
+
+
+def markdown(rows: list[dict], model_label: str, data: str, title: str | None = None,
+             paired_against: str = "glimpse:unbounded") -> str:
     base = next((r for r in rows if r["method"] == "none" and "accuracy" in r), None)
+    ref = paired_reference(rows, paired_against)
     lines = ([f"**{title}**", ""] if title else []) + [f"Model: {model_label}  ", f"Data: {data}", "",
              "| method | budget (layer-avg) | n | accuracy (EM) | kept after last cut | layer-avg retention | "
              "visual in → kept | cut layers | prefill GFLOPs (w/o ViT) | prefill / full | scoring GFLOPs | "
-             "prefill GFLOPs total | total / full | decode GFLOPs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"prefill GFLOPs total | total / full | decode GFLOPs | vs {paired_against}: its wins / this row's (p) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['method']} | {r['budget']} | — | skipped: {r['skipped'].split(';')[0]} |||||||||||")
+            lines.append(f"| {r['method']} | {r['budget']} | — | skipped: {r['skipped'].split(';')[0]} ||||||||||||")
             continue
         rel = f"{r['prefill_flops'] / base['prefill_flops']:.3f}" if base else "—"
         rel_total = f"{r['prefill_flops_total'] / base['prefill_flops_total']:.3f}" if base else "—"
@@ -338,7 +360,7 @@ def markdown(rows: list[dict], model_label: str, data: str, title: str | None = 
             f"{r['layer_averaged_retention']:.3f} | {r['visual_tokens_in']:.1f} → {r['visual_tokens_kept']:.1f} | "
             f"{r['cut_layers']} | {r['prefill_flops'] / 1e9:.4g} ({r['prefill_flops_without_vit'] / 1e9:.4g}) | "
             f"{rel} | {r['scoring_flops'] / 1e9:.4g} | {r['prefill_flops_total'] / 1e9:.4g} | {rel_total} | "
-            f"{r['decode_flops'] / 1e9:.4g} |")
+            f"{r['decode_flops'] / 1e9:.4g} | {paired_cell(r, ref)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -387,6 +409,9 @@ def main(argv=None) -> int:
     parser.add_argument("--glimpse-kept-caps", default="",
                         help="extra GlimpsePrune rows capped to these kept-after-layer-K ratios (comma list, e.g. "
                              "0.111: the paper's '<= 11.1 %%' placement); layers before K still hold every token")
+    parser.add_argument("--paired-against", default="glimpse:unbounded",
+                        help="METHOD:BUDGET row every other row is compared with item by item (exact McNemar test), "
+                             "e.g. glimpse:kept<=0.111 or none:unbounded")
     parser.add_argument("--no-full", action="store_true", help="skip the unpruned model")
     parser.add_argument("--option", action="append", default=[], help="method:key=value, e.g. fastv:prune_layer=1")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -435,9 +460,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"title": args.title, "model": model_label, "data": args.data, "n_records": len(records), "budgets": budgets,
-              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "rows": rows}
+              "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+              "record_ids": [r.id for r in records], "paired_against": args.paired_against, "rows": rows}
     (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    table = markdown(rows, model_label, args.data, args.title)
+    table = markdown(rows, model_label, args.data, args.title, args.paired_against)
     (out / "compare.md").write_text(table, encoding="utf-8")
     plotted = pareto_plot(rows, out / "pareto.png", args.title)
     print(table)

@@ -87,6 +87,14 @@ def test_glimpse_kept_caps_place_glimpseprune_by_its_kept_ratio(tmp_path):
     # The first K layers still see every token, so the layer-averaged retention stays above K / L.
     assert capped["layer_averaged_retention"] >= layers[0] / 6 > rows[("random", "0.111")]["layer_averaged_retention"]
     assert "kept<=0.02" in (out / "compare.md").read_text()
+    # per-record scores, paired against GlimpsePrune (unbounded) in the table
+    result = json.loads((out / "compare.json").read_text())
+    assert len(result["record_ids"]) == 4 and all(len(r["scores"]) == 4 for r in rows.values())
+    from glimpseprune.eval.stats import paired_exact_test
+
+    t = paired_exact_test(free["scores"], rows[("random", "0.111")]["scores"])
+    random_line = next(line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| random"))
+    assert random_line.endswith(f"| {t['a_only']} / {t['b_only']} (p={t['p_value']:.2g}) |")
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit, match="kept-caps"):
             main(["--data", data, "--methods", "random", "--budgets", "0.5", "--glimpse-kept-caps", bad,

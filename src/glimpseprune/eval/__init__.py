@@ -1,4 +1,5 @@
-"""Evaluation: answer scorers, the LLM judge for free-form answers, and analytic FLOPs / retention accounting."""
+"""Evaluation: answer scorers, the LLM judge for free-form answers, analytic FLOPs / retention accounting, and a
+paired test for comparing two methods on the same items."""
 
 from .flops import (
     LMDims,
@@ -20,6 +21,7 @@ from .flops import (
 )
 from .judge import JudgeResult, JudgeStats, LLMJudge, load_prompt, parse_score
 from .scorers import SCORERS, anls, exact_match, get_scorer, levenshtein, normalize_answer, relaxed_match, token_f1
+from .stats import paired_exact_test
 
 __all__ = [
     "LMDims",
@@ -35,6 +37,7 @@ __all__ = [
     "layer_averaged_retention_schedule",
     "lm_head_flops",
     "lm_linear_flops_per_token",
+    "paired_exact_test",
     "prefill_flops",
     "vip_flops",
     "vision_flops",

@@ -208,3 +208,32 @@ def test_none_runs_once_whatever_the_budgets(gp, tmp_path):
     assert result.new_samples == 15
     kept = {(g["method"], g["budget"]): g["average"]["kept_ratio"] for g in result.summary["groups"]}
     assert kept == {("none", "default"): 1.0, ("glimpse", "r0.5_t0"): 0.5, ("glimpse", "r0.25_t0"): 0.25}
+
+
+def test_cli_eval_defaults_to_the_embedded_mini_model(tmp_path, capsys):
+    """No --model: the shipped mini model and its modules, like `answer` and `demo`; its answers are the engine's."""
+    from glimpseprune import assets
+    from glimpseprune.data.scenes import generate_benchmark
+    from glimpseprune.model import GlimpsePrune
+    from glimpseprune.processing import load_image
+
+    if not (assets.MINI_DIR / "base" / "config.json").is_file():
+        pytest.skip("mini assets not built")
+    records = generate_benchmark(tmp_path / "shapes", 0, 0, 4, seed=0, layout="dense")["test"]
+    out = tmp_path / "out"
+    args = ["eval", "--data", str(tmp_path / "shapes" / "test.jsonl"), "--methods", "none,glimpse", "--device",
+            "cpu", "--max-new-tokens", "4", "--no-progress", "--output", str(out)]
+    assert cli_main(args) == 0
+    assert "8 new, 0 resumed" in capsys.readouterr().out
+    (summary_file,) = out.glob("summary-*.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["config"]["model_id"].startswith("mini:")
+    (glimpse_file,) = [Path(f) for key, f in summary["files"].items() if key.startswith("glimpse/")]
+    rows = [json.loads(line) for line in glimpse_file.read_text().splitlines()]
+    mini = GlimpsePrune.from_pretrained(assets.MINI_DIR / "base", assets.MINI_DIR / "glimpse", device="cpu")
+    assert len(rows) == 4
+    for row, rec in zip(sorted(rows, key=lambda r: r["id"]), records):
+        image = load_image(tmp_path / "shapes" / rec["image"])
+        assert row["answer"] == mini.answer([image], rec["question"], max_new_tokens=4)[0]
+    assert cli_main(args) == 0  # same weights, same id: everything resumes
+    assert "0 new, 8 resumed" in capsys.readouterr().out

@@ -15,8 +15,10 @@ import sys
 
 def _add_model_arguments(parser: argparse.ArgumentParser, config_only: bool) -> None:
     group = parser.add_argument_group("model")
-    source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="base VLM: local folder or hub id (GlimpsePrune.from_pretrained)")
+    # eval defaults to the embedded mini model, like `answer` and `demo`; bench needs a model named explicitly.
+    source = group.add_mutually_exclusive_group(required=config_only)
+    source.add_argument("--model", help="base VLM: local folder or hub id (GlimpsePrune.from_pretrained)"
+                        + ("" if config_only else "; default: the embedded mini model (glimpse-shapes only)"))
     source.add_argument("--tiny", action="store_true",
                         help="the tiny offline random Qwen2.5-VL with fresh (untrained) modules: mechanics only")
     if config_only:
@@ -72,6 +74,8 @@ def load_model(args):
         from .bench import build_tiny
 
         return build_tiny(device, seed=args.seed), f"tiny:seed{args.seed}"
+    if not args.model:
+        return _load_mini(args, device)
     gp = GlimpsePrune.from_pretrained(
         args.model, args.glimpse, init_glimpse=args.init_glimpse, dtype=_dtype(args.dtype), device=device,
         attn_implementation=args.attn_implementation, adapter=args.adapter,
@@ -80,6 +84,24 @@ def load_model(args):
     if args.init_glimpse and not args.glimpse:
         model_id += f"|init_glimpse:seed{args.seed}"
     return gp, model_id
+
+
+def _load_mini(args, device):
+    """The embedded mini model (its own GlimpsePrune modules unless --glimpse), with an id that changes whenever the
+    shipped weights do, so a resumed run never mixes answers of two different mini models."""
+    import hashlib
+
+    from ..assets import MINI_DIR
+    from ..model import GlimpsePrune
+
+    base = MINI_DIR / "base"
+    if not (base / "config.json").is_file():
+        raise SystemExit("no embedded mini model in this install (glimpseprune/assets/mini): pass --model or --tiny")
+    glimpse = args.glimpse or MINI_DIR / "glimpse"
+    gp = GlimpsePrune.from_pretrained(base, glimpse, dtype=_dtype(args.dtype), device=device,
+                                      attn_implementation=args.attn_implementation, adapter=args.adapter)
+    digest = hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()[:12]
+    return gp, f"mini:{digest}|glimpse={args.glimpse or 'embedded'}|adapter={args.adapter}|dtype={args.dtype}"
 
 
 def _csv_list(text: str, cast=str) -> list:

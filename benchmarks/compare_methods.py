@@ -263,7 +263,6 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
     from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, references_for
     from glimpseprune.eval.scorers import exact_match
     from glimpseprune.methods import get_method
-    from glimpseprune.methods.budget import schedule_retention
     from glimpseprune.processing import build_inputs
 
     kept_cap = budget[1] if isinstance(budget, tuple) else None  # ("kept", cap): the paper's placement of GlimpsePrune
@@ -302,7 +301,7 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
             stages_seen = [layer for layer, _ in state.stages]
             n_text = int(inputs["attention_mask"][b].sum()) - sample.total
             if sample.total:
-                retention.append(schedule_retention([(lay, k / sample.total) for lay, k in stages], state.num_layers))
+                retention.append(state.sample_retention(b))
             kept_ratio.append(sample.ratio)
             n_in.append(sample.total)
             n_out.append(sample.kept)

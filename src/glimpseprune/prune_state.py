@@ -83,20 +83,23 @@ class PruneState:
 
     @property
     def layer_averaged_retention(self) -> float:
-        """Mean over all decoder layers of the fraction of visual tokens present (the baselines' axis).
+        """Mean over all decoder layers of the fraction of visual tokens present (the baselines' axis), batch-wide.
 
         Multi-stage methods contribute each stage's kept count from its cut layer on.
         """
-        total = sum(self.total)
-        if not self.stages or not total:
+        return self._retention(sum(self.total), [(cut, sum(kept)) for cut, kept in self.stages])
+
+    def sample_retention(self, b: int) -> float:
+        """Layer-averaged retention of sample ``b`` alone, over every cut stage (FastV: one; PyramidDrop, VScan:
+        several; GlimpsePrune: the cut at K)."""
+        return self._retention(self.samples[b].total, [(cut, kept[b]) for cut, kept in self.stages])
+
+    def _retention(self, total: int, stages: list[tuple[int, int]]) -> float:
+        from .eval.flops import layer_averaged_retention_schedule
+
+        if not stages or not total:
             return 1.0
-        present, layer = 0.0, 0
-        fraction = 1.0
-        for cut, kept in self.stages:
-            present += (cut - layer) * fraction
-            layer, fraction = cut, sum(kept) / total
-        present += (self.num_layers - layer) * fraction
-        return present / self.num_layers
+        return layer_averaged_retention_schedule([(cut, kept / total) for cut, kept in stages], self.num_layers)
 
     def to_dict(self) -> dict:
         return {

@@ -195,8 +195,39 @@ def test_parse_budget():
     assert parse_budget("0.1") == Budget(0.1, None)
     assert parse_budget("r=0.2,t=0.3") == Budget(0.2, 0.3)
     assert parse_budget("t=0.4").tag == "t0.4"
+    assert parse_budget("l=0.111") == Budget(retention=0.111) and parse_budget("l=0.111").tag == "l0.111"
     with pytest.raises(ValueError):
         parse_budget("q=1")
+    with pytest.raises(ValueError, match="not both"):
+        parse_budget("r=0.1,l=0.2")
+
+
+def test_layer_averaged_budgets_hit_their_retention(gp, tmp_path):
+    """l=...: baselines and GlimpsePrune both land on the asked layer-averaged retention (both axes, issue 7)."""
+    data = write_dataset(tmp_path / "data", ["x"] * 5)
+    L, K = gp.adapter.num_layers, gp.config.prune_layer
+    target = (K + (L - K) * 0.5) / L  # GlimpsePrune keeping half after K
+    # For GlimpsePrune the budget is a cap after K (its threshold may keep fewer); threshold 0 keeps the whole cap.
+    rows = run_evaluation(gp, config(tmp_path, data, methods=["random", "glimpse"], budgets=[Budget(retention=target)],
+                                     max_new_tokens=1)).rows
+    rows += run_evaluation(gp, config(tmp_path, data, methods=["glimpse"], max_new_tokens=1,
+                                      budgets=[Budget(retention=target, threshold=0.0)])).rows
+    units = {}
+    for r in rows:
+        units.setdefault((r["method"], r["budget"]), []).append(r)
+    assert sorted(units) == [("glimpse", f"l{target:g}"), ("glimpse", f"l{target:g}_t0"), ("random", f"l{target:g}")]
+    exact = units[("random", f"l{target:g}")] + units[("glimpse", f"l{target:g}_t0")]
+    for r in exact:  # 16 visual tokens per image: whole tokens are within 1/16 of the asked retention
+        assert abs(r["layer_averaged_retention"] - target) <= 1 / 16 + 1e-9, r
+    for r in units[("glimpse", f"l{target:g}")]:
+        assert K / L <= r["layer_averaged_retention"] <= target + 1e-9 and r["kept_ratio"] <= 0.5 + 1e-9
+    # Below K/L GlimpsePrune cannot go: refused before any work, naming the floor.
+    with pytest.raises(ValueError, match="unreachable|at least|floor"):
+        run_evaluation(gp, config(tmp_path, data, methods=["glimpse"], budgets=[Budget(retention=0.5 * K / L)],
+                                  output_dir=str(tmp_path / "out2")))
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").rglob("*.jsonl"))
+    with pytest.raises(ValueError, match="threshold"):  # a baseline has no threshold to set
+        run_evaluation(gp, config(tmp_path, data, methods=["random"], budgets=[Budget(retention=0.5, threshold=0.1)]))
 
 
 def test_none_runs_once_whatever_the_budgets(gp, tmp_path):
@@ -237,3 +268,14 @@ def test_cli_eval_defaults_to_the_embedded_mini_model(tmp_path, capsys):
         assert row["answer"] == mini.answer([image], rec["question"], max_new_tokens=4)[0]
     assert cli_main(args) == 0  # same weights, same id: everything resumes
     assert "0 new, 8 resumed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["pyramiddrop", "vscan"])
+def test_multi_stage_rows_count_every_cut(gp, tmp_path, method):
+    """A multi-stage baseline's per-sample retention counts all its stages (it used to be taken as one cut)."""
+    data = write_dataset(tmp_path / "data", ["x"] * 5)
+    result = run_evaluation(gp, config(tmp_path, data, methods=[method], budgets=[Budget(retention=0.6)],
+                                       max_new_tokens=1))
+    for r in result.rows:  # 16 visual tokens: whole tokens put each stage within 1/16 of its share
+        assert abs(r["layer_averaged_retention"] - 0.6) <= 1 / 16 + 1e-9, r
+        assert r["kept_ratio"] < r["layer_averaged_retention"]  # the last stage keeps less than the average

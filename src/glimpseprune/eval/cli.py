@@ -128,7 +128,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--methods", default="glimpse", help="comma-separated methods: glimpse, none, baselines")
     run.add_argument("--budgets", default="default",
-                     help="semicolon-separated budgets: 'default', '0.1' (keep-ratio cap), 'r=0.1,t=0.3'")
+                     help="semicolon-separated budgets: 'default', '0.1' (keep-ratio cap after the cut), 'r=0.1,t=0.3', "
+                          "'l=0.111' (layer-averaged retention: the baselines' fair axis; GlimpsePrune gets the cap "
+                          "that reaches it after layer K)")
     run.add_argument("--max-keep-ratio", type=float, default=None, help="shorthand for a single budget r=...")
     run.add_argument("--threshold", type=float, default=None, help="shorthand for a single budget t=...")
     run.add_argument("--prune-layer", type=int, default=None, help="override K")

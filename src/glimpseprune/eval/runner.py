@@ -30,7 +30,6 @@ from pathlib import Path
 
 from ..data.masks import boxes_to_grid_mask, mask_metrics, normalize_boxes
 from ..data.records import Record, load_records
-from .flops import layer_averaged_retention
 from .scorers import get_scorer
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
@@ -39,16 +38,28 @@ RUNNER_VERSION = 1  # bump when the per-sample record format changes: old files 
 
 @dataclass(frozen=True)
 class Budget:
-    """Per-call keep-policy overrides. ``None`` means "the model's config default"."""
+    """Per-call keep-policy overrides. ``None`` means "the model's config default".
+
+    ``max_keep_ratio`` caps the share kept after the (last) cut; ``retention`` instead asks for a layer-averaged
+    retention (the FastV / PyramidDrop / VScan axis, method.md §15.1): baselines take it directly, GlimpsePrune gets
+    the kept cap that reaches it after its layer K (an error when K/L already exceeds it).
+    """
 
     max_keep_ratio: float | None = None
     threshold: float | None = None
+    retention: float | None = None
+
+    def __post_init__(self):
+        if self.retention is not None and self.max_keep_ratio is not None:
+            raise ValueError("a budget is a kept ratio (r=) or a layer-averaged retention (l=), not both")
 
     @property
     def tag(self) -> str:
         parts = []
         if self.max_keep_ratio is not None:
             parts.append(f"r{self.max_keep_ratio:g}")
+        if self.retention is not None:
+            parts.append(f"l{self.retention:g}")
         if self.threshold is not None:
             parts.append(f"t{self.threshold:g}")
         return "_".join(parts) or "default"
@@ -63,11 +74,12 @@ class Budget:
 
 
 def parse_budget(text: str) -> Budget:
-    """``"0.1"`` (a keep-ratio cap), ``"r=0.1"``, ``"t=0.3"``, ``"r=0.1,t=0.3"`` or ``"default"``."""
+    """``"0.1"`` (a keep-ratio cap), ``"r=0.1"``, ``"t=0.3"``, ``"r=0.1,t=0.3"``, ``"l=0.111"`` (layer-averaged
+    retention) or ``"default"``."""
     text = text.strip()
     if text in ("", "default"):
         return Budget()
-    ratio = threshold = None
+    ratio = threshold = retention = None
     for part in text.split(","):
         key, _, value = part.partition("=")
         if not value:
@@ -81,9 +93,32 @@ def parse_budget(text: str) -> Budget:
             ratio = number
         elif key in ("t", "threshold"):
             threshold = number
+        elif key in ("l", "retention"):
+            retention = number
         else:
-            raise ValueError(f"bad budget {text!r}: unknown key {key!r} (use r=<max keep ratio>, t=<threshold>)")
-    return Budget(ratio, threshold)
+            raise ValueError(f"bad budget {text!r}: unknown key {key!r} (use r=<max keep ratio>, t=<threshold>, "
+                             f"l=<layer-averaged retention>)")
+    try:
+        return Budget(ratio, threshold, retention)
+    except ValueError as err:
+        raise ValueError(f"bad budget {text!r}: {err}") from None
+
+
+def resolve_method(model, method: str, budget: Budget, prune_layer: int | None = None):
+    """The :class:`~glimpseprune.methods.PruneMethod` (or None for ``none``) that one (method, budget) unit runs."""
+    if budget.retention is None:
+        return model.method(method, prune_layer=prune_layer, **budget.kwargs())
+    if method in ("none", None):
+        return None
+    if method == "glimpse":
+        from ..methods.budget import kept_ratio_for_retention
+
+        if model.config is None:
+            raise ValueError("no GlimpsePrune modules loaded: method 'glimpse' needs them")
+        layer = prune_layer if prune_layer is not None else model.config.prune_layer
+        cap = kept_ratio_for_retention(budget.retention, layer, model.adapter.num_layers)
+        return model.method("glimpse", prune_layer=prune_layer, max_keep_ratio=cap, **budget.kwargs())
+    return model.method(method, prune_layer=prune_layer, retention=budget.retention, **budget.kwargs())
 
 
 JUDGE_SCORER = "judge"
@@ -311,10 +346,9 @@ def evaluate_batch(model, records: list[Record], method: str, budget: Budget, co
 
     questions = [r.question + ("\n" + SHORT_ANSWER_PROMPT if config.short_answer else "") for r in records]
     inputs = build_inputs(model.processor, questions, [[r.image] for r in records])
-    kwargs = dict(budget.kwargs())
-    if config.prune_layer is not None:
-        kwargs["prune_layer"] = config.prune_layer
-    out = model.generate(**inputs, method=method, max_new_tokens=config.max_new_tokens, **kwargs)
+    prune_method = resolve_method(model, method, budget, config.prune_layer)
+    out = model.generate(**inputs, method=prune_method if prune_method is not None else "none",
+                         max_new_tokens=config.max_new_tokens)
     texts = model.processor.batch_decode(out.generated, skip_special_tokens=True)
     eos = model.model.generation_config.eos_token_id
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
@@ -325,10 +359,7 @@ def evaluate_batch(model, records: list[Record], method: str, budget: Budget, co
         sample = state.samples[b]
         prediction = text.strip()
         refs = references_for(record)
-        if state.prune_layer is None:
-            retention = 1.0
-        else:
-            retention = layer_averaged_retention(sample.ratio, state.prune_layer, state.num_layers)
+        retention = state.sample_retention(b)  # every cut stage, so multi-stage baselines are counted right
         rows.append({
             "id": record.id,
             "dataset": record.dataset or dataset,
@@ -431,8 +462,9 @@ def summary_markdown(summary: dict) -> str:
                 _fmt(t["prefill_seconds"], 4), _fmt(t["decode_seconds"], 4),
             ]) + " |")
     lines.append("")
-    lines.append("Average = unweighted mean over datasets. kept = kept visual tokens / visual tokens after layer K; "
-                 "layer-avg ret. = mean over all layers of the visual tokens present (method.md §15.1). "
+    lines.append("Average = unweighted mean over datasets. kept = visual tokens kept after the last cut / visual "
+                 "tokens; layer-avg ret. = mean over all layers of the visual tokens present, every cut stage "
+                 "counted (method.md §15.1). "
                  "Times are per-sample shares of the batch's prefill/decode.")
     judge = summary.get("judge")
     if judge:
@@ -473,9 +505,9 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
     if model.processor is None:
         raise ValueError("the model has no processor; evaluation needs one to build inputs")
     scorers, judge = build_scorers(config)
-    for method in config.methods:  # fail on unknown names / missing modules before any work
+    for method in config.methods:  # fail on unknown names, missing modules, unreachable budgets before any work
         for budget in config.budgets:
-            model.method(method, prune_layer=config.prune_layer, **budget.kwargs())
+            resolve_method(model, method, budget, config.prune_layer)
 
     loaded = {}
     for spec in config.datasets:

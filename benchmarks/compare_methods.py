@@ -260,26 +260,19 @@ def run_resize_unit(gp, records, budget: float, args) -> dict:
 
 
 def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict:
-    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, references_for
+    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, Budget, references_for, resolve_method
     from glimpseprune.eval.scorers import exact_match
-    from glimpseprune.methods import get_method
     from glimpseprune.processing import build_inputs
 
     kept_cap = budget[1] if isinstance(budget, tuple) else None  # ("kept", cap): the paper's placement of GlimpsePrune
     label = "unbounded" if budget is None else f"kept<={kept_cap:g}" if kept_cap is not None else f"{budget:g}"
     row = {"method": method_name, "budget": label, "options": options}
+    # Unbounded (a cap of 1.0 keeps whatever the threshold keeps, overriding any cap in the modules' config), a cap
+    # after the cut, or a layer-averaged retention (the fair axis).
+    unit_budget = Budget(max_keep_ratio=1.0) if budget is None else Budget(max_keep_ratio=kept_cap) \
+        if kept_cap is not None else Budget(retention=budget)
     try:
-        if method_name == "none":
-            method = None
-        elif method_name == "glimpse":  # unbounded (no cap), capped after layer K, or capped to a layer-averaged budget
-            cap = kept_cap
-            if budget is not None and kept_cap is None:
-                from glimpseprune.methods.budget import kept_ratio_for_retention
-
-                cap = kept_ratio_for_retention(budget, gp.config.prune_layer, gp.adapter.num_layers)
-            method = gp.method("glimpse", max_keep_ratio=cap, **options)
-        else:
-            method = get_method(method_name, gp, retention=budget, **options)
+        method = resolve_method(gp, method_name, unit_budget, **options)
     except ValueError as err:
         row["skipped"] = str(err)
         return row

@@ -104,10 +104,11 @@ def parse_budget(text: str) -> Budget:
         raise ValueError(f"bad budget {text!r}: {err}") from None
 
 
-def resolve_method(model, method: str, budget: Budget, prune_layer: int | None = None):
-    """The :class:`~glimpseprune.methods.PruneMethod` (or None for ``none``) that one (method, budget) unit runs."""
+def resolve_method(model, method: str, budget: Budget, prune_layer: int | None = None, **options):
+    """The :class:`~glimpseprune.methods.PruneMethod` (or None for ``none``) that one (method, budget) unit runs;
+    ``options`` are the method's own keyword parameters."""
     if budget.retention is None:
-        return model.method(method, prune_layer=prune_layer, **budget.kwargs())
+        return model.method(method, prune_layer=prune_layer, **budget.kwargs(), **options)
     if method in ("none", None):
         return None
     if method == "glimpse":
@@ -117,8 +118,8 @@ def resolve_method(model, method: str, budget: Budget, prune_layer: int | None =
             raise ValueError("no GlimpsePrune modules loaded: method 'glimpse' needs them")
         layer = prune_layer if prune_layer is not None else model.config.prune_layer
         cap = kept_ratio_for_retention(budget.retention, layer, model.adapter.num_layers)
-        return model.method("glimpse", prune_layer=prune_layer, max_keep_ratio=cap, **budget.kwargs())
-    return model.method(method, prune_layer=prune_layer, retention=budget.retention, **budget.kwargs())
+        return model.method("glimpse", prune_layer=prune_layer, max_keep_ratio=cap, **budget.kwargs(), **options)
+    return model.method(method, prune_layer=prune_layer, retention=budget.retention, **budget.kwargs(), **options)
 
 
 JUDGE_SCORER = "judge"

@@ -12,6 +12,15 @@ import torch
 class KeepPolicy:
     """``sigmoid(logit) > threshold``, capped at ``max_keep_ratio`` (top-k), floored at ``min_keep``.
 
+    It works on keep *logits*, never on probabilities: a probability underflows to exactly 0 (or rounds to 1) far
+    from the boundary, and a top-k or threshold decision over tied zeros is arbitrary. The threshold is compared in
+    logit space (``logit > log(t / (1 - t))``), so ``threshold=0.0`` passes every finite logit and a top-k policy
+    (``threshold=0.0, max_keep_ratio=r``, what an exact-budget box-free run saves) keeps exactly its k.
+
+    The cap follows the reference rule: it triggers only when ``kept / N > max_keep_ratio`` and then keeps the top
+    ``int(max_keep_ratio * N)`` (both in floating point, so at 0.29 x 100 twenty-nine kept tokens stay, thirty
+    become twenty-eight).
+
     By default the decision is made per *sample* over all its images together (the reference behaviour, and what
     the published numbers use); ``per_image=True`` applies the cap and the floor to every image separately.
     """
@@ -34,30 +43,38 @@ class KeepPolicy:
             raise ValueError(f"min_keep must be a non-negative integer, got {m!r}")
         return self
 
-    def select_group(self, probs: torch.Tensor) -> torch.Tensor:
-        """Keep mask for one group of tokens (a sample, or one image with ``per_image``)."""
-        n = probs.numel()
-        keep = probs > self.threshold
-        if self.max_keep_ratio is not None:
-            cap = math.floor(self.max_keep_ratio * n)
-            if int(keep.sum()) > cap:
-                keep = _top_k_mask(probs, cap)
+    def logit_threshold(self) -> float:
+        """The threshold in logit space: ``sigmoid(z) > t`` exactly when ``z > log(t / (1 - t))``."""
+        t = float(self.threshold)
+        if t <= 0.0:
+            return -math.inf
+        if t >= 1.0:
+            return math.inf
+        return math.log(t) - math.log1p(-t)
+
+    def select_group(self, logits: torch.Tensor) -> torch.Tensor:
+        """Keep mask for one group of tokens (a sample, or one image with ``per_image``), from keep logits."""
+        n = logits.numel()
+        keep = logits > self.logit_threshold()
+        if self.max_keep_ratio is not None and int(keep.sum()) / n > self.max_keep_ratio:
+            keep = _top_k_mask(logits, int(self.max_keep_ratio * n))
         floor = min(self.min_keep, n)
         if int(keep.sum()) < floor:
-            keep = keep | _top_k_mask(probs, floor)
+            keep = keep | _top_k_mask(logits, floor)
         return keep
 
-    def select(self, probs: torch.Tensor, image_sizes: list[int]) -> torch.Tensor:
-        """Keep mask over one sample's visual tokens; ``image_sizes`` splits them into images, in order."""
-        if sum(image_sizes) != probs.numel():
-            raise ValueError(f"image sizes {image_sizes} do not add up to {probs.numel()} visual tokens")
-        if probs.numel() == 0:
-            return torch.zeros(0, dtype=torch.bool, device=probs.device)
-        if torch.isnan(probs).any():
+    def select(self, logits: torch.Tensor, image_sizes: list[int]) -> torch.Tensor:
+        """Keep mask over one sample's visual tokens from their keep logits; ``image_sizes`` splits them into
+        images, in order."""
+        if sum(image_sizes) != logits.numel():
+            raise ValueError(f"image sizes {image_sizes} do not add up to {logits.numel()} visual tokens")
+        if logits.numel() == 0:
+            return torch.zeros(0, dtype=torch.bool, device=logits.device)
+        if torch.isnan(logits).any():
             raise FloatingPointError("importance scores contain NaN; refusing to prune on them")
         if not self.per_image:
-            return self.select_group(probs)
-        return torch.cat([self.select_group(p) for p in probs.split(image_sizes)])
+            return self.select_group(logits)
+        return torch.cat([self.select_group(z) for z in logits.split(image_sizes)])
 
 
 def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

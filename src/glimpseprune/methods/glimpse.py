@@ -31,10 +31,10 @@ class GlimpsePruneMethod(PruneMethod):
         return self.vip(rows, ctx.batch.vit_features, grids)
 
     def select(self, ctx: SelectContext) -> Selection:
-        probs = torch.sigmoid(self.logits(ctx))
-        per_sample = split_by_sample(probs, ctx.batch)
+        # The policy decides on logits (probabilities underflow); the scores handed on stay probabilities.
+        per_sample = split_by_sample(self.logits(ctx), ctx.batch)
         keep = [
-            self.policy.select(p, [im.num_tokens for im in images])
-            for p, images in zip(per_sample, ctx.batch.images)
+            self.policy.select(z, [im.num_tokens for im in images])
+            for z, images in zip(per_sample, ctx.batch.images)
         ]
-        return Selection(keep=keep, scores=per_sample)
+        return Selection(keep=keep, scores=[torch.sigmoid(z) for z in per_sample])

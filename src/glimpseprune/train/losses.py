@@ -54,9 +54,9 @@ def mask_stats(
 ) -> dict[str, float]:
     """Token-level precision / recall / F1 / IoU of the kept mask vs g, and the kept ratio; means over samples.
 
-    The kept mask is ``policy.select_group(p)`` when a :class:`~glimpseprune.policy.KeepPolicy` is given (what
-    inference with the saved modules would keep; an exact-budget box-free run saves a top-k policy, for which
-    "p > 0.5" says nothing), else ``p > threshold``. 0/0 convention as ``data.masks.mask_metrics``: both masks
+    The kept mask is ``policy.select_group(z)`` (it decides on logits) when a :class:`~glimpseprune.policy.KeepPolicy`
+    is given (what inference with the saved modules would keep; an exact-budget box-free run saves a top-k policy,
+    for which "p > 0.5" says nothing), else ``p > threshold``. 0/0 convention as ``data.masks.mask_metrics``: both masks
     empty is a perfect score, one empty is 0.
     """
     out = {"precision": [], "recall": [], "f1": [], "iou": [], "keep_ratio": []}
@@ -64,8 +64,7 @@ def mask_stats(
     for z, g in zip(per_sample_logits, targets):
         if z.numel() == 0:
             continue
-        probs = torch.sigmoid(z.float())
-        pred = policy.select_group(probs) if policy is not None else probs > threshold
+        pred = policy.select_group(z.float()) if policy is not None else torch.sigmoid(z.float()) > threshold
         out["keep_ratio"].append(pred.float().mean().item())
         if g is None:
             continue

@@ -19,6 +19,15 @@ the record dataset through ``GlimpsePrune.generate`` and writes
 ``kept<=0.111``): the paper's "≤ 11.1 %" placement, whose layer-averaged retention stays ≥ K/L because the first K
 layers see every token. Both retentions are in every row, so the two conventions are never mixed up.
 
+Equal placement (``--equal-placement``, default ``random,fastv,divprune,cdpruner``): after every GlimpsePrune row,
+each listed method's *selection* is applied at GlimpsePrune's cut layer K with GlimpsePrune's per-record kept
+counts (rows ``<method>@glimpse``, same budget label). ``random@glimpse`` is the same-K random control every
+GlimpsePrune accuracy is stated against (:func:`glimpseprune.methods.random.same_count_control`'s rule, seeded by
+``--seed``). FastV reads its attention row at K-1 as usual; DivPrune and CDPruner choose from the input embeddings
+exactly as they do at layer 0, and the cut is then made at K. VisionZip (its merged tokens are ViT-stage states),
+VScan and PyramidDrop (multi-stage schedules) have no single-cut placement and are refused with that reason. So
+the reader sees selection quality apart from placement: at equal placement only *which* tokens stay differs.
+
 FLOPs: LLM layers are summed with the sequence length present at each layer (text + visual tokens present), so
 multi-stage schedules are exact; GlimpsePrune uses :func:`~glimpseprune.eval.flops.prefill_flops` (glimpse, VIP).
 The baselines' own scoring (FastV/PDrop attention rows, DivPrune/CDPruner greedy selection, VisionZip/VScan ViT
@@ -259,30 +268,69 @@ def run_resize_unit(gp, records, budget: float, args) -> dict:
     return row
 
 
-def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict:
+# Methods whose selection can be placed at GlimpsePrune's K with a given count (see the module docstring).
+PLACEABLE = ("random", "fastv", "divprune", "cdpruner")
+
+
+def placed_method(gp, name: str, layer: int, counts: list[int], totals: list[int], options: dict, seed: int):
+    """``name``'s selection at cut layer ``layer`` keeping exactly ``counts`` (one per record of the batch)."""
+    from glimpseprune.methods import get_method
+
+    if name == "random":
+        return get_method("random", gp, prune_layer=layer, seed=seed, kept_counts=counts)
+    if name not in PLACEABLE:
+        raise ValueError(f"{name}: no single-cut placement at GlimpsePrune's K (only {', '.join(PLACEABLE)})")
+    if len(counts) != 1:
+        raise ValueError("equal placement of a baseline runs one record at a time")
+    # floor(((k + 0.5) / n) * n) == k: the baseline's own count rule lands on GlimpsePrune's count.
+    ratio = min(1.0, (counts[0] + 0.5) / totals[0])
+    if name == "fastv":
+        return get_method("fastv", gp, prune_layer=layer, ratio=ratio, **options)
+    method = get_method(name, gp, ratio=ratio, **options)
+    # DivPrune / CDPruner select from the input embeddings only; the same selection is cut at layer K instead of
+    # before the LLM (an attribute of this fresh instance; the method itself is unchanged).
+    method.prune_layer = layer
+    return method
+
+
+def run_unit(gp, records, method_name: str, budget, options: dict, args, placed_from: dict | None = None) -> dict:
     from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, Budget, references_for, resolve_method
     from glimpseprune.eval.scorers import exact_match
     from glimpseprune.processing import build_inputs
 
     kept_cap = budget[1] if isinstance(budget, tuple) else None  # ("kept", cap): the paper's placement of GlimpsePrune
     label = "unbounded" if budget is None else f"kept<={kept_cap:g}" if kept_cap is not None else f"{budget:g}"
+    if placed_from is not None:  # equal placement: GlimpsePrune's K and per-record kept counts
+        label = placed_from["budget"]
+        method_name = f"{method_name}@glimpse"
     row = {"method": method_name, "budget": label, "options": options}
     # Unbounded (a cap of 1.0 keeps whatever the threshold keeps, overriding any cap in the modules' config), a cap
     # after the cut, or a layer-averaged retention (the fair axis).
     unit_budget = Budget(max_keep_ratio=1.0) if budget is None else Budget(max_keep_ratio=kept_cap) \
         if kept_cap is not None else Budget(retention=budget)
+    base_name = method_name.split("@")[0]
     try:
-        method = resolve_method(gp, method_name, unit_budget, **options)
+        if placed_from is None:
+            method = resolve_method(gp, method_name, unit_budget, **options)
+        else:
+            method = None
+            layer = placed_from["cut_layers"][0]
+            placed_method(gp, base_name, layer, placed_from["kept_counts"][:1], placed_from["total_counts"][:1],
+                          options, args.seed)  # refuse an unplaceable method before any work
     except ValueError as err:
         row["skipped"] = str(err)
         return row
+    batch_size = args.batch_size if placed_from is None or base_name == "random" else 1
     scores, kept_ratio, retention, flops, n_in, n_out = [], [], [], [], [], []
     stages_seen = None
     start = time.perf_counter()
-    for i in range(0, len(records), args.batch_size):
-        chunk = records[i:i + args.batch_size]
+    for i in range(0, len(records), batch_size):
+        chunk = records[i:i + batch_size]
         questions = [r.question + ("\n" + SHORT_ANSWER_PROMPT if not args.free_form else "") for r in chunk]
         inputs = build_inputs(gp.processor, questions, [[r.image] for r in chunk])
+        if placed_from is not None:
+            method = placed_method(gp, base_name, layer, placed_from["kept_counts"][i:i + batch_size],
+                                   placed_from["total_counts"][i:i + batch_size], options, args.seed)
         out = gp.generate(**inputs, method=method if method is not None else "none",
                           max_new_tokens=args.max_new_tokens)
         texts = gp.processor.batch_decode(out.generated, skip_special_tokens=True)
@@ -309,10 +357,15 @@ def run_unit(gp, records, method_name: str, budget, options: dict, args) -> dict
         "layer_averaged_retention": mean(retention),
         "visual_tokens_in": mean(n_in),
         "visual_tokens_kept": mean(n_out),
+        "kept_counts": n_out,  # per record, in data order (equal placement reuses GlimpsePrune's)
+        "total_counts": n_in,
         "cut_layers": stages_seen,
         "seconds": time.perf_counter() - start,
         **{k: mean([f[k] for f in flops]) for k in flops[0]},
     })
+    if placed_from is not None:
+        row["counts_match"] = n_out == placed_from["kept_counts"]
+        row["placed_at"] = layer
     return row
 
 
@@ -404,6 +457,11 @@ def main(argv=None) -> int:
     parser.add_argument("--paired-against", default="glimpse:unbounded",
                         help="METHOD:BUDGET row every other row is compared with item by item (exact McNemar test), "
                              "e.g. glimpse:kept<=0.111 or none:unbounded")
+    parser.add_argument("--equal-placement", default=",".join(PLACEABLE),
+                        help="after every GlimpsePrune row, these methods' selection at GlimpsePrune's K with its "
+                             "per-record kept counts (rows METHOD@glimpse; random@glimpse is the same-K control); "
+                             "'' for none")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random@glimpse control")
     parser.add_argument("--no-full", action="store_true", help="skip the unpruned model")
     parser.add_argument("--option", action="append", default=[], help="method:key=value, e.g. fastv:prune_layer=1")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -440,6 +498,7 @@ def main(argv=None) -> int:
         except ValueError as err:
             raise SystemExit(str(err)) from None
     units += [(m, b) for m in methods for b in budgets]
+    placements = [m.strip() for m in args.equal_placement.split(",") if m.strip()]
     rows = []
     for name, budget in units:
         if name == "resize":
@@ -449,6 +508,12 @@ def main(argv=None) -> int:
         rows.append(row)
         shown = row.get("skipped") or f"acc {row['accuracy']:.3f}  retention {row['layer_averaged_retention']:.3f}"
         print(f"{name:12s} {row['budget']:>9s}  {shown}", file=sys.stderr)
+        if name == "glimpse" and "skipped" not in row and row["cut_layers"]:
+            for placed in placements:
+                prow = run_unit(gp, records, placed, budget, options.get(placed, {}), args, placed_from=row)
+                rows.append(prow)
+                shown = prow.get("skipped") or f"acc {prow['accuracy']:.3f}  counts match {prow['counts_match']}"
+                print(f"{prow['method']:12s} {prow['budget']:>9s}  {shown}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"title": args.title, "model": model_label, "data": args.data, "n_records": len(records), "budgets": budgets,

@@ -215,8 +215,10 @@ def test_layer_averaged_budgets_hit_their_retention(gp, tmp_path):
     units = {}
     for r in rows:
         units.setdefault((r["method"], r["budget"]), []).append(r)
-    assert sorted(units) == [("glimpse", f"l{target:g}"), ("glimpse", f"l{target:g}_t0"), ("random", f"l{target:g}")]
-    exact = units[("random", f"l{target:g}")] + units[("glimpse", f"l{target:g}_t0")]
+    assert sorted(units) == [("glimpse", f"l{target:g}"), ("glimpse", f"l{target:g}_t0"), ("random", f"l{target:g}"),
+                             ("random@glimpse", f"l{target:g}"), ("random@glimpse", f"l{target:g}_t0")]
+    exact = (units[("random", f"l{target:g}")] + units[("glimpse", f"l{target:g}_t0")]
+             + units[("random@glimpse", f"l{target:g}_t0")])  # the same-K control keeps GlimpsePrune's counts
     for r in exact:  # 16 visual tokens per image: whole tokens are within 1/16 of the asked retention
         assert abs(r["layer_averaged_retention"] - target) <= 1 / 16 + 1e-9, r
     for r in units[("glimpse", f"l{target:g}")]:
@@ -235,10 +237,12 @@ def test_none_runs_once_whatever_the_budgets(gp, tmp_path):
     cfg = config(tmp_path, data, methods=["none", "glimpse"], budgets=[Budget(0.5, 0.0), Budget(0.25, 0.0)],
                  max_new_tokens=1)
     result = run_evaluation(gp, cfg)
-    assert sorted(result.files) == ["glimpse/r0.25_t0/toy", "glimpse/r0.5_t0/toy", "none/default/toy"]
-    assert result.new_samples == 15
+    assert sorted(result.files) == ["glimpse/r0.25_t0/toy", "glimpse/r0.5_t0/toy", "none/default/toy",
+                                    "random@glimpse/r0.25_t0/toy", "random@glimpse/r0.5_t0/toy"]
+    assert result.new_samples == 25  # none once; glimpse and its same-K control per budget
     kept = {(g["method"], g["budget"]): g["average"]["kept_ratio"] for g in result.summary["groups"]}
-    assert kept == {("none", "default"): 1.0, ("glimpse", "r0.5_t0"): 0.5, ("glimpse", "r0.25_t0"): 0.25}
+    assert kept == {("none", "default"): 1.0, ("glimpse", "r0.5_t0"): 0.5, ("glimpse", "r0.25_t0"): 0.25,
+                    ("random@glimpse", "r0.5_t0"): 0.5, ("random@glimpse", "r0.25_t0"): 0.25}
 
 
 def test_cli_eval_defaults_to_the_embedded_mini_model(tmp_path, capsys):
@@ -255,7 +259,9 @@ def test_cli_eval_defaults_to_the_embedded_mini_model(tmp_path, capsys):
     args = ["eval", "--data", str(tmp_path / "shapes" / "test.jsonl"), "--methods", "none,glimpse", "--device",
             "cpu", "--max-new-tokens", "4", "--no-progress", "--output", str(out)]
     assert cli_main(args) == 0
-    assert "8 new, 0 resumed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "12 new, 0 resumed" in printed  # none, glimpse and its same-K random control on 4 items
+    assert "Same-K control" in printed
     (summary_file,) = out.glob("summary-*.json")
     summary = json.loads(summary_file.read_text())
     assert summary["config"]["model_id"].startswith("mini:")
@@ -267,7 +273,9 @@ def test_cli_eval_defaults_to_the_embedded_mini_model(tmp_path, capsys):
         image = load_image(tmp_path / "shapes" / rec["image"])
         assert row["answer"] == mini.answer([image], rec["question"], max_new_tokens=4)[0]
     assert cli_main(args) == 0  # same weights, same id: everything resumes
-    assert "0 new, 8 resumed" in capsys.readouterr().out
+    assert "0 new, 12 resumed" in capsys.readouterr().out
+    assert cli_main(args + ["--no-same-k-control", "--output", str(tmp_path / "off")]) == 0
+    assert "8 new, 0 resumed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("method", ["pyramiddrop", "vscan"])
@@ -279,3 +287,33 @@ def test_multi_stage_rows_count_every_cut(gp, tmp_path, method):
     for r in result.rows:  # 16 visual tokens: whole tokens put each stage within 1/16 of its share
         assert abs(r["layer_averaged_retention"] - 0.6) <= 1 / 16 + 1e-9, r
         assert r["kept_ratio"] < r["layer_averaged_retention"]  # the last stage keeps less than the average
+
+
+def test_same_k_control_follows_glimpse_with_its_exact_counts(gp, tmp_path):
+    data = write_dataset(tmp_path / "data", ["a"] * 5)
+    # threshold 0.45 on fresh modules: kept counts differ from record to record
+    cfg = config(tmp_path, data, methods=["none", "glimpse"], budgets=[Budget(threshold=0.45)], batch_size=2)
+    result = run_evaluation(gp, cfg)
+    glimpse = {r["id"]: r for r in result.rows if r["method"] == "glimpse"}
+    control = {r["id"]: r for r in result.rows if r["method"] == "random@glimpse"}
+    assert sorted(control) == sorted(glimpse) == [f"s{i}" for i in range(5)]
+    for i, row in control.items():
+        assert row["visual_tokens_kept"] == glimpse[i]["visual_tokens_kept"]
+        assert row["prune_layer"] == glimpse[i]["prune_layer"] == gp.config.prune_layer
+        assert row["layer_averaged_retention"] == pytest.approx(glimpse[i]["layer_averaged_retention"])
+    (entry,) = result.summary["controls"]
+    assert entry["kept_counts_match"] and entry["n"] == 5 and entry["budget"] == "t0.45"
+    em = entry["scores"]["exact_match"]
+    g = [glimpse[f"s{i}"]["scores"]["exact_match"] for i in range(5)]
+    c = [control[f"s{i}"]["scores"]["exact_match"] for i in range(5)]
+    assert em["glimpse"] == pytest.approx(sum(g) / 5) and em["margin"] == pytest.approx((sum(g) - sum(c)) / 5)
+    assert em["paired"]["a_only"] == sum(1 for a, b in zip(g, c) if a and not b)
+    md = result.summary_md.read_text()
+    assert "Same-K control" in md and "| random@glimpse | t0.45 | toy | 5 |" in md
+    # resumes like any unit; a changed GlimpsePrune unit (other budget) gets its own control file
+    assert run_evaluation(gp, cfg).new_samples == 0
+    other = run_evaluation(gp, config(tmp_path, data, methods=["glimpse"], budgets=[Budget(threshold=0.4)]))
+    assert other.files["random@glimpse/t0.4/toy"] != result.files["random@glimpse/t0.45/toy"]
+    # and it can be switched off
+    off = run_evaluation(gp, config(tmp_path / "off", data, methods=["glimpse"], same_k_control=False))
+    assert {r["method"] for r in off.rows} == {"glimpse"} and off.summary["controls"] == []

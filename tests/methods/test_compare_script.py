@@ -18,7 +18,7 @@ def test_compare_methods_smoke(tmp_path):
     out = tmp_path / "out"
     assert main(["--data", str(tmp_path / "data" / "test.jsonl"), "--methods", "random,fastv", "--budgets",
                  "0.111,0.6", "--batch-size", "2", "--max-new-tokens", "2", "--out", str(out), "--device", "cpu",
-                 "--title", "SMOKE"]) == 0
+                 "--title", "SMOKE", "--equal-placement", ""]) == 0
     result = json.loads((out / "compare.json").read_text())
     rows = {(r["method"], r["budget"]): r for r in result["rows"]}
     assert rows[("none", "unbounded")]["layer_averaged_retention"] == 1.0
@@ -78,7 +78,7 @@ def test_glimpse_kept_caps_place_glimpseprune_by_its_kept_ratio(tmp_path):
     data = str(tmp_path / "data" / "test.jsonl")
     assert main(["--data", data, "--methods", "random", "--budgets", "0.111", "--glimpse-kept-caps", "0.02",
                  "--batch-size", "4", "--max-new-tokens", "2", "--free-form", "--out", str(out),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--equal-placement", "random"]) == 0
     rows = {(r["method"], r["budget"]): r for r in json.loads((out / "compare.json").read_text())["rows"]}
     capped, free = rows[("glimpse", "kept<=0.02")], rows[("glimpse", "unbounded")]
     layers = capped["cut_layers"]
@@ -93,7 +93,7 @@ def test_glimpse_kept_caps_place_glimpseprune_by_its_kept_ratio(tmp_path):
     from glimpseprune.eval.stats import paired_exact_test
 
     t = paired_exact_test(free["scores"], rows[("random", "0.111")]["scores"])
-    random_line = next(line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| random"))
+    random_line = next(line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| random |"))
     assert random_line.endswith(f"| {t['a_only']} / {t['b_only']} (p={t['p_value']:.2g}) |")
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit, match="kept-caps"):
@@ -127,3 +127,32 @@ def test_choose_pixel_limit_picks_the_closest_count():
         return (h // 28) * (w // 28)
 
     assert all(abs(count(m) - 150) >= abs(c["tokens"] - 150) for m in range(1, 601))  # no limit gets closer
+
+
+def test_compare_methods_equal_placement(tmp_path):
+    """Baselines' selection at GlimpsePrune's K with its per-record kept counts; random@glimpse is the control."""
+    pytest.importorskip("PIL")
+    from glimpseprune.data.scenes import generate_benchmark
+
+    generate_benchmark(tmp_path / "data", 0, 0, 3, seed=1)
+    main = runpy.run_path(str(SCRIPT))["main"]
+    out = tmp_path / "out"
+    assert main(["--data", str(tmp_path / "data" / "test.jsonl"), "--methods", "random", "--budgets", "0.6",
+                 "--no-full", "--glimpse-kept-caps", "0.05", "--batch-size", "2", "--max-new-tokens", "2",
+                 "--equal-placement", "random,fastv,divprune,cdpruner,vscan", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    rows = {(r["method"], r["budget"]): r for r in result["rows"]}
+    for budget in ("unbounded", "kept<=0.05"):
+        glimpse = rows[("glimpse", budget)]
+        K = glimpse["cut_layers"][0]
+        for name in ("random", "fastv", "divprune", "cdpruner"):
+            row = rows[(f"{name}@glimpse", budget)]
+            assert row["counts_match"] and row["kept_counts"] == glimpse["kept_counts"], name
+            assert row["cut_layers"] == [K] and row["placed_at"] == K
+            assert row["layer_averaged_retention"] == pytest.approx(glimpse["layer_averaged_retention"])
+            assert len(row["scores"]) == 3
+        assert "no single-cut placement" in rows[("vscan@glimpse", budget)]["skipped"]
+    assert max(rows[("glimpse", "kept<=0.05")]["kept_counts"]) <= int(0.05 * 256)
+    table = (out / "compare.md").read_text()
+    assert "| random@glimpse | unbounded | 3 |" in table

@@ -134,6 +134,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-keep-ratio", type=float, default=None, help="shorthand for a single budget r=...")
     run.add_argument("--threshold", type=float, default=None, help="shorthand for a single budget t=...")
     run.add_argument("--prune-layer", type=int, default=None, help="override K")
+    run.add_argument("--no-same-k-control", action="store_true",
+                     help="skip the random@glimpse unit that follows every glimpse unit (random selection at "
+                          "GlimpsePrune's K with its per-sample kept counts, the control its accuracy is stated "
+                          "against)")
     run.add_argument("--scorers", default="exact_match", help="comma-separated: exact_match, relaxed_match, anls, "
                                                               "token_f1 (the --judge-* options add 'judge')")
     run.add_argument("--batch-size", type=int, default=1)
@@ -169,6 +173,7 @@ def eval_config_from_args(args, model_id: str):
         output_dir=args.output, model_id=model_id, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         short_answer=args.short_answer, root=args.image_root, seed=args.data_seed, limit=args.limit,
         prune_layer=args.prune_layer, progress=not args.no_progress, judge=judge_spec_from_args(args),
+        same_k_control=not getattr(args, "no_same_k_control", False),
     )
 
 

@@ -15,6 +15,13 @@ and the prefill/decode time of the sample's batch (divided by the batch size as 
 The summary is per (method, budget, dataset): n, mean score per scorer, mean kept ratio, mean layer-averaged
 retention, mean mask IoU over samples with boxes, and mean per-sample prefill/decode seconds; plus an "Average" row
 per (method, budget) that is the *unweighted* mean over datasets, as in the reference's tables.
+
+Same-K control (``EvalConfig.same_k_control``, on by default): every ``glimpse`` unit is followed by a
+``random@glimpse`` unit on the same records: random selection at GlimpsePrune's cut layer with the per-record kept
+counts GlimpsePrune's rows recorded (:func:`glimpseprune.methods.random.same_count_control`, seeded by
+``EvalConfig.seed``). Its run hash covers the GlimpsePrune unit's, so it is redone whenever those counts can
+change. The summary's ``controls`` list states GlimpsePrune's score as a margin over that control per (budget,
+dataset) with the exact paired test (:func:`glimpseprune.eval.stats.paired_exact_test`) on every 0/1 scorer.
 """
 
 from __future__ import annotations
@@ -123,6 +130,7 @@ def resolve_method(model, method: str, budget: Budget, prune_layer: int | None =
 
 
 JUDGE_SCORER = "judge"
+SAME_K_CONTROL = "random@glimpse"  # random at GlimpsePrune's K with GlimpsePrune's per-record kept counts
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,7 @@ class EvalConfig:
     progress: bool = True
     extra: dict = field(default_factory=dict)  # anything else that should enter the hash (e.g. glimpse config)
     judge: JudgeSpec | None = None  # adds the scorer "judge"; None: string scorers only
+    same_k_control: bool = True  # a random@glimpse unit after every glimpse unit (see the module docstring)
 
     @property
     def scorer_names(self) -> list[str]:
@@ -232,8 +241,12 @@ def dataset_name(spec: str) -> str:
     return _safe(parse_spec(spec).path.stem)
 
 
-def unit_path(config: EvalConfig, dataset_spec: str, method: str, budget: Budget) -> Path:
-    digest = config_hash(config.unit_key(dataset_spec, method, budget))
+def unit_path(config: EvalConfig, dataset_spec: str, method: str, budget: Budget,
+              control_of: str | None = None) -> Path:
+    key = config.unit_key(dataset_spec, method, budget)
+    if control_of is not None:  # a same-K control: its counts come from that GlimpsePrune unit
+        key = {**key, "control_of": control_of}
+    digest = config_hash(key)
     return Path(config.output_dir) / dataset_name(dataset_spec) / f"{_safe(method)}-{budget.tag}-{digest}.jsonl"
 
 
@@ -341,13 +354,29 @@ def build_scorers(config: EvalConfig):
     return scorers, judge
 
 
+def control_method(model, records: list[Record], reference_rows: dict[str, dict], seed: int):
+    """Random at the reference rows' cut layer with their per-record kept counts (the same-K control)."""
+    from ..methods import get_method
+
+    rows = [reference_rows[r.id] for r in records]
+    layers = {row["prune_layer"] for row in rows}
+    if len(layers) != 1 or None in layers:
+        raise ValueError(f"same-K control: the GlimpsePrune rows have cut layers {sorted(map(str, layers))}, "
+                         "expected one")
+    return get_method("random", model, prune_layer=layers.pop(), seed=seed,
+                      kept_counts=[row["visual_tokens_kept"] for row in rows])
+
+
 def evaluate_batch(model, records: list[Record], method: str, budget: Budget, config: EvalConfig, scorers: dict,
-                   dataset: str) -> list[dict]:
+                   dataset: str, reference_rows: dict[str, dict] | None = None) -> list[dict]:
     from ..processing import build_inputs
 
     questions = [r.question + ("\n" + SHORT_ANSWER_PROMPT if config.short_answer else "") for r in records]
     inputs = build_inputs(model.processor, questions, [[r.image] for r in records])
-    prune_method = resolve_method(model, method, budget, config.prune_layer)
+    if method == SAME_K_CONTROL:
+        prune_method = control_method(model, records, reference_rows, config.seed)
+    else:
+        prune_method = resolve_method(model, method, budget, config.prune_layer)
     out = model.generate(**inputs, method=prune_method if prune_method is not None else "none",
                          max_new_tokens=config.max_new_tokens)
     texts = model.processor.batch_decode(out.generated, skip_special_tokens=True)
@@ -440,6 +469,38 @@ def summarize(rows: list[dict], scorer_names: list[str]) -> dict:
     return {"scorers": scorer_names, "groups": out}
 
 
+def same_k_controls(rows: list[dict], scorer_names: list[str]) -> list[dict]:
+    """GlimpsePrune vs its same-K random control per (budget, dataset): means, margin and the paired exact test."""
+    from .stats import paired_exact_test
+
+    by_unit: dict[tuple[str, str, str], dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        if row["method"] in ("glimpse", SAME_K_CONTROL):
+            by_unit[(row["method"], row["budget"], row["task"])][str(row["id"])] = row
+    out = []
+    for (method, budget, task), glimpse in sorted(by_unit.items()):
+        control = by_unit.get((SAME_K_CONTROL, budget, task))
+        if method != "glimpse" or not control:
+            continue
+        ids = [i for i in glimpse if i in control]
+        entry = {"budget": budget, "dataset": task, "n": len(ids),
+                 "kept_counts_match": all(glimpse[i]["visual_tokens_kept"] == control[i]["visual_tokens_kept"]
+                                          for i in ids),
+                 "scores": {}}
+        for s in scorer_names:
+            a = [glimpse[i]["scores"].get(s) for i in ids]
+            b = [control[i]["scores"].get(s) for i in ids]
+            if not ids or any(v is None for v in a + b):
+                continue
+            stat = {"glimpse": sum(a) / len(a), "control": sum(b) / len(b)}
+            stat["margin"] = stat["glimpse"] - stat["control"]
+            if all(v in (0, 1) for v in a + b):
+                stat["paired"] = paired_exact_test(a, b)
+            entry["scores"][s] = stat
+        out.append(entry)
+    return out
+
+
 def _fmt(value, digits=3) -> str:
     if value is None:
         return "–"
@@ -467,6 +528,25 @@ def summary_markdown(summary: dict) -> str:
                  "tokens; layer-avg ret. = mean over all layers of the visual tokens present, every cut stage "
                  "counted (method.md §15.1). "
                  "Times are per-sample shares of the batch's prefill/decode.")
+    controls = summary.get("controls")
+    if controls:
+        lines.append("")
+        lines.append(f"Same-K control: GlimpsePrune vs {SAME_K_CONTROL} (random selection at GlimpsePrune's cut layer "
+                     "with its per-sample kept counts; paired exact test, items only GlimpsePrune / only the "
+                     "control got right):")
+        lines.append("")
+        lines.append("| budget | dataset | n | scorer | GlimpsePrune | same-K random | margin | only GP / only random "
+                     "| p |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for c in controls:
+            for name, stat in c["scores"].items():
+                paired = stat.get("paired")
+                lines.append("| " + " | ".join([
+                    c["budget"], c["dataset"], str(c["n"]), name, _fmt(stat["glimpse"]), _fmt(stat["control"]),
+                    f"{stat['margin']:+.3f}",
+                    f"{paired['a_only']} / {paired['b_only']}" if paired else "–",
+                    f"{paired['p_value']:.3g}" if paired else "–",
+                ]) + " |")
     judge = summary.get("judge")
     if judge:
         stats = judge["stats"]
@@ -522,7 +602,12 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
             raise ValueError(f"dataset {spec} has duplicate ids; resuming needs unique ids")
         loaded[spec] = (records, report)
 
-    units = [(m, b) for m in config.methods for b in budgets_for(m, config.budgets)]
+    units = []
+    for m in config.methods:
+        for b in budgets_for(m, config.budgets):
+            units.append((m, b))
+            if m == "glimpse" and config.same_k_control:
+                units.append((SAME_K_CONTROL, b))  # right after: it needs the GlimpsePrune rows' kept counts
     total = sum(len(r) for r, _ in loaded.values()) * len(units)
     bar = None
     if config.progress:
@@ -530,13 +615,21 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
 
         bar = tqdm(total=total, desc="eval", unit="sample")
     all_rows, files, new, skipped = [], {}, 0, 0
+    glimpse_units: dict[tuple[str, Budget], tuple[Path, dict]] = {}  # (spec, budget) -> (path, rows by id)
     try:
         for method, budget in units:
             for spec, (records, _) in loaded.items():
                 name = dataset_name(spec)
-                path = unit_path(config, spec, method, budget)
+                reference_rows = None
+                if method == SAME_K_CONTROL:
+                    _, reference_rows = glimpse_units[(spec, budget)]
+                    control_of = config_hash(config.unit_key(spec, "glimpse", budget))
+                    path = unit_path(config, spec, method, budget, control_of)
+                    key = {**config.unit_key(spec, method, budget), "control_of": control_of}
+                else:
+                    path = unit_path(config, spec, method, budget)
+                    key = config.unit_key(spec, method, budget)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                key = config.unit_key(spec, method, budget)
                 if judge is not None:
                     key = {**key, "judge_metadata": judge.metadata}  # + base URL, which is not hashed
                 path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
@@ -551,7 +644,8 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
                         fh.write("\n")  # a torn last line from a killed run stays on its own (ignored) line
                     for start in range(0, len(todo), config.batch_size):
                         chunk = todo[start : start + config.batch_size]
-                        for row in evaluate_batch(model, chunk, method, budget, config, scorers, name):
+                        for row in evaluate_batch(model, chunk, method, budget, config, scorers, name,
+                                                  reference_rows):
                             fh.write(json.dumps(row) + "\n")
                             done[row["id"]] = row
                         fh.flush()
@@ -560,11 +654,14 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
                             bar.update(len(chunk))
                 all_rows.extend(done[r.id] for r in records)
                 files[f"{method}/{budget.tag}/{name}"] = str(path)
+                if method == "glimpse":
+                    glimpse_units[(spec, budget)] = (path, {r.id: done[r.id] for r in records})
     finally:
         if bar is not None:
             bar.close()
 
     summary = summarize(all_rows, config.scorer_names)
+    summary["controls"] = same_k_controls(all_rows, config.scorer_names)
     summary["config"] = {"model_id": config.model_id, "methods": config.methods,
                          "budgets": [b.tag for b in config.budgets], "datasets": config.datasets,
                          "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}

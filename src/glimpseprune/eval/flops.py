@@ -233,8 +233,12 @@ def vip_flops(vip: VIPDims, image_token_counts: Sequence[int]) -> int:
     """The VIP over N = sum(image_token_counts) visual tokens; attention is block-diagonal, one block per image.
 
     Per VIP layer: condition projection 2·N·D_v·C; Q and K projections 2·N·(F+C)² each (they act on [x; condition]);
-    V and O projections 2·N·F² each; scores 2·N_img²·(F+C) and weighted sum 2·N_img²·F per image; gated MLP
+    V and O projections 2·N·F² each; scores 2·N_img²·(F+C) and weighted sum 2·N_img²·(F+C) per image; gated MLP
     F -> 2F (gate and up) -> F, i.e. 3·2·N·F·2F. Once: input projection 2·N·(S·H)·F and output head 2·N·F.
+
+    The weighted sum is counted at the Q/K width F+C, not F: ``modules/vip.py`` zero-pads V to the Q/K head width so
+    a fused attention kernel runs without an N×N map, and that kernel multiplies the padded columns too. This is
+    what the module executes (checked against ``torch.utils.flop_counter.FlopCounterMode`` in tests/modules).
     """
     counts = [int(c) for c in image_token_counts]
     n = sum(counts)
@@ -243,7 +247,7 @@ def vip_flops(vip: VIPDims, image_token_counts: Sequence[int]) -> int:
         2 * n * vip.vision_width * vip.cond_size
         + 2 * (2 * n * qk * qk)
         + 2 * (2 * n * f * f)
-        + sum(2 * c * c * qk + 2 * c * c * f for c in counts)
+        + sum(2 * c * c * qk + 2 * c * c * qk for c in counts)  # scores + weighted sum over V padded to F+C
         + 3 * 2 * n * f * (2 * f)
     )
     return vip.layers * per_layer + 2 * n * vip.input_width * f + 2 * n * f

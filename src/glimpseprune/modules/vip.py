@@ -5,6 +5,13 @@ token. Each layer is a pre-norm block: conditional self-attention (the condition
 over the image's merged grid) then a gated-SiLU MLP. A linear head after the last block gives one keep logit per
 token. Attention never crosses images. Images of equal token count are batched into one SDPA call with no mask,
 so no N×N mask is ever built and the fused attention kernels stay usable.
+
+The Q/K head width ((F+C)/H, 192 at the published size) is larger than the V head width (F/H, 64). SDPA's fused
+kernels (flash on CPU and CUDA, memory-efficient on CUDA) need equal widths; with unequal ones SDPA falls back to its
+math path, which materialises the H·N×N score and probability maps (gigabytes at the released 16,384-token limit).
+:func:`attention_padded_value` zero-pads V to the Q/K width and drops the padded output columns: the attention
+weights and the kept columns are mathematically unchanged, memory stays linear in N, and the weighted sum costs
+(F+C)/F times its unpadded FLOPs (counted so in ``eval/flops.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,20 @@ class GridRoPE2D(nn.Module):
         return angles.cos(), angles.sin()
 
 
+def attention_padded_value(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d_qk)·v for [B, H, n, d_qk] q/k and [B, H, n, d_v] v with d_v <= d_qk, through a fused kernel.
+
+    Zero columns in V only add zero columns to the output, and the scale stays 1/√d_qk (SDPA reads it from q), so
+    slicing them off returns exactly the unpadded attention, without the N×N map the math fallback would build.
+    """
+    pad = q.shape[-1] - v.shape[-1]
+    if pad < 0:
+        raise ValueError(f"V head width {v.shape[-1]} exceeds the Q/K head width {q.shape[-1]}")
+    if pad == 0:
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, F.pad(v, (0, pad)))[..., : v.shape[-1]]
+
+
 class ConditionalAttention(nn.Module):
     def __init__(self, size: int, cond_size: int, heads: int):
         super().__init__()
@@ -60,7 +81,7 @@ class ConditionalAttention(nn.Module):
         v = self.v_proj(x).view(b, n, self.heads, -1).transpose(1, 2)
         q = (q.float() * cos + rotate_half(q.float()) * sin).to(v.dtype)
         k = (k.float() * cos + rotate_half(k.float()) * sin).to(v.dtype)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention_padded_value(q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

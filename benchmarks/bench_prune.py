@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from glimpseprune.eval.bench import BenchConfig, MEMORY_NOTES, build_tiny, run_benchmark  # noqa: E402
+from glimpseprune.eval.bench import BenchConfig, build_tiny, run_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,18 +40,17 @@ def main(argv=None) -> int:
     gp = build_tiny(args.device)
     config = BenchConfig(batch_sizes=[1], keep_ratio=args.keep_ratio, threshold=0.0, new_tokens=args.new_tokens,
                          warmup=args.warmup, repeats=args.repeats, image_size=(args.image_size, args.image_size))
-    result = run_benchmark(gp, config)
+    result = run_benchmark(gp, config, source={"kind": "tiny", "device": args.device, "seed": 0})
     base, pruned = result.rows
     ratio = result.comparisons[0]["ratio"]
     env = result.environment
-    mem_kind = "cuda" if env["device"].startswith("cuda") else "cpu"
 
     def mib(v):
         return "n/a" if v is None else f"{v / 2**20:.3f} MiB"
 
     print(f"tiny Qwen2.5-VL ({gp.config.num_layers} layers, K={gp.config.prune_layer}), one "
           f"{args.image_size}x{args.image_size} image, {env['device_name']} {env['dtype']} attn={env['attn_implementation']}, "
-          f"{env['threads']} threads; medians of {args.repeats} after {args.warmup} warm-up")
+          f"{env['threads']} threads; medians of {args.repeats} interleaved repeats after {args.warmup} warm-up")
     print(f"visual tokens {base['n_visual']} -> kept {pruned['n_kept']} ({pruned['kept_ratio']:.1%} after K; "
           f"layer-averaged retention {pruned['layer_averaged_retention']:.1%})")
     header = f"{'':28}{'baseline':>14}{'glimpse':>14}{'ratio':>9}"
@@ -62,7 +61,8 @@ def main(argv=None) -> int:
         ("decode ms/token", "decode_ms_per_step", "{:.3f}"),
         ("KV length (tokens)", "kv_length", "{:.0f}"),
         ("KV bytes", "kv_bytes", "{:.0f}"),
-        ("peak memory increment", "peak_memory_increment_bytes", "mib"),
+        ("peak memory (LLM part)", "peak_memory_bytes", "mib"),
+        ("peak memory (with ViT)", "peak_memory_with_vit_bytes", "mib"),
         ("prefill GFLOPs", "prefill_flops", "gf"),
         ("prefill GFLOPs w/o ViT", "prefill_flops_without_vit", "gf"),
         ("decode GFLOPs", "decode_flops", "gf"),
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             return mib(v) if fmt == "mib" else (f"{v / 1e9:.4f}" if fmt == "gf" else fmt.format(v))
         r = ratio.get(key)
         print(f"{label:28}{cell(base[key]):>14}{cell(pruned[key]):>14}{('n/a' if r is None else f'{r:.3f}'):>9}")
-    print(f"peak memory: {MEMORY_NOTES[mem_kind]}")
+    print(f"peak memory: {base['memory_kind']}; load average {env['loadavg']}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

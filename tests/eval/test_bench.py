@@ -9,8 +9,13 @@ from PIL import Image
 import torch
 
 from glimpseprune.eval.bench import (
+    ARCH_CONFIGS,
     BenchConfig,
     accuracy_points,
+    arch_config,
+    peak_memory,
+    plot_title,
+    replicate_prefill,
     build_config_only,
     cache_bytes,
     format_table,
@@ -39,7 +44,7 @@ def test_bench_cli_tiny_writes_outputs(tmp_path, capsys):
                                                            "scores": {"exact_match": 0.6}}}]}))
     assert cli_main(["bench", "--tiny", "--batch-sizes", "1,2", "--new-tokens", "3", "--warmup", "1", "--repeats",
                      "2", "--image-size", "224x224", "--keep-ratio", "0.25", "--output", str(out),
-                     "--eval-summary", str(summary)]) == 0
+                     "--eval-summary", str(summary), "--memory", "off"]) == 0
     printed = capsys.readouterr().out
     assert "pruned / baseline, same run" in printed and "prefill ms" in printed
 
@@ -48,10 +53,15 @@ def test_bench_cli_tiny_writes_outputs(tmp_path, capsys):
                                                                    (2, "glimpse")]
     data = json.loads((out / "bench.json").read_text())
     assert len(data["rows"]) == 4 and len(data["comparisons"]) == 2
-    assert data["environment"]["device"] == "cpu" and "ru_maxrss" in data["memory_note"]
+    assert data["environment"]["device"] == "cpu"
     for r in data["rows"]:
         assert r["n_visual"] == 64 and r["new_tokens"] == 3 and r["decode_steps"] == 2
         assert r["prefill_ms"] > 0 and r["decode_ms_per_step"] > 0 and r["decode_tokens_per_s"] > 0
+        for key in ("prefill_ms", "ttft_ms", "decode_ms_per_step", "vit_ms"):
+            sp = r["spread"][key]
+            # median of 2 repeats (ViT: 3, the default --vit-repeats), with its range
+            assert sp["min"] <= sp["median"] <= sp["max"] and sp["n"] == (3 if key == "vit_ms" else 2)
+        assert r["peak_memory_bytes"] is None and r["memory_kind"] == "not measured"  # --memory off
         if r["method"] == "glimpse":
             assert r["n_kept"] == 16 and r["kept_ratio"] == 0.25  # floor(0.25 * 64), threshold 0
             K, L = r["prune_layer"], r["num_layers"]
@@ -107,6 +117,8 @@ def test_cache_bytes_counts_keys_and_values():
 def test_config_only_refuses_big_on_cpu_and_builds_tiny(tmp_path):
     with pytest.raises(RuntimeError, match="GPU timing"):
         build_config_only("qwen2.5-vl-7b", device="cpu")
+    with pytest.raises(RuntimeError, match="GPU timing"):
+        build_config_only("llava-hf/llava-1.5-13b-hf", device="cpu")
     with pytest.raises(ValueError, match="unknown"):
         build_config_only("nope", device="cpu")
     gp = build_config_only("tiny", device="cpu", dtype=torch.float32)
@@ -129,10 +141,134 @@ def test_full_size_dims_are_qwen2_5_vl_7b():
     from glimpseprune.eval.bench import ARCH_CONFIGS
     from glimpseprune.eval.flops import dims_from_hf_config
 
-    spec = ARCH_CONFIGS["qwen2.5-vl-7b"]
-    text = {k: v for k, v in spec["text"].items() if k not in ("rope_theta", "mrope_section")}
-    dims = dims_from_hf_config(Qwen2_5_VLConfig(text_config=text, vision_config=spec["vision"]))
+    label, spec = arch_config("Qwen/Qwen2.5-VL-7B-Instruct")  # hub ids resolve to the published sizes
+    assert label == "qwen2.5-vl-7b" and spec == ARCH_CONFIGS["qwen2.5-vl-7b"]
+    dims = dims_from_hf_config(Qwen2_5_VLConfig(text_config=spec["text_config"], vision_config=spec["vision_config"]))
     assert (dims.lm.hidden, dims.lm.layers, dims.lm.heads, dims.lm.kv_heads, dims.lm.ffn, dims.lm.vocab) == (
         3584, 28, 28, 4, 18944, 152064)
     assert dims.lm.layers * 2 * dims.lm.kv_heads * dims.lm.head_dim * 2 == 56 * 1024  # 56 KiB KV per token, bf16
     assert (dims.vision.depth, dims.vision.hidden, dims.vision.mlp) == (32, 1280, 3420)
+
+
+@pytest.mark.parametrize("name, family, layers, hidden, heads, kv_heads, vision_width", [
+    ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", 36, 2048, 16, 2, 1280),
+    ("qwen2.5-vl-32b", "qwen2_5_vl", 64, 5120, 40, 8, 1280),
+    ("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", 80, 8192, 64, 8, 1280),
+    ("Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 28, 1536, 12, 2, 1280),
+    ("qwen2-vl-7b", "qwen2_vl", 28, 3584, 28, 4, 1280),
+    ("llava-hf/llava-1.5-7b-hf", "llava", 32, 4096, 32, 32, 1024),
+    ("llava-1.5-13b", "llava", 40, 5120, 40, 40, 1024),
+    ("qwen2.5-vl-0.5b-cpu", "qwen2_5_vl", 24, 896, 14, 2, 1280),
+    ("qwen2.5-vl-1.5b-cpu", "qwen2_5_vl", 28, 1536, 12, 2, 1280),
+])
+def test_published_names_give_their_sizes(name, family, layers, hidden, heads, kv_heads, vision_width):
+    """Every published name builds a transformers config (no weights) with the released LLM and ViT sizes."""
+    from transformers import AutoConfig
+
+    from glimpseprune.eval.flops import dims_from_hf_config
+
+    _, spec = arch_config(name)
+    assert spec["model_type"] == family
+    rest = {k: v for k, v in spec.items() if k not in ("model_type",)}
+    dims = dims_from_hf_config(AutoConfig.for_model(family, **rest))
+    assert (dims.lm.layers, dims.lm.hidden, dims.lm.heads, dims.lm.kv_heads, dims.vision.hidden) == (
+        layers, hidden, heads, kv_heads, vision_width)
+
+
+def test_config_json_and_size_overrides(tmp_path):
+    label, spec = arch_config("qwen2.5-vl-0.5b-cpu", ["text.num_hidden_layers=2", "vision.depth=4",
+                                                      "vision_config.fullatt_block_indexes=[1,3]"])
+    assert spec["text_config"]["num_hidden_layers"] == 2 and spec["vision_config"]["fullatt_block_indexes"] == [1, 3]
+    assert label.startswith("qwen2.5-vl-0.5b-cpu[") and "text.num_hidden_layers=2" in label
+    assert ARCH_CONFIGS["qwen2.5-vl-0.5b-cpu"]["text_config"]["num_hidden_layers"] == 24  # the table is untouched
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        arch_config("tiny", ["text.hidden_size"])
+    with pytest.raises(ValueError, match="not a section"):
+        arch_config("tiny", ["nothing.hidden_size=3"])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(ARCH_CONFIGS["tiny"]))
+    gp = build_config_only(str(path), device="cpu", dtype=torch.float32, overrides=["text.num_hidden_layers=3"])
+    assert gp.model.config.text_config.num_hidden_layers == 3 and gp.config.num_layers == 3
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        arch_config(str(tmp_path / "bad.json"))
+    (tmp_path / "t5.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ValueError, match="model_type"):
+        arch_config(str(tmp_path / "t5.json"))
+
+
+def test_bench_cli_config_only_bad_name_is_one_line(capsys):
+    with pytest.raises(SystemExit, match="unknown --config-only architecture 'gpt-9'"):
+        cli_main(["bench", "--config-only", "gpt-9", "--device", "cpu"])
+
+
+def test_llava_and_qwen2_vl_config_only_run_shrunk(tmp_path):
+    """The LLaVA-1.5 and Qwen2-VL random-weight paths, shrunk by overrides so they run on CPU in a second."""
+    small_text = ["text.hidden_size=64", "text.intermediate_size=128", "text.num_hidden_layers=4",
+                  "text.num_attention_heads=4", "text.num_key_value_heads=2", "text.vocab_size=null"]
+    llava = build_config_only("llava-1.5-7b", device="cpu", dtype=torch.float32, force=True, overrides=small_text + [
+        "vision.hidden_size=64", "vision.intermediate_size=128", "vision.num_hidden_layers=4",
+        "vision.num_attention_heads=4", "vision.image_size=112"])
+    qwen2 = build_config_only("qwen2-vl-2b", device="cpu", dtype=torch.float32, force=True, overrides=small_text + [
+        "vision.embed_dim=64", "vision.num_heads=4", "vision.depth=4",
+        "text.rope_parameters={\"rope_type\": \"default\", \"rope_theta\": 10000.0, \"mrope_section\": [2, 3, 3]}"])
+    for gp, n_visual in ((llava, 64), (qwen2, 16)):
+        result = run_benchmark(gp, BenchConfig(batch_sizes=[1], new_tokens=2, warmup=0, repeats=1, vit_repeats=1,
+                                               image_size=(112, 112), keep_ratio=0.25, memory="off"))
+        base, pruned = result.rows
+        assert base["n_visual"] == n_visual and pruned["n_kept"] == n_visual // 4
+
+
+def test_kv_split_vit_reuse_and_load(gp, monkeypatch):
+    """KV bytes split into text and visual (the visual part shrinks exactly to the kept ratio, the total does not),
+    the ViT runs only vit_repeats (+1 warm-up) times per method, and the load average is recorded."""
+    calls = []
+    prepare = gp.adapter.prepare
+    monkeypatch.setattr(gp.adapter, "prepare", lambda *a, **k: calls.append(1) or prepare(*a, **k))
+    result = run_benchmark(gp, BenchConfig(batch_sizes=[1], new_tokens=2, warmup=1, repeats=3, vit_repeats=2,
+                                           image_size=(112, 112), keep_ratio=0.5, memory="off"))
+    assert len(calls) == 2 * (1 + 2)  # not once per prefill/decode repeat
+    base, pruned = result.rows
+    for r in (base, pruned):
+        assert r["kv_bytes_visual"] + r["kv_bytes_text"] == pytest.approx(r["kv_bytes"])  # batch 1: no padding
+        assert r["spread"]["prefill_ms"]["n"] == 3 and r["spread"]["vit_ms"]["n"] == 2
+        assert len(r["loadavg_before"]) == 3
+    ratio = result.comparisons[0]["ratio"]
+    assert ratio["kv_bytes_visual"] == pytest.approx(pruned["n_kept"] / base["n_visual"]) == pytest.approx(0.5)
+    assert ratio["kv_bytes"] > 0.5  # the text stays in the cache
+    assert pruned["vip_ms"] > 0 and base["vip_ms"] == 0.0 and 0 < pruned["vip_share_measured"] < 1
+    assert pruned["vip_flops_share"] == pytest.approx(pruned["vip_flops"] / pruned["prefill_flops_without_vit"])
+    assert gp.vip._forward_hooks == {} and gp.vip._forward_pre_hooks == {}  # the timing hooks are gone
+    title = plot_title(result, "latency")
+    assert "visual tokens" in title and "keep 0.5" in title and "cpu" in title and "min-max" in title
+
+
+def test_replicated_prefill_decodes_like_a_real_batch(gp):
+    """Decode on a batch-1 prefill replicated b times gives the same tokens as the prefill of b equal prompts."""
+    from glimpseprune.engine import GenerationParams, decode, prefill
+    from glimpseprune.eval.bench import _inputs
+
+    cfg = BenchConfig(image_size=(112, 112))
+    params = GenerationParams.resolve(gp.model.generation_config, max_new_tokens=4, min_new_tokens=4)
+    method = gp.method("glimpse", max_keep_ratio=0.5, threshold=0.0)
+    with torch.inference_mode():
+        one = gp.adapter.prepare(_inputs(gp, 1, cfg), method.vit_layers)
+        three = gp.adapter.prepare(_inputs(gp, 3, cfg), method.vit_layers)
+        replicated = replicate_prefill(prefill(gp.adapter, one, method), 3)
+        real = prefill(gp.adapter, three, method)
+        a = decode(gp.adapter, replicated, one.input_ids.repeat(3, 1), params).tokens
+        b = decode(gp.adapter, real, three.input_ids, params).tokens
+    assert a.shape == (3, 4) and torch.equal(a, b)
+
+
+def test_peak_memory_in_a_fresh_subprocess(gp):
+    """CPU peak memory comes from a subprocess per configuration that rebuilds the model; it holds at least the
+    configuration's own KV cache."""
+    cfg = BenchConfig(batch_sizes=[2], new_tokens=3, image_size=(224, 224), keep_ratio=0.25)
+    mem = peak_memory({"kind": "tiny", "seed": 0}, gp, "none", 2, cfg)
+    assert "clear_refs" in mem["memory_kind"] and "fresh process" in mem["memory_kind"]
+    row = run_benchmark(gp, BenchConfig(batch_sizes=[2], new_tokens=3, warmup=0, repeats=1, vit_repeats=1,
+                                        image_size=(224, 224), memory="off")).rows[0]
+    assert mem["peak_memory_with_vit_bytes"] >= mem["peak_memory_bytes"] >= row["kv_bytes"] > 0
+    no_source = peak_memory(None, gp, "none", 1, cfg)
+    assert no_source["peak_memory_bytes"] is None and "not measured" in no_source["memory_kind"]

@@ -3,29 +3,44 @@
 For every batch size and for both the unpruned baseline (method ``none``) and the chosen method it reports:
 
 * visual tokens at the LLM input and after the cut, both retentions (kept-after-K and layer-averaged, §15.1);
-* analytic prefill FLOPs with and without the ViT and decode FLOPs, from :mod:`glimpseprune.eval.flops` (per sample;
-  the numbers fed to the FLOPs model are in the output, so they can be re-derived);
-* measured times: ViT + embedding (``prepare``), LLM prefill (glimpse, VIP and the post-cut layers included, ViT
-  excluded: the reference's "prefill" convention), TTFT = both, each the median of ``repeats`` runs after
-  ``warmup`` runs with device synchronisation; decode ms/step and generated tokens/s over a fixed number of steps
-  (EOS is suppressed so both methods decode the same number of tokens);
-* KV-cache bytes right after prefill (sum over cache layers of keys + values ``nbytes``: physical, so a batch of
-  ragged pruned rows counts its left padding) and the mean valid KV length per row;
-* peak memory. On CUDA: ``torch.cuda.max_memory_allocated`` over the measured passes (reset first), also given
-  minus the memory allocated before (weights etc.). On CPU there is no allocator statistic: we report the growth of
-  the process's peak RSS (``ru_maxrss``) across the configuration. That is a *process-wide high-water mark*: it only
-  grows, so a configuration that needs less than an earlier one shows 0. Treat CPU memory figures as indicative only.
+* analytic prefill FLOPs with and without the ViT, the VIP's FLOPs and decode FLOPs, from
+  :mod:`glimpseprune.eval.flops` (per sample; the numbers fed to the FLOPs model are in the output);
+* measured times, each as the median with min and max over ``repeats`` passes after ``warmup`` passes, with device
+  synchronisation. The two methods' passes are **interleaved** (none, pruned, pruned, none, ...) so that a change in
+  machine load hits both alike and the ratios stay fair. Times: ViT + embedding (``vit_ms``: ``vit_repeats``
+  passes; the ViT features are then computed once and reused by every prefill/decode repeat), LLM prefill
+  (glimpse, VIP and the post-cut layers included, ViT excluded: the reference's "prefill" convention), TTFT = both,
+  the VIP alone inside the prefill (``vip_ms``, from forward hooks on the VIP module, next to its FLOP share),
+  decode ms/step and generated tokens/s over a fixed number of steps (EOS is suppressed so both methods decode the
+  same number of tokens);
+* KV-cache bytes right after prefill: physical (``kv_bytes``: keys + values ``nbytes`` of every cache layer, so a
+  batch of ragged pruned rows counts its left padding), and split into the visual tokens' and the text tokens'
+  share (``kv_bytes_visual`` / ``kv_bytes_text``): the text stays in the cache, so the with-text ratio is above the
+  kept ratio, the visual-only one equals it;
+* peak memory per configuration, measured cleanly (``memory="auto"``): on CUDA the allocator's peak
+  (``torch.cuda.reset_peak_memory_stats`` before one pass, ``max_memory_allocated`` after); on CPU one
+  **subprocess per configuration**, which loads the model, builds its inputs, returns freed heap to the system
+  (``malloc_trim``), resets the kernel's peak-RSS mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after one
+  pass. Two figures: ``peak_memory_bytes`` (LLM prefill + decode on ready ViT features) and
+  ``peak_memory_with_vit_bytes`` (the whole pass), both above the memory held before the pass (weights, inputs);
+* the machine's load average (``/proc/loadavg``) before and after every configuration.
 
-Models: a checkpoint (``GlimpsePrune.from_pretrained``), the tiny offline model, or a full-size architecture with
-random weights built from a config in :data:`ARCH_CONFIGS` (timing only, GPU only: its answers are noise).
+Models: a checkpoint (``GlimpsePrune.from_pretrained``), the tiny offline model, or an architecture with random
+weights (``--config-only``): any published name in :data:`ARCH_CONFIGS` (Qwen2.5-VL 3B/7B/32B/72B, Qwen2-VL
+2B/7B/72B, LLaVA-1.5 7B/13B, the CPU settings ``qwen2.5-vl-0.5b-cpu`` / ``qwen2.5-vl-1.5b-cpu``, ``tiny``), a
+transformers ``config.json`` of one of these families, and ``KEY=VALUE`` size overrides (``text.num_hidden_layers=4``).
+Random-weight answers are noise: they are for timing only.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import ctypes
 import json
-import resource
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,106 +50,217 @@ import torch
 
 from .flops import VIPDims, baseline_prefill_flops, decode_flops, dims_from_hf_config, prefill_flops
 
-# Full-size Qwen2.5-VL architectures (public config.json values), for random-weight timing runs.
+# ---- architectures ---------------------------------------------------------------------------------------------
+# Public config.json values of the released checkpoints (LLM and vision tower sizes only; token ids come from the
+# offline tokenizer, whose ids fit any of these vocabularies).
+
+_QWEN25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, fullatt_block_indexes=[7, 15, 23, 31],
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, in_chans=3)
+_QWEN2_VISION = dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, patch_size=14, spatial_merge_size=2,
+                     temporal_patch_size=2, in_chans=3)
+_CLIP_L_336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                   num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+
+
+def _qwen_text(hidden, ffn, layers, heads, kv_heads, vocab, theta=1000000.0):
+    return dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": [16, 24, 24]})
+
+
+def _qwen25(text, tie, vision=None):
+    vision = dict(vision or _QWEN25_VISION, out_hidden_size=text["hidden_size"])
+    return dict(model_type="qwen2_5_vl", text_config=text, vision_config=vision, tie_word_embeddings=tie)
+
+
+def _qwen2(text, tie):
+    return dict(model_type="qwen2_vl", text_config=text, vision_config=dict(_QWEN2_VISION, hidden_size=text["hidden_size"]),
+                tie_word_embeddings=tie)
+
+
+def _llava(hidden, ffn, layers, heads):
+    text = dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads, vocab_size=32064, max_position_embeddings=4096,
+                rms_norm_eps=1e-5)
+    return dict(model_type="llava", text_config=text, vision_config=dict(_CLIP_L_336), tie_word_embeddings=False,
+                vision_feature_select_strategy="default", vision_feature_layer=-2)
+
+
+# The CPU settings: the Qwen2.5 0.5B / 1.5B LLMs with a 4-block ViT of the released width (1280), so the VIP is
+# exactly the published-size one (F=256, C=512, 4 layers conditioned on 4 ViT blocks) while the ViT stays affordable
+# on a CPU. Its VIP conditions come from all four blocks (windowed blocks 0-2, full-attention block 3).
+_CPU_VISION = dict(_QWEN25_VISION, depth=4, fullatt_block_indexes=[3])
+CPU_GLIMPSE_OVERRIDES = {"qwen2.5-vl-0.5b-cpu": {"vip_visual_layers": [3, 2, 1, 0]},
+                         "qwen2.5-vl-1.5b-cpu": {"vip_visual_layers": [3, 2, 1, 0]}}
+
 ARCH_CONFIGS: dict[str, dict] = {
-    "qwen2.5-vl-7b": dict(
-        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                  num_key_value_heads=4, vocab_size=152064, max_position_embeddings=128000, rope_theta=1000000.0,
-                  mrope_section=[16, 24, 24], rms_norm_eps=1e-6),
-        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                    fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2,
-                    temporal_patch_size=2, window_size=112, in_chans=3),
-        tie_word_embeddings=False,
-    ),
-    "qwen2.5-vl-3b": dict(
-        text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, rope_theta=1000000.0,
-                  mrope_section=[16, 24, 24], rms_norm_eps=1e-6),
-        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                    fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2,
-                    temporal_patch_size=2, window_size=112, in_chans=3),
-        tie_word_embeddings=True,
-    ),
-    # The tiny test sizes, through the same code path (usable on CPU).
-    "tiny": dict(
-        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=None, max_position_embeddings=32768, rope_theta=10000.0,
-                  mrope_section=[2, 3, 3], rms_norm_eps=1e-6),
-        vision=dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                    fullatt_block_indexes=[1, 3], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                    window_size=112, in_chans=3),
-        tie_word_embeddings=True,
-    ),
+    "qwen2.5-vl-3b": _qwen25(_qwen_text(2048, 11008, 36, 16, 2, 151936), tie=True),
+    "qwen2.5-vl-7b": _qwen25(_qwen_text(3584, 18944, 28, 28, 4, 152064), tie=False),
+    "qwen2.5-vl-32b": _qwen25(_qwen_text(5120, 27648, 64, 40, 8, 152064), tie=False),
+    "qwen2.5-vl-72b": _qwen25(_qwen_text(8192, 29568, 80, 64, 8, 152064), tie=False),
+    "qwen2-vl-2b": _qwen2(_qwen_text(1536, 8960, 28, 12, 2, 151936), tie=True),
+    "qwen2-vl-7b": _qwen2(_qwen_text(3584, 18944, 28, 28, 4, 152064), tie=False),
+    "qwen2-vl-72b": _qwen2(_qwen_text(8192, 29568, 80, 64, 8, 152064), tie=False),
+    "llava-1.5-7b": _llava(4096, 11008, 32, 32),
+    "llava-1.5-13b": _llava(5120, 13824, 40, 40),
+    "qwen2.5-vl-0.5b-cpu": _qwen25(_qwen_text(896, 4864, 24, 14, 2, 151936), tie=True, vision=_CPU_VISION),
+    "qwen2.5-vl-1.5b-cpu": _qwen25(_qwen_text(1536, 8960, 28, 12, 2, 151936), tie=True, vision=_CPU_VISION),
+    # The tiny test sizes, through the same code path.
+    "tiny": _qwen25(dict(_qwen_text(64, 256, 4, 4, 2, None, theta=10000.0), max_position_embeddings=32768,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+                    tie=True, vision=dict(_QWEN25_VISION, depth=4, hidden_size=64, intermediate_size=128, num_heads=4,
+                                          fullatt_block_indexes=[1, 3])),
 }
-CPU_ARCHS = ("tiny",)
-
-MEMORY_NOTES = {
-    "cuda": "torch.cuda.max_memory_allocated over the measured passes (reset before); *_increment = minus the "
-            "memory allocated before the configuration (weights, inputs)",
-    "cpu": "growth of the process peak RSS (ru_maxrss) across the configuration (warm-up included): a monotonic process-wide "
-           "high-water mark, 0 when an earlier configuration already needed more; indicative only",
-}
+CPU_ARCHS = ("tiny", "qwen2.5-vl-0.5b-cpu", "qwen2.5-vl-1.5b-cpu")
+CPU_MAX_LLM_PARAMETERS = 2.5e9  # larger random-weight LLMs are refused on CPU unless forced
+QWEN_MAX_PIXELS = 16384 * 28 * 28  # the released Qwen2.5-VL limit: 16,384 merged tokens (method.md §11.2)
 
 
-# ---- models --------------------------------------------------------------------------------------------------
+def llm_parameters(text: dict) -> int:
+    """Parameters of the decoder stack and embeddings (norms and biases ignored) from a text config dict."""
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    head_dim = text.get("head_dim") or hidden // heads
+    kv = text.get("num_key_value_heads") or heads
+    layer = hidden * head_dim * (2 * heads + 2 * kv) + 3 * hidden * text["intermediate_size"]
+    return text["num_hidden_layers"] * layer + (text.get("vocab_size") or 0) * hidden
 
 
-QWEN_MAX_PIXELS = 16384 * 28 * 28
+def canonical_arch_name(name: str) -> str:
+    """``Qwen/Qwen2.5-VL-7B-Instruct`` or ``llava-hf/llava-1.5-7b-hf`` -> the :data:`ARCH_CONFIGS` key."""
+    key = name.strip().lower().rsplit("/", 1)[-1]
+    for suffix in ("-instruct", "-hf"):
+        key = key.removesuffix(suffix)
+    return key
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def arch_config(name: str, overrides: list[str] | dict | None = None) -> tuple[str, dict]:
+    """(architecture label, config dict in transformers' layout) for a published name or a config.json path, with
+    ``KEY=VALUE`` overrides on dotted paths (``text_config.num_hidden_layers=4``; ``text.`` / ``vision.`` are
+    accepted for ``text_config.`` / ``vision_config.``). Values are JSON (numbers, lists) or plain strings."""
+    path = Path(name)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"--config-only {name}: no such config file")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--config-only {name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        label = path.stem if path.name != "config.json" else path.parent.name or "config"
+    else:
+        key = canonical_arch_name(name)
+        if key not in ARCH_CONFIGS:
+            raise ValueError(f"unknown --config-only architecture {name!r}; known: {', '.join(ARCH_CONFIGS)} "
+                             f"(or a transformers config.json path)")
+        cfg, label = copy.deepcopy(ARCH_CONFIGS[key]), key
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in ("qwen2_5_vl", "qwen2_vl", "llava"):
+        raise ValueError(f"--config-only {name}: model_type must be qwen2_5_vl, qwen2_vl or llava, "
+                         f"got {cfg.get('model_type') if isinstance(cfg, dict) else type(cfg).__name__!r}")
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
+    applied = []
+    for dotted, value in items:
+        parts = dotted.split(".")
+        parts[0] = {"text": "text_config", "vision": "vision_config"}.get(parts[0], parts[0])
+        node = cfg
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"size override {dotted!r}: {part!r} is not a section of the config")
+            node = node[part]
+        node[parts[-1]] = value
+        applied.append(f"{dotted}={json.dumps(value)}")
+    return label + (f"[{','.join(applied)}]" if applied else ""), cfg
+
+
+def _split_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"size override {text!r} must look like KEY=VALUE (e.g. text.num_hidden_layers=4)")
+    return key.strip(), _parse_value(value.strip())
 
 
 def build_config_only(name: str, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
-                      force: bool = False, seed: int = 0):
-    """A :class:`GlimpsePrune` with a full-size architecture and random weights (+ fresh modules), for timing.
+                      force: bool = False, seed: int = 0, overrides: list[str] | dict | None = None,
+                      attn_implementation: str | None = None):
+    """A :class:`GlimpsePrune` with a published (or given) architecture and random weights (+ fresh modules).
 
-    The tokenizer/processor are the tiny offline ones (their ids fit any vocabulary). Big architectures refuse to
-    build on CPU unless ``force``: 8 B random parameters on two CPU cores is not a benchmark.
+    The tokenizer/processor are the tiny offline ones (their ids fit any vocabulary); Qwen processors allow the
+    released 16,384-token image limit, so 2.3k / 5k-token images reach the model unshrunk. Architectures other than
+    the CPU settings refuse to build on CPU unless ``force``: billions of random parameters on a few CPU cores are
+    not a benchmark.
     """
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     from ..model import GlimpsePrune
-    from ..tiny import build_qwen_processor, build_qwen_tokenizer
+    from ..tiny import (TinyLlavaSpec, build_llava_processor, build_llava_tokenizer, build_qwen2_vl_processor,
+                        build_qwen_processor, build_qwen_tokenizer)
 
-    if name not in ARCH_CONFIGS:
-        raise ValueError(f"unknown --config-only architecture {name!r}; known: {', '.join(ARCH_CONFIGS)}")
+    label, cfg = arch_config(name, overrides)
     device = torch.device(device)
-    if device.type == "cpu" and name not in CPU_ARCHS and not force:
+    params = llm_parameters(cfg["text_config"])
+    if device.type == "cpu" and params > CPU_MAX_LLM_PARAMETERS and not force:
         raise RuntimeError(
-            f"--config-only {name} builds a full-size model with random weights for GPU timing; it is not run on "
-            f"CPU (use a CUDA device, or --config-only tiny to exercise the code path)"
+            f"--config-only {name} builds a {params / 1e9:.1f} B-parameter LLM with random weights for GPU timing; "
+            f"it is not run on CPU (use a CUDA device, a CPU setting ({', '.join(CPU_ARCHS)}), size overrides, or "
+            f"--force-cpu)"
         )
-    spec = ARCH_CONFIGS[name]
-    tok = build_qwen_tokenizer()
-    ids = tok.convert_tokens_to_ids
-    text = dict(spec["text"])
-    rope = {"rope_type": "default", "rope_theta": text.pop("rope_theta"), "mrope_section": text.pop("mrope_section")}
-    text["vocab_size"] = text["vocab_size"] or len(tok)
-    text.update(rope_parameters=rope, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    cfg = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=dict(spec["vision"]),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=spec["tie_word_embeddings"],
-    )
-    cfg.text_config.eos_token_id = tok.eos_token_id
+    family = cfg["model_type"]
+    text = dict(cfg["text_config"])
+    if family == "llava":
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+        tok = build_llava_tokenizer()
+        vision = cfg["vision_config"]
+        spec = TinyLlavaSpec(image_size=vision["image_size"], patch_size=vision["patch_size"],
+                             vision_feature_select_strategy=cfg.get("vision_feature_select_strategy", "default"))
+        text["vocab_size"] = text.get("vocab_size") or len(tok)
+        text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        side = vision["image_size"] // vision["patch_size"]
+        extras = {k: v for k, v in cfg.items() if k not in ("model_type", "text_config", "vision_config")}
+        hf = LlavaConfig(text_config=text, vision_config=dict(vision), image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         image_seq_length=side * side + int(spec.vision_feature_select_strategy == "full"), **extras)
+        model_cls, processor = LlavaForConditionalGeneration, build_llava_processor(tok, spec)
+    else:
+        tok = build_qwen_tokenizer()
+        ids = tok.convert_tokens_to_ids
+        text["vocab_size"] = text.get("vocab_size") or len(tok)
+        text.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+        if family == "qwen2_5_vl":
+            from transformers import Qwen2_5_VLConfig as config_cls
+            from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
+
+            processor = build_qwen_processor(tok, patch_size=cfg["vision_config"]["patch_size"],
+                                             max_pixels=QWEN_MAX_PIXELS)
+        else:
+            from transformers import Qwen2VLConfig as config_cls
+            from transformers import Qwen2VLForConditionalGeneration as model_cls
+
+            processor = build_qwen2_vl_processor(tok, patch_size=cfg["vision_config"]["patch_size"],
+                                                 max_pixels=QWEN_MAX_PIXELS)
+        hf = config_cls(text_config=text, vision_config=dict(cfg["vision_config"]),
+                        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+                        tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+    hf.text_config.eos_token_id = tok.eos_token_id
+    if attn_implementation:
+        hf._attn_implementation = attn_implementation
     previous = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
             torch.set_default_dtype(dtype)
             with device:
-                model = Qwen2_5_VLForConditionalGeneration(cfg)
+                model = model_cls(hf)
         finally:
             torch.set_default_dtype(previous)
     model = model.to(device=device, dtype=dtype).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    # The released Qwen2.5-VL limit (16,384 merged tokens, method.md §11.2): the tiny processor's default (1,280
-    # tokens) would silently shrink the 2.3k / 5k-token images the GPU benchmark is about.
-    processor = build_qwen_processor(tok, patch_size=spec["vision"]["patch_size"], max_pixels=QWEN_MAX_PIXELS)
-    return GlimpsePrune(model, processor).with_new_modules(seed=seed)
+    gp = GlimpsePrune(model, processor)
+    return gp.with_new_modules(seed=seed, **CPU_GLIMPSE_OVERRIDES.get(canonical_arch_name(name), {}))
 
 
 def build_tiny(device: str | torch.device = "cpu", seed: int = 0):
@@ -143,6 +269,27 @@ def build_tiny(device: str | torch.device = "cpu", seed: int = 0):
 
     model, processor = tiny_qwen2_5_vl()
     return GlimpsePrune(model.to(device), processor).with_new_modules(seed=seed)
+
+
+def load_source(source: dict):
+    """A model from a JSON-serialisable description (what a memory subprocess rebuilds):
+    ``{"kind": "config_only", "name", "overrides", "device", "dtype", "seed", "attn_implementation"}``,
+    ``{"kind": "tiny", "device", "seed"}`` or ``{"kind": "cli", "args": {...}}`` (the model options of ``bench``)."""
+    kind = source["kind"]
+    if kind == "config_only":
+        return build_config_only(source["name"], device=source.get("device", "cpu"),
+                                 dtype=getattr(torch, source.get("dtype", "float32")), force=True,
+                                 seed=source.get("seed", 0), overrides=source.get("overrides"),
+                                 attn_implementation=source.get("attn_implementation"))
+    if kind == "tiny":
+        return build_tiny(source.get("device", "cpu"), seed=source.get("seed", 0))
+    if kind == "cli":
+        import argparse
+
+        from .cli import load_model
+
+        return load_model(argparse.Namespace(**source["args"]))[0]
+    raise ValueError(f"unknown model source kind {kind!r}")
 
 
 # ---- measurement ---------------------------------------------------------------------------------------------
@@ -157,9 +304,14 @@ class BenchConfig:
     new_tokens: int = 32
     warmup: int = 1
     repeats: int = 5
+    vit_repeats: int = 3  # ViT timings; its features are computed once and reused by all prefill/decode repeats
     image_size: tuple[int, int] = (896, 896)  # width, height
     question: str = "what colour is the shape in the image?"
     seed: int = 0
+    memory: str = "auto"  # auto (CUDA: allocator peak; CPU: a subprocess per configuration), inline, subprocess, off
+    # Decode-only batch sizes: their decode runs on the cache of the batch-1 prefill replicated b times (same KV
+    # length and content as a batch of b equal prompts, without paying b prefills: for CPU runs).
+    replicated_decode_batch_sizes: list[int] = field(default_factory=list)
 
 
 def _sync(device: torch.device) -> None:
@@ -177,9 +329,11 @@ def cache_bytes(cache) -> int:
     return total
 
 
-def _peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+def load_average() -> list[float] | None:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:  # not Linux
+        return None
 
 
 def bench_image(width: int, height: int, seed: int = 0):
@@ -225,6 +379,7 @@ def flops_for(gp, chosen, n_text: int, n_visual: int, n_kept: int, prune_layer: 
         "prefill_flops_without_vit": pre["total_without_vision"],
         "vit_flops": pre["vision"],
         "vip_flops": pre["vip"],
+        "vip_flops_share": pre["vip"] / pre["total_without_vision"] if pre["total_without_vision"] else 0.0,
         "decode_flops": dec["total"],
         "decode_context": context,
         "decode_steps": decode_steps,
@@ -240,65 +395,126 @@ def _budget_kwargs(method: str, config: BenchConfig) -> dict:
     return out
 
 
-@torch.inference_mode()
-def measure(gp, method: str, batch_size: int, config: BenchConfig) -> dict:
-    """One (method, batch size) configuration: warm-up, ``repeats`` timed passes, FLOPs, KV and memory."""
-    from ..engine import GenerationParams, decode, prefill
-    from ..processing import build_inputs
+def spread(values: list[float], scale: float = 1.0) -> dict:
+    """Median with min and max (scaled), the form every timing is reported in."""
+    return {"median": scale * statistics.median(values), "min": scale * min(values), "max": scale * max(values),
+            "n": len(values)}
 
-    device = next(gp.model.parameters()).device
-    image = bench_image(*config.image_size, seed=config.seed)
-    inputs = build_inputs(gp.processor, [config.question] * batch_size, [[image]] * batch_size)
-    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-    kwargs = _budget_kwargs(method, config)
-    chosen = gp.method(method, **kwargs)
-    vit_layers = chosen.vit_layers if chosen is not None else None
-    params = GenerationParams.resolve(gp.model.generation_config, max_new_tokens=config.new_tokens,
-                                      min_new_tokens=config.new_tokens)
 
-    def one_pass():
-        _sync(device)
+def replicate_prefill(pre, copies: int):
+    """The prefill of one row as a batch of ``copies`` identical rows (cache, mask, logits, positions)."""
+    from ..engine import Prefill
+
+    if copies == 1:
+        return pre
+    if pre.logits.shape[0] != 1:
+        raise ValueError("only a batch-1 prefill can be replicated")
+    pre.cache.batch_repeat_interleave(copies)
+    return Prefill(logits=pre.logits.repeat(copies, 1), cache=pre.cache,
+                   attention_mask=pre.attention_mask.repeat(copies, 1),
+                   last_positions=pre.last_positions.repeat_interleave(copies, dim=-2), pruning=pre.pruning,
+                   seconds=pre.seconds)
+
+
+class _VIPTimer:
+    """Seconds spent inside the VIP's forward, from a pre/post forward-hook pair that the benchmark attaches for the
+    duration of its own passes and removes afterwards."""
+
+    def __init__(self, vip, device):
+        self.device, self.seconds, self._t0, self.handles = device, 0.0, None, []
+        if vip is not None:
+            self.handles = [vip.register_forward_pre_hook(self._start), vip.register_forward_hook(self._stop)]
+
+    def _start(self, *_):
+        _sync(self.device)
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        _sync(self.device)
+        self.seconds += time.perf_counter() - self._t0
+
+    def take(self) -> float:
+        out, self.seconds = self.seconds, 0.0
+        return out
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class _Config:
+    """One (method, batch size) configuration: inputs, prepared ViT features, and its timed passes."""
+
+    def __init__(self, gp, method: str, batch_size: int, config: BenchConfig, inputs, decode_batch: int | None = None):
+        from ..engine import GenerationParams
+
+        self.gp, self.method_name, self.batch_size, self.config = gp, method, batch_size, config
+        self.decode_batch = decode_batch or batch_size
+        self.device = next(gp.model.parameters()).device
+        self.inputs = inputs
+        self.chosen = gp.method(method, **_budget_kwargs(method, config))
+        self.vit_layers = self.chosen.vit_layers if self.chosen is not None else None
+        self.params = GenerationParams.resolve(gp.model.generation_config, max_new_tokens=config.new_tokens,
+                                               min_new_tokens=config.new_tokens)
+        self.batch, self.vit_times, self.prefill_times, self.decode_times, self.vip_times = None, [], [], [], []
+        self.pre, self.kv, self.steps = None, 0, 0
+
+    def prepare(self, timed: bool = True):
+        _sync(self.device)
         t0 = time.perf_counter()
-        batch = gp.adapter.prepare(inputs, vit_layers)
-        _sync(device)
-        vit_s = time.perf_counter() - t0
-        pre = prefill(gp.adapter, batch, chosen)
+        self.batch = self.gp.adapter.prepare(self.inputs, self.vit_layers)
+        _sync(self.device)
+        if timed:
+            self.vit_times.append(time.perf_counter() - t0)
+
+    def run(self, timer: _VIPTimer | None = None, timed: bool = True):
+        from ..engine import decode, prefill
+
+        if timer:
+            timer.take()
+        pre = prefill(self.gp.adapter, self.batch, self.chosen)
+        vip_s = timer.take() if timer else 0.0
         kv = cache_bytes(pre.cache)
-        dec = decode(gp.adapter, pre, batch.input_ids, params)
-        return vit_s, pre, kv, dec, batch
+        pre_dec = replicate_prefill(pre, self.decode_batch) if self.decode_batch != self.batch_size else pre
+        input_ids = self.batch.input_ids.repeat(self.decode_batch // self.batch_size, 1)
+        dec = decode(self.gp.adapter, pre_dec, input_ids, self.params)
+        if timed:
+            self.prefill_times.append(pre.seconds)
+            self.decode_times.append(dec.seconds)
+            self.vip_times.append(vip_s)
+        self.pre, self.kv, self.steps = pre, kv, dec.steps
 
-    rss_before = _peak_rss_bytes()  # before warm-up: the first pass is where a new high-water mark shows
-    for _ in range(config.warmup):
-        one_pass()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        base_alloc = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    vit_times, prefill_times, decode_times, steps = [], [], [], 0
-    for _ in range(max(1, config.repeats)):
-        vit_s, pre, kv, dec, batch = one_pass()
-        vit_times.append(vit_s)
-        prefill_times.append(pre.seconds)
-        decode_times.append(dec.seconds)
-        steps = dec.steps
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        memory = {"peak_memory_bytes": peak, "peak_memory_increment_bytes": peak - base_alloc, "memory_kind": "cuda"}
-    else:
-        memory = {"peak_memory_bytes": None, "peak_memory_increment_bytes": _peak_rss_bytes() - rss_before,
-                  "memory_kind": "cpu"}
 
+def _kv_split(pre, kv_bytes: int, batch) -> dict:
+    """Physical KV bytes split into visual and text tokens (per-token bytes from the physical cache)."""
+    am = pre.attention_mask
+    per_token = kv_bytes / am.numel()  # bytes per cached position (all layers, keys + values)
+    visual_kept = sum(s.kept for s in pre.pruning.samples)
+    valid = int(am.sum())
+    return {"kv_bytes_visual": per_token * visual_kept, "kv_bytes_text": per_token * (valid - visual_kept),
+            "kv_bytes_per_token": per_token}
+
+
+def _row(gp, cfg: _Config, config: BenchConfig) -> dict:
+    pre, batch = cfg.pre, cfg.batch
     state = pre.pruning
     sample = state.samples[0]
     n_visual, n_kept = sample.total, sample.kept
     n_text = int(batch.attention_mask[0].sum()) - n_visual
     image_counts = [im.total for im in sample.images]
-    decode_steps = max(steps - 1, 0)  # the first token comes from the prefill logits
-    decode_median = statistics.median(decode_times)
+    decode_steps = max(cfg.steps - 1, 0)  # the first token comes from the prefill logits
+    steps = max(decode_steps, 1)
+    vit = spread(cfg.vit_times, 1000)
+    prefill_ms = spread(cfg.prefill_times, 1000)
+    ttft = spread([statistics.median(cfg.vit_times) + p for p in cfg.prefill_times], 1000)
+    dec = spread(cfg.decode_times, 1000 / steps)
+    vip = spread(cfg.vip_times, 1000)
+    decode_median = statistics.median(cfg.decode_times)
     row = {
-        "method": method,
-        "budget": "full" if method == "none" else f"r{config.keep_ratio:g}",
-        "batch_size": batch_size,
+        "method": cfg.method_name,
+        "budget": "full" if cfg.method_name == "none" else f"r{config.keep_ratio:g}",
+        "batch_size": cfg.decode_batch,
+        "prefill_batch_size": cfg.batch_size,
         "n_text": n_text,
         "n_visual": n_visual,
         "n_kept": n_kept,
@@ -308,21 +524,174 @@ def measure(gp, method: str, batch_size: int, config: BenchConfig) -> dict:
         "kept_ratio": state.keep_ratio,
         "layer_averaged_retention": state.layer_averaged_retention,
         "kv_length": sum(state.kv_lengths) / len(state.kv_lengths),
-        "kv_bytes": kv,
-        "vit_ms": 1000 * statistics.median(vit_times),
-        "prefill_ms": 1000 * statistics.median(prefill_times),
-        "ttft_ms": 1000 * statistics.median(v + p for v, p in zip(vit_times, prefill_times)),
-        "decode_ms_per_step": 1000 * decode_median / max(decode_steps, 1),
-        "decode_tokens_per_s": batch_size * decode_steps / decode_median if decode_median > 0 else None,
-        "new_tokens": steps,
-        **memory,
-        **flops_for(gp, chosen, n_text, n_visual, n_kept, state.prune_layer, image_counts, decode_steps),
+        "kv_bytes": cfg.kv * cfg.decode_batch // cfg.batch_size,
+        **{k: v * cfg.decode_batch / cfg.batch_size for k, v in _kv_split(pre, cfg.kv, batch).items()},
+        "vit_ms": vit["median"], "prefill_ms": prefill_ms["median"], "ttft_ms": ttft["median"],
+        "decode_ms_per_step": dec["median"], "vip_ms": vip["median"] if cfg.chosen is not None else 0.0,
+        "spread": {"vit_ms": vit, "prefill_ms": prefill_ms, "ttft_ms": ttft, "decode_ms_per_step": dec, "vip_ms": vip},
+        "decode_tokens_per_s": cfg.decode_batch * decode_steps / decode_median if decode_median > 0 else None,
+        "new_tokens": cfg.steps,
+        **flops_for(gp, cfg.chosen, n_text, n_visual, n_kept, state.prune_layer, image_counts, decode_steps),
     }
+    row["vip_share_measured"] = row["vip_ms"] / row["prefill_ms"] if row["prefill_ms"] else None
     return row
 
 
-RATIO_KEYS = ("prefill_ms", "ttft_ms", "decode_ms_per_step", "kv_length", "kv_bytes", "peak_memory_bytes",
-              "peak_memory_increment_bytes", "prefill_flops", "prefill_flops_without_vit", "decode_flops")
+def _inputs(gp, batch_size: int, config: BenchConfig):
+    from ..processing import build_inputs
+
+    device = next(gp.model.parameters()).device
+    image = bench_image(*config.image_size, seed=config.seed)
+    inputs = build_inputs(gp.processor, [config.question] * batch_size, [[image]] * batch_size)
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+@torch.inference_mode()
+def measure_pair(gp, methods: tuple[str, str], batch_size: int, config: BenchConfig,
+                 decode_batch: int | None = None) -> list[dict]:
+    """Both methods at one batch size, their warm-up and timed passes interleaved (A B B A A B ...)."""
+    inputs = _inputs(gp, batch_size, config)
+    cfgs = [_Config(gp, m, batch_size, config, inputs, decode_batch) for m in methods]
+    load_before = load_average()
+    timer = _VIPTimer(gp.vip, cfgs[0].device)
+    try:
+        for c in cfgs:
+            c.prepare(timed=False)  # warm-up of the ViT path (first-call allocations)
+        for r in range(max(1, config.vit_repeats)):
+            for c in (cfgs if r % 2 == 0 else cfgs[::-1]):
+                c.prepare()
+        for _ in range(config.warmup):
+            for c in cfgs:
+                c.run(timer, timed=False)
+        for r in range(max(1, config.repeats)):
+            for c in (cfgs if r % 2 == 0 else cfgs[::-1]):
+                c.run(timer)
+    finally:
+        timer.remove()
+    load_after = load_average()
+    rows = [_row(gp, c, config) for c in cfgs]
+    for row in rows:
+        row["loadavg_before"], row["loadavg_after"] = load_before, load_after
+    return rows
+
+
+def measure(gp, method: str, batch_size: int, config: BenchConfig) -> dict:
+    """One configuration alone (no interleaving partner)."""
+    inputs = _inputs(gp, batch_size, config)
+    with torch.inference_mode():
+        c = _Config(gp, method, batch_size, config, inputs)
+        timer = _VIPTimer(gp.vip, c.device)
+        try:
+            for _ in range(max(1, config.vit_repeats)):
+                c.prepare()
+            for _ in range(config.warmup):
+                c.run(timer, timed=False)
+            for _ in range(max(1, config.repeats)):
+                c.run(timer)
+        finally:
+            timer.remove()
+        return _row(gp, c, config)
+
+
+# ---- clean peak memory ---------------------------------------------------------------------------------------
+
+
+def _status_bytes(name: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{name} missing from /proc/self/status")
+
+
+def _release_and_reset_peak() -> int:
+    """Give freed heap back to the system, reset the peak-RSS mark; return the resident bytes now."""
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: freed memory may stay resident, the baseline is then higher
+        pass
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status_bytes("VmRSS")
+
+
+@torch.inference_mode()
+def peak_memory_inline(gp, method: str, batch_size: int, config: BenchConfig, decode_batch: int | None = None) -> dict:
+    """One pass of one configuration with the peak read around it: CUDA allocator statistics, or (CPU, Linux) the
+    kernel's resident high-water mark. On CPU this is only clean in a fresh process (see :func:`peak_memory`)."""
+    inputs = _inputs(gp, batch_size, config)
+    c = _Config(gp, method, batch_size, config, inputs, decode_batch)
+    dev = c.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        c.prepare(timed=False)
+        vit_peak = torch.cuda.max_memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_llm = torch.cuda.memory_allocated(dev)
+        c.run(timed=False)
+        llm_peak = torch.cuda.max_memory_allocated(dev)
+        kind = "cuda allocator peak (torch.cuda.max_memory_allocated) above the memory allocated before the pass"
+    else:
+        base = _release_and_reset_peak()
+        c.prepare(timed=False)
+        vit_peak = _status_bytes("VmHWM")
+        base_llm = _release_and_reset_peak()
+        c.run(timed=False)
+        llm_peak = _status_bytes("VmHWM")
+        kind = ("cpu resident high-water mark (VmHWM after /proc/self/clear_refs) above the resident memory before "
+                "the pass, one fresh process per configuration")
+    return {"peak_memory_bytes": llm_peak - base_llm, "peak_memory_with_vit_bytes": max(vit_peak, llm_peak) - base,
+            "memory_kind": kind}
+
+
+def peak_memory(source: dict | None, gp, method: str, batch_size: int, config: BenchConfig,
+                decode_batch: int | None = None) -> dict:
+    """Clean peak memory of one configuration: inline on CUDA; on CPU in a fresh subprocess that rebuilds the model
+    from ``source`` (see :func:`load_source`), so no earlier configuration's allocations are counted or reused."""
+    device = next(gp.model.parameters()).device
+    mode = config.memory
+    if mode == "off":
+        return {"peak_memory_bytes": None, "peak_memory_with_vit_bytes": None, "memory_kind": "not measured"}
+    if mode == "inline" or (mode == "auto" and device.type == "cuda"):
+        return peak_memory_inline(gp, method, batch_size, config, decode_batch)
+    if source is None:
+        return {"peak_memory_bytes": None, "peak_memory_with_vit_bytes": None,
+                "memory_kind": "not measured (no model source to rebuild in a clean subprocess)"}
+    payload = {"source": source, "method": method, "batch_size": batch_size, "decode_batch": decode_batch,
+               "config": _config_dict(config)}
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    done = subprocess.run([sys.executable, "-m", "glimpseprune.eval.bench", "--memory-child", json.dumps(payload)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory subprocess failed for {method} at batch {batch_size}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _config_dict(config: BenchConfig) -> dict:
+    cfg = asdict(config)
+    cfg["image_size"] = list(config.image_size)
+    return cfg
+
+
+def _memory_child(payload: dict) -> dict:
+    config = BenchConfig(**{**payload["config"], "image_size": tuple(payload["config"]["image_size"])})
+    torch.manual_seed(config.seed)
+    gp = load_source(payload["source"])
+    return peak_memory_inline(gp, payload["method"], payload["batch_size"], config, payload.get("decode_batch"))
+
+
+# ---- the benchmark -------------------------------------------------------------------------------------------
+
+
+RATIO_KEYS = ("prefill_ms", "ttft_ms", "vit_ms", "decode_ms_per_step", "kv_length", "kv_bytes", "kv_bytes_visual",
+              "peak_memory_bytes", "peak_memory_with_vit_bytes", "prefill_flops", "prefill_flops_without_vit",
+              "decode_flops")
 
 
 def ratios(baseline: dict, pruned: dict) -> dict:
@@ -343,6 +712,8 @@ def environment(gp) -> dict:
         "attn_implementation": getattr(gp.model.config, "_attn_implementation", None),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg": load_average(),
     }
     try:
         import transformers
@@ -362,29 +733,41 @@ class BenchResult:
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "environment": self.environment, "memory_note": MEMORY_NOTES.get(
-            "cuda" if self.environment["device"].startswith("cuda") else "cpu"), "rows": self.rows,
-            "comparisons": self.comparisons, "files": self.files}
+        return {"config": self.config, "environment": self.environment, "rows": self.rows,
+                "comparisons": self.comparisons, "files": self.files}
 
 
-def run_benchmark(gp, config: BenchConfig, progress=None) -> BenchResult:
-    """Baseline (``none``) then ``config.method`` at every batch size, in this process, on this device."""
+def run_benchmark(gp, config: BenchConfig, progress=None, source: dict | None = None) -> BenchResult:
+    """Baseline (``none``) and ``config.method`` at every batch size, interleaved, on this device.
+
+    ``source`` describes how to rebuild the model (:func:`load_source`): needed on CPU for the clean per-configuration
+    peak memory (a subprocess each); without it CPU peak memory is reported as not measured.
+    """
     if config.method == "none":
         raise ValueError("the benchmark compares a pruning method against 'none'; choose a pruning method")
-    if any(b < 1 for b in config.batch_sizes):
-        raise ValueError(f"batch sizes must be >= 1, got {config.batch_sizes}")
+    if any(b < 1 for b in list(config.batch_sizes) + list(config.replicated_decode_batch_sizes)):
+        raise ValueError(f"batch sizes must be >= 1, got {config.batch_sizes} / {config.replicated_decode_batch_sizes}")
+    if config.memory not in ("auto", "inline", "subprocess", "off"):
+        raise ValueError(f"memory must be auto, inline, subprocess or off, got {config.memory!r}")
+    methods = ("none", config.method)
+    plan = [(bs, None) for bs in config.batch_sizes] + [(1, b) for b in config.replicated_decode_batch_sizes]
     rows, comparisons = [], []
-    for bs in config.batch_sizes:
-        pair = []
-        for method in ("none", config.method):
-            if progress:
-                progress(f"batch {bs}: {method}")
-            pair.append(measure(gp, method, bs, config))
+    for bs, decode_batch in plan:
+        label = f"batch {decode_batch or bs}" + (" (decode on a replicated batch-1 prefill)" if decode_batch else "")
+        if progress:
+            progress(f"{label}: timing none / {config.method} interleaved")
+        pair = measure_pair(gp, methods, bs, config, decode_batch)
+        for row, method in zip(pair, methods):
+            if progress and config.memory != "off":
+                progress(f"{label}: peak memory of {method}")
+            row.update(peak_memory(source, gp, method, bs, config, decode_batch))
+            row["decode_from"] = "replicated batch-1 prefill" if decode_batch else "own prefill"
         rows.extend(pair)
-        comparisons.append({"batch_size": bs, "method": config.method, "budget": pair[1]["budget"],
-                            "ratio": ratios(pair[0], pair[1])})
-    cfg = asdict(config)
-    cfg["image_size"] = list(config.image_size)
+        comparisons.append({"batch_size": decode_batch or bs, "decode_from": pair[0]["decode_from"],
+                            "method": config.method, "budget": pair[1]["budget"], "ratio": ratios(pair[0], pair[1])})
+    cfg = _config_dict(config)
+    if source is not None:
+        cfg["model_source"] = source
     return BenchResult(rows, comparisons, environment(gp), cfg)
 
 
@@ -393,10 +776,11 @@ def run_benchmark(gp, config: BenchConfig, progress=None) -> BenchResult:
 TABLE_COLUMNS = [
     ("bs", "batch_size", "{}"), ("method", "method", "{}"), ("N vis", "n_visual", "{}"), ("kept", "n_kept", "{}"),
     ("kept%", "kept_ratio", "{:.1%}"), ("layer-avg", "layer_averaged_retention", "{:.1%}"),
-    ("KV len", "kv_length", "{:.0f}"), ("KV MiB", "kv_bytes", "mib"), ("ViT ms", "vit_ms", "{:.1f}"),
-    ("prefill ms", "prefill_ms", "{:.1f}"), ("TTFT ms", "ttft_ms", "{:.1f}"),
-    ("dec ms/step", "decode_ms_per_step", "{:.2f}"), ("tok/s", "decode_tokens_per_s", "{:.1f}"),
-    ("peak MiB", "peak_memory_increment_bytes", "mib"), ("prefill GF", "prefill_flops", "gf"),
+    ("KV len", "kv_length", "{:.0f}"), ("KV MiB", "kv_bytes", "mib"), ("KV vis MiB", "kv_bytes_visual", "mib"),
+    ("ViT ms", "vit_ms", "{:.1f}"), ("prefill ms", "prefill_ms", "{:.1f}"), ("VIP ms", "vip_ms", "{:.1f}"),
+    ("TTFT ms", "ttft_ms", "{:.1f}"), ("dec ms/step", "decode_ms_per_step", "{:.2f}"),
+    ("tok/s", "decode_tokens_per_s", "{:.1f}"), ("peak MiB", "peak_memory_bytes", "mib"),
+    ("peak+ViT MiB", "peak_memory_with_vit_bytes", "mib"), ("prefill GF", "prefill_flops", "gf"),
     ("w/o ViT GF", "prefill_flops_without_vit", "gf"), ("decode GF", "decode_flops", "gf"),
 ]
 
@@ -418,24 +802,33 @@ def format_table(result: BenchResult) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body]
     lines.append("")
-    lines.append("pruned / baseline, same run:")
+    lines.append("pruned / baseline, same run (medians of interleaved repeats; min-max in bench.json):")
     for comp in result.comparisons:
         r = comp["ratio"]
         parts = [f"{k}={r[k]:.3f}" for k in ("prefill_ms", "ttft_ms", "decode_ms_per_step", "kv_bytes",
-                                             "peak_memory_increment_bytes", "prefill_flops",
-                                             "prefill_flops_without_vit", "decode_flops") if r.get(k) is not None]
+                                             "kv_bytes_visual", "peak_memory_bytes", "peak_memory_with_vit_bytes",
+                                             "prefill_flops", "prefill_flops_without_vit", "decode_flops")
+                 if r.get(k) is not None]
         lines.append(f"  bs={comp['batch_size']} {comp['method']} {comp['budget']}: " + ", ".join(parts))
+    pruned = [r for r in result.rows if r["method"] != "none"]
+    for r in pruned:
+        if r["vip_share_measured"] is not None:
+            lines.append(f"  bs={r['batch_size']} VIP share of pruned LLM prefill: measured "
+                         f"{r['vip_share_measured']:.1%}, FLOP estimate {r['vip_flops_share']:.1%}")
     env = result.environment
     lines.append(f"device={env['device_name']} dtype={env['dtype']} attn={env['attn_implementation']} "
-                 f"threads={env['threads']}; peak memory: {MEMORY_NOTES['cuda' if env['device'].startswith('cuda') else 'cpu']}")
+                 f"threads={env['threads']} loadavg={env.get('loadavg')}; peak memory: "
+                 f"{result.rows[0].get('memory_kind', 'not measured')}")
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["batch_size", "method", "budget", "n_text", "n_visual", "n_kept", "prune_layer", "num_layers",
-              "kept_ratio", "layer_averaged_retention", "kv_length", "kv_bytes", "vit_ms", "prefill_ms", "ttft_ms",
-              "decode_ms_per_step", "decode_tokens_per_s", "new_tokens", "peak_memory_bytes",
-              "peak_memory_increment_bytes", "memory_kind", "prefill_flops", "prefill_flops_without_vit", "vit_flops",
-              "vip_flops", "decode_flops", "decode_context", "decode_steps"]
+CSV_FIELDS = ["batch_size", "prefill_batch_size", "decode_from", "method", "budget", "n_text", "n_visual", "n_kept",
+              "prune_layer", "num_layers", "kept_ratio", "layer_averaged_retention", "kv_length", "kv_bytes",
+              "kv_bytes_visual", "kv_bytes_text", "vit_ms", "prefill_ms", "vip_ms", "vip_share_measured",
+              "vip_flops_share", "ttft_ms", "decode_ms_per_step", "decode_tokens_per_s", "new_tokens",
+              "peak_memory_bytes", "peak_memory_with_vit_bytes", "memory_kind", "prefill_flops",
+              "prefill_flops_without_vit", "vit_flops", "vip_flops", "decode_flops", "decode_context", "decode_steps",
+              "loadavg_before", "loadavg_after"]
 
 
 def write_outputs(result: BenchResult, out_dir: str | Path, eval_summaries: list[str | Path] = (),
@@ -454,10 +847,19 @@ def write_outputs(result: BenchResult, out_dir: str | Path, eval_summaries: list
     return files
 
 
-def draw_plots(result: BenchResult, out: Path, eval_summaries: list[str | Path] = ()) -> dict[str, str]:
-    """Latency and memory vs batch size; accuracy vs layer-averaged retention if eval summaries are given.
+def plot_title(result: BenchResult, what: str) -> str:
+    """What a figure shows and on what: model, visual tokens, keep ratio, device, and the spread convention."""
+    env, cfg = result.environment, result.config
+    model = cfg.get("model_id") or cfg.get("model_source", {}).get("name") or "model"
+    tokens = sorted({r["n_visual"] for r in result.rows})
+    return (f"{what}: {model}, {'/'.join(map(str, tokens))} visual tokens, keep {cfg['keep_ratio']:g} "
+            f"({cfg['method']}), {env['device_name']} {env['dtype']}\nmedian of {cfg['repeats']} interleaved repeats, "
+            f"bars = min-max; load {env.get('loadavg')}")
 
-    matplotlib is imported here only (the ``[eval]`` extra); without it, no plots and a warning.
+
+def draw_plots(result: BenchResult, out: Path, eval_summaries: list[str | Path] = ()) -> dict[str, str]:
+    """Latency and memory vs batch size (median, min-max bars); accuracy vs layer-averaged retention if eval
+    summaries are given. matplotlib is imported here only (the ``[eval]`` extra); without it, no plots and a warning.
     """
     try:
         import matplotlib
@@ -470,38 +872,44 @@ def draw_plots(result: BenchResult, out: Path, eval_summaries: list[str | Path] 
     files = {}
     methods = list(dict.fromkeys(r["method"] for r in result.rows))
 
-    def series(method, key):
-        rows = [r for r in result.rows if r["method"] == method]
-        return [r["batch_size"] for r in rows], [r[key] for r in rows]
+    def rows_of(method):
+        return sorted((r for r in result.rows if r["method"] == method), key=lambda r: r["batch_size"])
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     for ax, (key, label) in zip(axes, [("prefill_ms", "LLM prefill (ms)"), ("ttft_ms", "TTFT incl. ViT (ms)"),
                                        ("decode_ms_per_step", "decode (ms / step)")]):
         for m in methods:
-            x, y = series(m, key)
-            ax.plot(x, y, marker="o", label=m)
+            rows = rows_of(m)
+            x = [r["batch_size"] for r in rows]
+            med = [r["spread"][key]["median"] for r in rows]
+            err = [[r["spread"][key]["median"] - r["spread"][key]["min"] for r in rows],
+                   [r["spread"][key]["max"] - r["spread"][key]["median"] for r in rows]]
+            ax.errorbar(x, med, yerr=err, marker="o", capsize=3, label=m)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"latency vs batch size ({result.environment['device_name']})")
+    fig.suptitle(plot_title(result, "latency vs batch size"), fontsize=9)
     fig.tight_layout()
     files["latency_png"] = str(out / "latency_vs_batch.png")
     fig.savefig(files["latency_png"], dpi=100)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    for ax, (key, label) in zip(axes, [("kv_bytes", "KV cache (MiB)"),
-                                       ("peak_memory_increment_bytes", "peak memory increment (MiB)")]):
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    for ax, (key, label) in zip(axes, [("kv_bytes", "KV cache, text included (MiB)"),
+                                       ("kv_bytes_visual", "KV cache, visual tokens only (MiB)"),
+                                       ("peak_memory_bytes", "peak memory above weights+inputs (MiB)")]):
         for m in methods:
-            x, y = series(m, key)
-            ax.plot(x, [None if v is None else v / 2**20 for v in y], marker="o", label=m)
+            rows = rows_of(m)
+            ax.plot([r["batch_size"] for r in rows], [None if r.get(key) is None else r[key] / 2**20 for r in rows],
+                    marker="o", label=m)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.suptitle(plot_title(result, "memory vs batch size"), fontsize=9)
     fig.tight_layout()
     files["memory_png"] = str(out / "memory_vs_batch.png")
     fig.savefig(files["memory_png"], dpi=100)
@@ -546,3 +954,10 @@ def plot_accuracy_vs_retention(summaries: list[str | Path], path: str | Path) ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+if __name__ == "__main__":  # the clean-memory subprocess: python -m glimpseprune.eval.bench --memory-child JSON
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
+        print(json.dumps(_memory_child(json.loads(sys.argv[2]))))
+    else:
+        sys.exit("usage: python -m glimpseprune.eval.bench --memory-child PAYLOAD (internal: use `glimpseprune bench`)")

@@ -24,9 +24,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser, config_only: bool) -> 
     if config_only:
         from .bench import ARCH_CONFIGS
 
-        source.add_argument("--config-only", metavar="NAME", choices=sorted(ARCH_CONFIGS),
-                            help=f"full-size architecture with random weights, GPU timing only "
-                                 f"({', '.join(ARCH_CONFIGS)})")
+        source.add_argument("--config-only", metavar="NAME|CONFIG.json",
+                            help=f"an architecture with random weights, for timing: a published name "
+                                 f"({', '.join(ARCH_CONFIGS)}; hub ids such as Qwen/Qwen2.5-VL-7B-Instruct work) or "
+                                 f"a transformers config.json of one of these families")
+        group.add_argument("--config-override", nargs="*", default=[], metavar="KEY=VALUE",
+                           help="size overrides for --config-only, e.g. text.num_hidden_layers=4 vision.depth=8")
         group.add_argument("--force-cpu", action="store_true",
                            help="allow a full-size --config-only model on CPU (very slow; not a benchmark)")
     group.add_argument("--glimpse", help="GlimpsePrune modules folder / hub id (ours or the reference's)")
@@ -68,8 +71,13 @@ def load_model(args):
 
         dtype = _dtype(args.dtype)
         dtype = torch.bfloat16 if dtype == "auto" else dtype
-        gp = build_config_only(args.config_only, device=device, dtype=dtype, force=args.force_cpu, seed=args.seed)
-        return gp, f"config-only:{args.config_only}:seed{args.seed}"
+        try:
+            gp = build_config_only(args.config_only, device=device, dtype=dtype, force=args.force_cpu, seed=args.seed,
+                                   overrides=args.config_override, attn_implementation=args.attn_implementation)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        overrides = "".join(f":{o}" for o in args.config_override)
+        return gp, f"config-only:{args.config_only}{overrides}:seed{args.seed}"
     if args.tiny:
         from .bench import build_tiny
 
@@ -228,7 +236,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--batch-sizes", default="1,8,32")
     b.add_argument("--new-tokens", type=int, default=32, help="decode steps (EOS suppressed)")
     b.add_argument("--warmup", type=int, default=1)
-    b.add_argument("--repeats", type=int, default=5, help="timed passes; medians are reported")
+    b.add_argument("--repeats", type=int, default=5,
+                   help="timed passes, the two methods interleaved; medians with min/max are reported")
+    b.add_argument("--vit-repeats", type=int, default=3,
+                   help="ViT timings (its features are then reused by every prefill/decode repeat)")
+    b.add_argument("--replicated-decode-batch-sizes", default="",
+                   help="extra decode-only batch sizes run on a replicated batch-1 prefill (cheap on CPU)")
+    b.add_argument("--memory", default="auto", choices=["auto", "inline", "subprocess", "off"],
+                   help="peak memory: auto = CUDA allocator peak, or on CPU one subprocess per configuration")
     b.add_argument("--image-size", default="896x896", help="WxH of the synthetic test image")
     b.add_argument("--question", default="what colour is the shape in the image?")
     b.add_argument("--eval-summary", nargs="*", default=[],
@@ -246,7 +261,24 @@ def bench_config_from_args(args):
         raise SystemExit(f"--image-size must look like 896x896, got {args.image_size!r}") from None
     return BenchConfig(batch_sizes=_csv_list(args.batch_sizes, int), method=args.method, keep_ratio=args.keep_ratio,
                        threshold=args.threshold, new_tokens=args.new_tokens, warmup=args.warmup,
-                       repeats=args.repeats, image_size=(w, h), question=args.question, seed=args.seed)
+                       repeats=args.repeats, image_size=(w, h), question=args.question, seed=args.seed,
+                       vit_repeats=args.vit_repeats, memory=args.memory,
+                       replicated_decode_batch_sizes=_csv_list(args.replicated_decode_batch_sizes, int))
+
+
+def _bench_source(args) -> dict:
+    """How a clean-memory subprocess rebuilds this model: the model options, as given."""
+    import json
+
+    options = {}
+    for key, value in vars(args).items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        options[key] = value
+    options["device"] = _device(args)
+    return {"kind": "cli", "args": options}
 
 
 def run_bench(args) -> int:
@@ -256,7 +288,8 @@ def run_bench(args) -> int:
     if args.init_glimpse is False and args.model and not args.glimpse and args.method == "glimpse":
         raise SystemExit("--model without --glimpse has no GlimpsePrune modules: add --glimpse or --init-glimpse")
     gp, model_id = load_model(args)
-    result = run_benchmark(gp, config, progress=lambda s: print(f"[bench] {s}", file=sys.stderr))
+    result = run_benchmark(gp, config, progress=lambda s: print(f"[bench] {s}", file=sys.stderr),
+                           source=_bench_source(args))
     result.config["model_id"] = model_id
     files = write_outputs(result, args.output, args.eval_summary, plots=not args.no_plots)
     print(format_table(result))

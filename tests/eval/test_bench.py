@@ -11,6 +11,7 @@ import torch
 from glimpseprune.eval.bench import (
     ARCH_CONFIGS,
     BenchConfig,
+    Variant,
     accuracy_points,
     arch_config,
     peak_memory,
@@ -18,6 +19,7 @@ from glimpseprune.eval.bench import (
     replicate_prefill,
     build_config_only,
     cache_bytes,
+    measure_interleaved,
     format_table,
     model_dims,
     run_benchmark,
@@ -227,7 +229,7 @@ def test_kv_split_vit_reuse_and_load(gp, monkeypatch):
     monkeypatch.setattr(gp.adapter, "prepare", lambda *a, **k: calls.append(1) or prepare(*a, **k))
     result = run_benchmark(gp, BenchConfig(batch_sizes=[1], new_tokens=2, warmup=1, repeats=3, vit_repeats=2,
                                            image_size=(112, 112), keep_ratio=0.5, memory="off"))
-    assert len(calls) == 2 * (1 + 2)  # not once per prefill/decode repeat
+    assert len(calls) == 1 + 2  # warm-up + vit_repeats, shared by both methods: not once per prefill/decode repeat
     base, pruned = result.rows
     for r in (base, pruned):
         assert r["kv_bytes_visual"] + r["kv_bytes_text"] == pytest.approx(r["kv_bytes"])  # batch 1: no padding
@@ -272,3 +274,20 @@ def test_peak_memory_in_a_fresh_subprocess(gp):
     assert mem["peak_memory_with_vit_bytes"] >= mem["peak_memory_bytes"] >= row["kv_bytes"] > 0
     no_source = peak_memory(None, gp, "none", 1, cfg)
     assert no_source["peak_memory_bytes"] is None and "not measured" in no_source["memory_kind"]
+
+
+def test_three_variants_interleaved_with_replicated_decode_and_inline_memory(gp):
+    """The report's building block: none and two keep ratios on one batch-1 prefill each repeat, decoding at batch 1
+    and on the cache replicated to 3 rows; peak memory read inline once per variant."""
+    variants = [Variant("none"), Variant("glimpse", 0.25), Variant("glimpse", 0.5)]
+    rows = measure_interleaved(gp, variants, 1, BenchConfig(new_tokens=3, warmup=0, repeats=2, vit_repeats=1,
+                                                            image_size=(224, 224)),
+                               decode_batches=[1, 3], inline_memory=True)
+    assert [(r["budget"], r["batch_size"]) for r in rows] == [
+        ("full", 1), ("full", 3), ("r0.25", 1), ("r0.25", 3), ("r0.5", 1), ("r0.5", 3)]
+    assert [r["n_kept"] for r in rows[::2]] == [64, 16, 32]
+    for one, three in zip(rows[::2], rows[1::2]):
+        assert three["kv_bytes"] == 3 * one["kv_bytes"] and three["prefill_ms"] == one["prefill_ms"]
+        assert three["decode_from"] == "replicated batch-1 prefill" and one["decode_from"] == "own prefill"
+        assert one["peak_memory_bytes"] > 0 and "peak_memory_bytes" not in three
+        assert one["spread"]["decode_ms_per_step"]["n"] == three["spread"]["decode_ms_per_step"]["n"] == 2

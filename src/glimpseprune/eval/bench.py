@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -398,7 +398,7 @@ def _budget_kwargs(method: str, config: BenchConfig) -> dict:
 def spread(values: list[float], scale: float = 1.0) -> dict:
     """Median with min and max (scaled), the form every timing is reported in."""
     return {"median": scale * statistics.median(values), "min": scale * min(values), "max": scale * max(values),
-            "n": len(values)}
+            "n": len(values), "values": [scale * v for v in values]}
 
 
 def replicate_prefill(pre, copies: int):
@@ -442,50 +442,73 @@ class _VIPTimer:
             h.remove()
 
 
-class _Config:
-    """One (method, batch size) configuration: inputs, prepared ViT features, and its timed passes."""
+@dataclass(frozen=True)
+class Variant:
+    """What one configuration prunes with: a method name and its fixed keep ratio (ignored for ``none``)."""
 
-    def __init__(self, gp, method: str, batch_size: int, config: BenchConfig, inputs, decode_batch: int | None = None):
+    method: str
+    keep_ratio: float | None = None
+
+    @property
+    def budget(self) -> str:
+        return "full" if self.method == "none" else f"r{self.keep_ratio:g}"
+
+
+class _Config:
+    """One variant at one prefill batch size: its method, and the timings of its passes. Decoding runs at every
+    batch size in ``decode_batches``: the prefill's own batch, or (a batch-1 prefill) the cache replicated."""
+
+    def __init__(self, gp, variant: Variant, batch_size: int, config: BenchConfig, decode_batches: list[int]):
         from ..engine import GenerationParams
 
-        self.gp, self.method_name, self.batch_size, self.config = gp, method, batch_size, config
-        self.decode_batch = decode_batch or batch_size
-        self.device = next(gp.model.parameters()).device
-        self.inputs = inputs
-        self.chosen = gp.method(method, **_budget_kwargs(method, config))
+        self.gp, self.variant, self.batch_size, self.config = gp, variant, batch_size, config
+        self.decode_batches = decode_batches
+        if any(b != batch_size for b in decode_batches) and batch_size != 1:
+            raise ValueError("decode batches other than the prefill's need a batch-1 prefill to replicate")
+        kwargs = _budget_kwargs(variant.method, replace(config, keep_ratio=variant.keep_ratio))
+        self.chosen = gp.method(variant.method, **kwargs)
         self.vit_layers = self.chosen.vit_layers if self.chosen is not None else None
         self.params = GenerationParams.resolve(gp.model.generation_config, max_new_tokens=config.new_tokens,
                                                min_new_tokens=config.new_tokens)
-        self.batch, self.vit_times, self.prefill_times, self.decode_times, self.vip_times = None, [], [], [], []
-        self.pre, self.kv, self.steps = None, 0, 0
+        self.prefill_times, self.vip_times = [], []
+        self.decode_times: dict[int, list[float]] = {b: [] for b in decode_batches}
+        self.pre, self.kv, self.steps, self.memory = None, 0, 0, {}
 
-    def prepare(self, timed: bool = True):
-        _sync(self.device)
-        t0 = time.perf_counter()
-        self.batch = self.gp.adapter.prepare(self.inputs, self.vit_layers)
-        _sync(self.device)
-        if timed:
-            self.vit_times.append(time.perf_counter() - t0)
-
-    def run(self, timer: _VIPTimer | None = None, timed: bool = True):
+    def run(self, batch, timer: _VIPTimer | None = None, timed: bool = True, after_prefill=None):
         from ..engine import decode, prefill
 
         if timer:
             timer.take()
-        pre = prefill(self.gp.adapter, self.batch, self.chosen)
+        pre = prefill(self.gp.adapter, batch, self.chosen)
         vip_s = timer.take() if timer else 0.0
         kv = cache_bytes(pre.cache)
-        pre_dec = replicate_prefill(pre, self.decode_batch) if self.decode_batch != self.batch_size else pre
-        input_ids = self.batch.input_ids.repeat(self.decode_batch // self.batch_size, 1)
-        dec = decode(self.gp.adapter, pre_dec, input_ids, self.params)
+        if after_prefill:
+            after_prefill()
+        for i, b in enumerate(self.decode_batches):
+            if b == self.batch_size:
+                source = pre if len(self.decode_batches) == 1 else _copy_prefill(pre)
+                input_ids = batch.input_ids
+            else:
+                source = replicate_prefill(pre if i == len(self.decode_batches) - 1 else _copy_prefill(pre), b)
+                input_ids = batch.input_ids.repeat(b, 1)
+            dec = decode(self.gp.adapter, source, input_ids, self.params)
+            if timed:
+                self.decode_times[b].append(dec.seconds)
+            self.steps = dec.steps
         if timed:
             self.prefill_times.append(pre.seconds)
-            self.decode_times.append(dec.seconds)
             self.vip_times.append(vip_s)
-        self.pre, self.kv, self.steps = pre, kv, dec.steps
+        self.pre, self.kv = pre, kv
 
 
-def _kv_split(pre, kv_bytes: int, batch) -> dict:
+def _copy_prefill(pre):
+    from ..engine import Prefill
+
+    return Prefill(logits=pre.logits, cache=copy.deepcopy(pre.cache), attention_mask=pre.attention_mask,
+                   last_positions=pre.last_positions, pruning=pre.pruning, seconds=pre.seconds)
+
+
+def _kv_split(pre, kv_bytes: int) -> dict:
     """Physical KV bytes split into visual and text tokens (per-token bytes from the physical cache)."""
     am = pre.attention_mask
     per_token = kv_bytes / am.numel()  # bytes per cached position (all layers, keys + values)
@@ -495,46 +518,54 @@ def _kv_split(pre, kv_bytes: int, batch) -> dict:
             "kv_bytes_per_token": per_token}
 
 
-def _row(gp, cfg: _Config, config: BenchConfig) -> dict:
-    pre, batch = cfg.pre, cfg.batch
+def _rows(gp, cfg: _Config, batch, vit_times: list[float]) -> list[dict]:
+    """One row per decode batch size of a configuration (prefill figures shared)."""
+    pre = cfg.pre
     state = pre.pruning
     sample = state.samples[0]
     n_visual, n_kept = sample.total, sample.kept
     n_text = int(batch.attention_mask[0].sum()) - n_visual
     image_counts = [im.total for im in sample.images]
     decode_steps = max(cfg.steps - 1, 0)  # the first token comes from the prefill logits
-    steps = max(decode_steps, 1)
-    vit = spread(cfg.vit_times, 1000)
+    vit = spread(vit_times, 1000)
     prefill_ms = spread(cfg.prefill_times, 1000)
-    ttft = spread([statistics.median(cfg.vit_times) + p for p in cfg.prefill_times], 1000)
-    dec = spread(cfg.decode_times, 1000 / steps)
+    ttft = spread([statistics.median(vit_times) + p for p in cfg.prefill_times], 1000)
     vip = spread(cfg.vip_times, 1000)
-    decode_median = statistics.median(cfg.decode_times)
-    row = {
-        "method": cfg.method_name,
-        "budget": "full" if cfg.method_name == "none" else f"r{config.keep_ratio:g}",
-        "batch_size": cfg.decode_batch,
-        "prefill_batch_size": cfg.batch_size,
-        "n_text": n_text,
-        "n_visual": n_visual,
-        "n_kept": n_kept,
-        "image_token_counts": image_counts,
-        "prune_layer": state.prune_layer,
-        "num_layers": state.num_layers,
-        "kept_ratio": state.keep_ratio,
-        "layer_averaged_retention": state.layer_averaged_retention,
-        "kv_length": sum(state.kv_lengths) / len(state.kv_lengths),
-        "kv_bytes": cfg.kv * cfg.decode_batch // cfg.batch_size,
-        **{k: v * cfg.decode_batch / cfg.batch_size for k, v in _kv_split(pre, cfg.kv, batch).items()},
-        "vit_ms": vit["median"], "prefill_ms": prefill_ms["median"], "ttft_ms": ttft["median"],
-        "decode_ms_per_step": dec["median"], "vip_ms": vip["median"] if cfg.chosen is not None else 0.0,
-        "spread": {"vit_ms": vit, "prefill_ms": prefill_ms, "ttft_ms": ttft, "decode_ms_per_step": dec, "vip_ms": vip},
-        "decode_tokens_per_s": cfg.decode_batch * decode_steps / decode_median if decode_median > 0 else None,
-        "new_tokens": cfg.steps,
-        **flops_for(gp, cfg.chosen, n_text, n_visual, n_kept, state.prune_layer, image_counts, decode_steps),
-    }
-    row["vip_share_measured"] = row["vip_ms"] / row["prefill_ms"] if row["prefill_ms"] else None
-    return row
+    flops = flops_for(gp, cfg.chosen, n_text, n_visual, n_kept, state.prune_layer, image_counts, decode_steps)
+    rows = []
+    for b in cfg.decode_batches:
+        scale = b / cfg.batch_size
+        dec = spread(cfg.decode_times[b], 1000 / max(decode_steps, 1))
+        decode_median = statistics.median(cfg.decode_times[b])
+        row = {
+            "method": cfg.variant.method,
+            "budget": cfg.variant.budget,
+            "batch_size": b,
+            "prefill_batch_size": cfg.batch_size,
+            "decode_from": "own prefill" if b == cfg.batch_size else "replicated batch-1 prefill",
+            "n_text": n_text,
+            "n_visual": n_visual,
+            "n_kept": n_kept,
+            "image_token_counts": image_counts,
+            "prune_layer": state.prune_layer,
+            "num_layers": state.num_layers,
+            "kept_ratio": state.keep_ratio,
+            "layer_averaged_retention": state.layer_averaged_retention,
+            "kv_length": sum(state.kv_lengths) / len(state.kv_lengths),
+            "kv_bytes": cfg.kv * scale,
+            **{k: v * scale for k, v in _kv_split(pre, cfg.kv).items()},
+            "vit_ms": vit["median"], "prefill_ms": prefill_ms["median"], "ttft_ms": ttft["median"],
+            "decode_ms_per_step": dec["median"], "vip_ms": vip["median"] if cfg.chosen is not None else 0.0,
+            "spread": {"vit_ms": vit, "prefill_ms": prefill_ms, "ttft_ms": ttft, "decode_ms_per_step": dec,
+                       "vip_ms": vip},
+            "decode_tokens_per_s": b * decode_steps / decode_median if decode_median > 0 else None,
+            "new_tokens": cfg.steps,
+            **flops,
+            **(cfg.memory if b == cfg.decode_batches[0] else {}),
+        }
+        row["vip_share_measured"] = row["vip_ms"] / row["prefill_ms"] if row["prefill_ms"] else None
+        rows.append(row)
+    return rows
 
 
 def _inputs(gp, batch_size: int, config: BenchConfig):
@@ -546,51 +577,71 @@ def _inputs(gp, batch_size: int, config: BenchConfig):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
 
 
+def _timed_prepare(gp, inputs, vit_layers, device, times: list[float] | None):
+    _sync(device)
+    t0 = time.perf_counter()
+    batch = gp.adapter.prepare(inputs, vit_layers)
+    _sync(device)
+    if times is not None:
+        times.append(time.perf_counter() - t0)
+    return batch
+
+
 @torch.inference_mode()
-def measure_pair(gp, methods: tuple[str, str], batch_size: int, config: BenchConfig,
-                 decode_batch: int | None = None) -> list[dict]:
-    """Both methods at one batch size, their warm-up and timed passes interleaved (A B B A A B ...)."""
+def measure_interleaved(gp, variants: list[Variant], batch_size: int, config: BenchConfig,
+                        decode_batches: list[int] | None = None, inline_memory: bool = False) -> list[dict]:
+    """Several variants at one prefill batch size, their passes interleaved (A B C, C B A, A B C, ...).
+
+    The ViT runs ``vit_repeats`` times (after one untimed warm-up when ``warmup`` > 0) and its features are reused by
+    every prefill/decode repeat of every variant (``none`` uses the features prepared for the first method that needs
+    ViT layers; it ignores them). With ``inline_memory`` each variant first runs one untimed pass with its peak memory
+    read around it (:func:`_inline_peak`): clean on CUDA, and on CPU when large allocations are returned to the
+    system on free (see the module docstring).
+    """
+    decode_batches = decode_batches or [batch_size]
+    device = next(gp.model.parameters()).device
     inputs = _inputs(gp, batch_size, config)
-    cfgs = [_Config(gp, m, batch_size, config, inputs, decode_batch) for m in methods]
+    cfgs = [_Config(gp, v, batch_size, config, decode_batches) for v in variants]
+    vit_layers = next((c.vit_layers for c in cfgs if c.vit_layers is not None), None)
+    if any(c.vit_layers not in (None, vit_layers) for c in cfgs):
+        raise ValueError("variants that need different ViT layers cannot share prepared features; measure apart")
     load_before = load_average()
-    timer = _VIPTimer(gp.vip, cfgs[0].device)
+    vit_times: list[float] = []
+    timer = _VIPTimer(gp.vip, device)
     try:
-        for c in cfgs:
-            c.prepare(timed=False)  # warm-up of the ViT path (first-call allocations)
-        for r in range(max(1, config.vit_repeats)):
-            for c in (cfgs if r % 2 == 0 else cfgs[::-1]):
-                c.prepare()
+        if config.warmup > 0:
+            _timed_prepare(gp, inputs, vit_layers, device, None)
+        for _ in range(max(1, config.vit_repeats)):
+            batch = _timed_prepare(gp, inputs, vit_layers, device, vit_times)
+        if inline_memory:
+            for c in cfgs:
+                c.memory = _inline_peak(lambda after, c=c: c.run(batch, timed=False, after_prefill=after), device)
         for _ in range(config.warmup):
             for c in cfgs:
-                c.run(timer, timed=False)
+                c.run(batch, timer, timed=False)
         for r in range(max(1, config.repeats)):
             for c in (cfgs if r % 2 == 0 else cfgs[::-1]):
-                c.run(timer)
+                c.run(batch, timer)
     finally:
         timer.remove()
     load_after = load_average()
-    rows = [_row(gp, c, config) for c in cfgs]
+    rows = [row for c in cfgs for row in _rows(gp, c, batch, vit_times)]
     for row in rows:
         row["loadavg_before"], row["loadavg_after"] = load_before, load_after
     return rows
 
 
+def measure_pair(gp, methods: tuple[str, str], batch_size: int, config: BenchConfig,
+                 decode_batch: int | None = None) -> list[dict]:
+    """Baseline and one method at the config's keep ratio, interleaved."""
+    variants = [Variant(m, None if m == "none" else config.keep_ratio) for m in methods]
+    return measure_interleaved(gp, variants, batch_size, config, [decode_batch] if decode_batch else None)
+
+
 def measure(gp, method: str, batch_size: int, config: BenchConfig) -> dict:
     """One configuration alone (no interleaving partner)."""
-    inputs = _inputs(gp, batch_size, config)
-    with torch.inference_mode():
-        c = _Config(gp, method, batch_size, config, inputs)
-        timer = _VIPTimer(gp.vip, c.device)
-        try:
-            for _ in range(max(1, config.vit_repeats)):
-                c.prepare()
-            for _ in range(config.warmup):
-                c.run(timer, timed=False)
-            for _ in range(max(1, config.repeats)):
-                c.run(timer)
-        finally:
-            timer.remove()
-        return _row(gp, c, config)
+    variant = Variant(method, None if method == "none" else config.keep_ratio)
+    return measure_interleaved(gp, [variant], batch_size, config)[0]
 
 
 # ---- clean peak memory ---------------------------------------------------------------------------------------
@@ -618,36 +669,48 @@ def _release_and_reset_peak() -> int:
     return _status_bytes("VmRSS")
 
 
+CPU_MEMORY_KIND = ("cpu resident high-water mark (VmHWM after /proc/self/clear_refs) above the resident memory before "
+                   "the pass")
+CUDA_MEMORY_KIND = "cuda allocator peak (torch.cuda.max_memory_allocated) above the memory allocated before the pass"
+
+
+def _inline_peak(run_pass, device) -> dict:
+    """Peak memory of ``run_pass(after_prefill)`` above what is held before it (weights, inputs, ViT features)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run_pass(None)
+        torch.cuda.synchronize(device)
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device) - base, "memory_kind": CUDA_MEMORY_KIND}
+    base = _release_and_reset_peak()
+    run_pass(None)
+    return {"peak_memory_bytes": _status_bytes("VmHWM") - base, "memory_kind": CPU_MEMORY_KIND}
+
+
 @torch.inference_mode()
 def peak_memory_inline(gp, method: str, batch_size: int, config: BenchConfig, decode_batch: int | None = None) -> dict:
-    """One pass of one configuration with the peak read around it: CUDA allocator statistics, or (CPU, Linux) the
-    kernel's resident high-water mark. On CPU this is only clean in a fresh process (see :func:`peak_memory`)."""
+    """One pass of one configuration with the peak read around its two parts: the ViT (``prepare``) and the LLM
+    (prefill + decode on the ready features). On CPU this is only clean in a fresh process (see :func:`peak_memory`)."""
+    device = next(gp.model.parameters()).device
+    variant = Variant(method, None if method == "none" else config.keep_ratio)
+    c = _Config(gp, variant, batch_size, config, [decode_batch or batch_size])
     inputs = _inputs(gp, batch_size, config)
-    c = _Config(gp, method, batch_size, config, inputs, decode_batch)
-    dev = c.device
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        c.prepare(timed=False)
-        vit_peak = torch.cuda.max_memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        base_llm = torch.cuda.memory_allocated(dev)
-        c.run(timed=False)
-        llm_peak = torch.cuda.max_memory_allocated(dev)
-        kind = "cuda allocator peak (torch.cuda.max_memory_allocated) above the memory allocated before the pass"
-    else:
-        base = _release_and_reset_peak()
-        c.prepare(timed=False)
-        vit_peak = _status_bytes("VmHWM")
-        base_llm = _release_and_reset_peak()
-        c.run(timed=False)
-        llm_peak = _status_bytes("VmHWM")
-        kind = ("cpu resident high-water mark (VmHWM after /proc/self/clear_refs) above the resident memory before "
-                "the pass, one fresh process per configuration")
-    return {"peak_memory_bytes": llm_peak - base_llm, "peak_memory_with_vit_bytes": max(vit_peak, llm_peak) - base,
+    holder = {}
+    vit = _inline_peak(lambda _: holder.setdefault("batch", gp.adapter.prepare(inputs, c.vit_layers)), device)
+    llm = _inline_peak(lambda _: c.run(holder["batch"], timed=False), device)
+    kind = llm["memory_kind"] + ("" if device.type == "cuda" else ", one fresh process per configuration")
+    vit_with_inputs = vit["peak_memory_bytes"]
+    return {"peak_memory_bytes": llm["peak_memory_bytes"],
+            "peak_memory_with_vit_bytes": max(vit_with_inputs, llm["peak_memory_bytes"] + _features_bytes(holder["batch"])),
             "memory_kind": kind}
+
+
+def _features_bytes(batch) -> int:
+    """Bytes the prepared batch holds (embeddings, ViT features) while the LLM part runs."""
+    tensors = [batch.inputs_embeds] + list(batch.vit_features or [])
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def peak_memory(source: dict | None, gp, method: str, batch_size: int, config: BenchConfig,

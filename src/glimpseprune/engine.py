@@ -266,6 +266,11 @@ def decode(
     eos = torch.tensor(params.eos_token_id, device=device) if params.eos_token_id else None
     logits, am, cache = pre.logits, pre.attention_mask, pre.cache
     out = []
+    # Per-call, not per-step: the rotary tables of every decode position (last + 1 ... last + T - 1) come from one
+    # rope call, and the attention mask is built once at the first step and then grown by one "attend" column per
+    # step (a single query sees every cached key; only the prompt's padding columns are masked, and they stay
+    # masked). Rebuilding both every step cost ~20 % of a decode step on small models (issue 17).
+    rope_all, mask_all, mask_len = None, None, 0
     for step in range(params.max_new_tokens):
         scores = procs(history, logits)
         if params.do_sample:
@@ -286,8 +291,21 @@ def decode(
         pos = pre.last_positions + step + 1
         am = torch.cat([am, am.new_ones(bs, 1)], dim=1)
         h = adapter.embed_tokens(token[:, None])
-        cos_sin = adapter.rope(h, pos)
-        mask = adapter.causal_mask(h, am, cache, pos)
+        if rope_all is None:
+            ahead = params.max_new_tokens - 1 - step
+            rope_all = adapter.rope(h.expand(-1, ahead, -1), adapter.next_positions(pre.last_positions + step, ahead))
+            mask = adapter.causal_mask(h, am, cache, pos)
+            if torch.is_tensor(mask) and mask.shape[-1] == am.shape[1]:
+                # The newest column (this token's own key) holds the "attend" value in whatever format the
+                # attention implementation uses (bool, additive float, 0/1 ints): later steps append copies of it.
+                mask_all = torch.cat([mask, mask[..., -1:].expand(*mask.shape[:-1], ahead - 1)], dim=-1)
+                mask_len = mask.shape[-1]
+            first = step
+        cos_sin = tuple(t[:, step - first : step - first + 1] for t in rope_all)
+        if mask_all is not None:
+            mask = mask_all[..., : mask_len + step - first]
+        elif step != first:
+            mask = adapter.causal_mask(h, am, cache, pos)
         for i in range(adapter.num_layers):
             h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)
         logits = adapter.lm_head(adapter.text_model.norm(h))[:, -1].float()

@@ -175,6 +175,11 @@ def test_published_names_give_their_sizes(name, family, layers, hidden, heads, k
     dims = dims_from_hf_config(AutoConfig.for_model(family, **rest))
     assert (dims.lm.layers, dims.lm.hidden, dims.lm.heads, dims.lm.kv_heads, dims.vision.hidden) == (
         layers, hidden, heads, kv_heads, vision_width)
+    if family != "llava":  # mRoPE bands must cover half the head width ([16, 24, 24] at 128-wide heads)
+        mrope = spec["text_config"]["rope_parameters"]["mrope_section"]
+        assert sum(mrope) == dims.lm.head_dim // 2
+        if dims.lm.head_dim == 128:
+            assert mrope == [16, 24, 24]
 
 
 def test_config_json_and_size_overrides(tmp_path):

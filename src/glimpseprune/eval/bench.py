@@ -63,9 +63,13 @@ _CLIP_L_336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediat
 
 
 def _qwen_text(hidden, ffn, layers, heads, kv_heads, vocab, theta=1000000.0):
+    # mRoPE splits half the head width into (t, h, w) bands: [16, 24, 24] at the released 128-wide heads, the same
+    # 1:1.5:1.5 proportions at other widths (64-wide heads of the 0.5B LLM: [8, 12, 12]).
+    half = hidden // heads // 2
+    mrope = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
     return dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
                 num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": [16, 24, 24]})
+                rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope})
 
 
 def _qwen25(text, tie, vision=None):

@@ -269,8 +269,10 @@ def decode(
     # Per-call, not per-step: the rotary tables of every decode position (last + 1 ... last + T - 1) come from one
     # rope call, and the attention mask is built once at the first step and then grown by one "attend" column per
     # step (a single query sees every cached key; only the prompt's padding columns are masked, and they stay
-    # masked). Rebuilding both every step cost ~20 % of a decode step on small models (issue 17).
-    rope_all, mask_all, mask_len = None, None, 0
+    # masked). A first-step mask of None (no padding: the kernel needs no mask for one query) stays None, since
+    # the appended columns are never padding. Rebuilding both every step cost ~20 % of a decode step on small
+    # models (issue 17).
+    rope_all, mask_all, mask_len, rebuild_mask = None, None, 0, False
     for step in range(params.max_new_tokens):
         scores = procs(history, logits)
         if params.do_sample:
@@ -300,11 +302,12 @@ def decode(
                 # attention implementation uses (bool, additive float, 0/1 ints): later steps append copies of it.
                 mask_all = torch.cat([mask, mask[..., -1:].expand(*mask.shape[:-1], ahead - 1)], dim=-1)
                 mask_len = mask.shape[-1]
+            rebuild_mask = mask is not None and mask_all is None  # another mask type: rebuilt per step as before
             first = step
         cos_sin = tuple(t[:, step - first : step - first + 1] for t in rope_all)
         if mask_all is not None:
             mask = mask_all[..., : mask_len + step - first]
-        elif step != first:
+        elif rebuild_mask and step != first:
             mask = adapter.causal_mask(h, am, cache, pos)
         for i in range(adapter.num_layers):
             h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)

@@ -96,6 +96,11 @@ def summarise(rows: list[dict]) -> list[dict]:
             "decode_ratio": _ratio_stats(r["spread"]["decode_ms_per_step"]["values"],
                                          base["spread"]["decode_ms_per_step"]["values"]),
             "decode_ms_per_token": {"none": base["decode_ms_per_step"], "pruned": r["decode_ms_per_step"]},
+            "prefill_cpu_ratio": _ratio_stats(r["spread"]["prefill_cpu_ms"]["values"],
+                                              base["spread"]["prefill_cpu_ms"]["values"]),
+            "decode_cpu_ratio": _ratio_stats(r["spread"]["decode_cpu_ms_per_step"]["values"],
+                                             base["spread"]["decode_cpu_ms_per_step"]["values"]),
+            "vip_share_measured_cpu": r["vip_share_measured_cpu"],
             "vip_share_measured": r["vip_share_measured"], "vip_share_flops": r["vip_flops_share"],
             "kv_bytes": {"none": base["kv_bytes"], "pruned": r["kv_bytes"]},
             "kv_ratio_with_text": r["kv_bytes"] / base["kv_bytes"],
@@ -118,19 +123,22 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def markdown(summary: list[dict], env: dict) -> str:
     lines = [f"device {env['device_name']} ({env['dtype']}, {env['threads']} threads), torch {env['torch']}", "",
-             "| attn | visual tokens | keep | batch | LLM prefill ratio [min-max] (K/L, FLOPs) | VIP share measured / "
-             "FLOPs | TTFT ratio | decode ms/token none → pruned (ratio) | KV ratio with text / visual only | "
-             "peak memory ratio | e2e tok/s ratio | load (1-min) |",
+             "| attn | visual tokens | keep | batch | LLM prefill ratio wall [min-max] / CPU time [min-max] (K/L, "
+             "FLOPs) | VIP share wall / CPU time / FLOPs | TTFT ratio | decode ms/token none → pruned (wall ratio; "
+             "CPU-time ratio) | KV ratio with text / visual only | peak memory ratio | e2e tok/s ratio | "
+             "load (1-min) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        p, d = s["prefill_ratio"], s["decode_ratio"]
+        p, d, pc, dc = s["prefill_ratio"], s["decode_ratio"], s["prefill_cpu_ratio"], s["decode_cpu_ratio"]
         mem = f"{s['peak_memory']['ratio']:.3f}" if "peak_memory" in s else "–"
         lines.append(
             f"| {s['attn']} | {s['n_visual']} | {s['keep']} ({s['n_kept']}) | {s['batch_size']} | "
-            f"{p['median']:.3f} [{p['min']:.3f}-{p['max']:.3f}] ({s['K_over_L']:.3f}, {s['prefill_flops_ratio']:.3f}) | "
-            f"{s['vip_share_measured']:.1%} / {s['vip_share_flops']:.1%} | {s['ttft_ratio']['median']:.3f} | "
+            f"{p['median']:.3f} [{p['min']:.3f}-{p['max']:.3f}] / {pc['median']:.3f} [{pc['min']:.3f}-{pc['max']:.3f}] "
+            f"({s['K_over_L']:.3f}, {s['prefill_flops_ratio']:.3f}) | {s['vip_share_measured']:.1%} / "
+            f"{s['vip_share_measured_cpu']:.1%} / {s['vip_share_flops']:.1%} | {s['ttft_ratio']['median']:.3f} | "
             f"{s['decode_ms_per_token']['none']:.1f} → {s['decode_ms_per_token']['pruned']:.1f} "
-            f"({d['median']:.3f} [{d['min']:.3f}-{d['max']:.3f}]) | {s['kv_ratio_with_text']:.3f} / "
+            f"({d['median']:.3f} [{d['min']:.3f}-{d['max']:.3f}]; {dc['median']:.3f} [{dc['min']:.3f}-{dc['max']:.3f}]) | "
+            f"{s['kv_ratio_with_text']:.3f} / "
             f"{s['kv_ratio_visual_only']:.3f} | {mem} | {s['e2e_tokens_per_s']['ratio']:.3f} | "
             f"{s['loadavg'][0][0] if s['loadavg'][0] else '–'}-{s['loadavg'][1][0] if s['loadavg'][1] else '–'} |")
     return "\n".join(lines)

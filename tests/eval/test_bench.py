@@ -239,6 +239,7 @@ def test_kv_split_vit_reuse_and_load(gp, monkeypatch):
     for r in (base, pruned):
         assert r["kv_bytes_visual"] + r["kv_bytes_text"] == pytest.approx(r["kv_bytes"])  # batch 1: no padding
         assert r["spread"]["prefill_ms"]["n"] == 3 and r["spread"]["vit_ms"]["n"] == 2
+        assert r["spread"]["prefill_cpu_ms"]["n"] == 3 and r["prefill_cpu_ms"] > 0 and r["decode_cpu_ms_per_step"] > 0
         assert len(r["loadavg_before"]) == 3
     ratio = result.comparisons[0]["ratio"]
     assert ratio["kv_bytes_visual"] == pytest.approx(pruned["n_kept"] / base["n_visual"]) == pytest.approx(0.5)

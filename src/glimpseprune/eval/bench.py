@@ -426,19 +426,23 @@ class _VIPTimer:
 
     def __init__(self, vip, device):
         self.device, self.seconds, self._t0, self.handles = device, 0.0, None, []
+        self.cpu_seconds, self._c0 = 0.0, None
         if vip is not None:
             self.handles = [vip.register_forward_pre_hook(self._start), vip.register_forward_hook(self._stop)]
 
     def _start(self, *_):
         _sync(self.device)
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     def _stop(self, *_):
         _sync(self.device)
         self.seconds += time.perf_counter() - self._t0
+        self.cpu_seconds += time.process_time() - self._c0
 
-    def take(self) -> float:
-        out, self.seconds = self.seconds, 0.0
+    def take(self) -> tuple[float, float]:
+        """(wall, process CPU) seconds since the last take."""
+        out = (self.seconds, self.cpu_seconds)
+        self.seconds, self.cpu_seconds = 0.0, 0.0
         return out
 
     def remove(self):
@@ -474,8 +478,9 @@ class _Config:
         self.vit_layers = self.chosen.vit_layers if self.chosen is not None else None
         self.params = GenerationParams.resolve(gp.model.generation_config, max_new_tokens=config.new_tokens,
                                                min_new_tokens=config.new_tokens)
-        self.prefill_times, self.vip_times = [], []
+        self.prefill_times, self.vip_times, self.prefill_cpu, self.vip_cpu = [], [], [], []
         self.decode_times: dict[int, list[float]] = {b: [] for b in decode_batches}
+        self.decode_cpu: dict[int, list[float]] = {b: [] for b in decode_batches}
         self.pre, self.kv, self.steps, self.memory = None, 0, 0, {}
 
     def run(self, batch, timer: _VIPTimer | None = None, timed: bool = True, after_prefill=None):
@@ -483,8 +488,10 @@ class _Config:
 
         if timer:
             timer.take()
+        cpu0 = time.process_time()
         pre = prefill(self.gp.adapter, batch, self.chosen)
-        vip_s = timer.take() if timer else 0.0
+        prefill_cpu = time.process_time() - cpu0
+        vip_s, vip_cpu = timer.take() if timer else (0.0, 0.0)
         kv = cache_bytes(pre.cache)
         if after_prefill:
             after_prefill()
@@ -495,13 +502,17 @@ class _Config:
             else:
                 source = replicate_prefill(pre if i == len(self.decode_batches) - 1 else _copy_prefill(pre), b)
                 input_ids = batch.input_ids.repeat(b, 1)
+            cpu0 = time.process_time()
             dec = decode(self.gp.adapter, source, input_ids, self.params)
             if timed:
                 self.decode_times[b].append(dec.seconds)
+                self.decode_cpu[b].append(time.process_time() - cpu0)
             self.steps = dec.steps
         if timed:
             self.prefill_times.append(pre.seconds)
             self.vip_times.append(vip_s)
+            self.prefill_cpu.append(prefill_cpu)
+            self.vip_cpu.append(vip_cpu)
         self.pre, self.kv = pre, kv
 
 
@@ -535,11 +546,13 @@ def _rows(gp, cfg: _Config, batch, vit_times: list[float]) -> list[dict]:
     prefill_ms = spread(cfg.prefill_times, 1000)
     ttft = spread([statistics.median(vit_times) + p for p in cfg.prefill_times], 1000)
     vip = spread(cfg.vip_times, 1000)
+    prefill_cpu, vip_cpu = spread(cfg.prefill_cpu, 1000), spread(cfg.vip_cpu, 1000)
     flops = flops_for(gp, cfg.chosen, n_text, n_visual, n_kept, state.prune_layer, image_counts, decode_steps)
     rows = []
     for b in cfg.decode_batches:
         scale = b / cfg.batch_size
         dec = spread(cfg.decode_times[b], 1000 / max(decode_steps, 1))
+        dec_cpu = spread(cfg.decode_cpu[b], 1000 / max(decode_steps, 1))
         decode_median = statistics.median(cfg.decode_times[b])
         row = {
             "method": cfg.variant.method,
@@ -560,14 +573,20 @@ def _rows(gp, cfg: _Config, batch, vit_times: list[float]) -> list[dict]:
             **{k: v * scale for k, v in _kv_split(pre, cfg.kv).items()},
             "vit_ms": vit["median"], "prefill_ms": prefill_ms["median"], "ttft_ms": ttft["median"],
             "decode_ms_per_step": dec["median"], "vip_ms": vip["median"] if cfg.chosen is not None else 0.0,
+            # Process CPU time next to wall time: on a shared CPU, waiting for a core inflates wall time but not
+            # CPU time (threads' CPU times add up: a ratio of two CPU times compares work, not latency).
+            "prefill_cpu_ms": prefill_cpu["median"], "decode_cpu_ms_per_step": dec_cpu["median"],
             "spread": {"vit_ms": vit, "prefill_ms": prefill_ms, "ttft_ms": ttft, "decode_ms_per_step": dec,
-                       "vip_ms": vip},
+                       "vip_ms": vip, "prefill_cpu_ms": prefill_cpu, "decode_cpu_ms_per_step": dec_cpu,
+                       "vip_cpu_ms": vip_cpu},
             "decode_tokens_per_s": b * decode_steps / decode_median if decode_median > 0 else None,
             "new_tokens": cfg.steps,
             **flops,
             **(cfg.memory if b == cfg.decode_batches[0] else {}),
         }
         row["vip_share_measured"] = row["vip_ms"] / row["prefill_ms"] if row["prefill_ms"] else None
+        row["vip_share_measured_cpu"] = (vip_cpu["median"] / prefill_cpu["median"]
+                                         if cfg.chosen is not None and prefill_cpu["median"] else 0.0)
         rows.append(row)
     return rows
 
@@ -756,7 +775,7 @@ def _memory_child(payload: dict) -> dict:
 # ---- the benchmark -------------------------------------------------------------------------------------------
 
 
-RATIO_KEYS = ("prefill_ms", "ttft_ms", "vit_ms", "decode_ms_per_step", "kv_length", "kv_bytes", "kv_bytes_visual",
+RATIO_KEYS = ("prefill_ms", "ttft_ms", "vit_ms", "decode_ms_per_step", "prefill_cpu_ms", "decode_cpu_ms_per_step", "kv_length", "kv_bytes", "kv_bytes_visual",
               "peak_memory_bytes", "peak_memory_with_vit_bytes", "prefill_flops", "prefill_flops_without_vit",
               "decode_flops")
 

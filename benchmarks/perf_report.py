@@ -151,20 +151,24 @@ def plot(summary: list[dict], env: dict, label: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    panels = [("prefill_ratio", "LLM prefill, pruned / unpruned"), ("ttft_ratio", "TTFT incl. ViT, pruned / unpruned"),
-              ("decode_ratio", "decode ms/token, pruned / unpruned")]
+    # On a CPU the load-robust figures are the CPU-time ratios (see the bench module); wall time elsewhere.
+    cpu = str(env.get("device", "")).startswith("cpu")
+    clock = "process CPU time" if cpu else "wall time"
+    panels = [("prefill_cpu_ratio" if cpu else "prefill_ratio", f"LLM prefill ({clock}), pruned / unpruned"),
+              ("ttft_ratio", "TTFT incl. ViT (wall time), pruned / unpruned"),
+              ("decode_cpu_ratio" if cpu else "decode_ratio", f"decode per token ({clock}), pruned / unpruned")]
     for ax, (key, title) in zip(axes, panels):
         groups = sorted({(s["attn"], s["keep"], s["batch_size"]) for s in summary})
         for attn, keep, bs in groups:
             pts = sorted((s for s in summary if (s["attn"], s["keep"], s["batch_size"]) == (attn, keep, bs)),
                          key=lambda s: s["n_visual"])
-            if key == "prefill_ratio" and bs != pts[0]["prefill_batch_size"]:
+            if key.startswith("prefill") and bs != pts[0]["prefill_batch_size"]:
                 continue  # replicated decode rows repeat the batch-1 prefill
             x = [s["n_visual"] for s in pts]
             med = [s[key]["median"] for s in pts]
             err = [[m - s[key]["min"] for m, s in zip(med, pts)], [s[key]["max"] - m for m, s in zip(med, pts)]]
             ax.errorbar(x, med, yerr=err, marker="o", capsize=3, label=f"{attn} {keep} bs{bs}")
-        if key == "prefill_ratio" and summary:
+        if key.startswith("prefill") and summary:
             ax.axhline(summary[0]["K_over_L"], color="grey", ls="--", label="K/L floor")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("visual tokens")

@@ -1,6 +1,7 @@
 """GlimpsePrune+ RL mechanics: pruned rollouts, the consistent scoring forward, the GRPO objective, PEFT LoRA."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,159 @@ def test_grpo_loss_by_hand():
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     grpo_loss(lp, lp.detach(), None, torch.tensor([3.0]), torch.ones(1, 2), beta=0.0).loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[-1.5, -1.5]]))
+
+
+def test_group_advantages_leave_out_unscored_completions():
+    rewards = torch.tensor([1.0, 0.0, 123.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    valid = torch.tensor([True, True, False, True, True, False, False, False])
+    adv = group_advantages(rewards, 4, valid=valid)
+    a = group_advantages(torch.tensor([1.0, 0.0, 1.0]), 3)  # the scored three alone
+    torch.testing.assert_close(adv[:4], torch.stack([a[0], a[1], a.new_zeros(()), a[2]]))
+    assert adv[4:].abs().sum() == 0  # one scored completion: no group baseline, no signal
+
+
+def test_rewards_exact_judge_and_user_functions(tmp_path):
+    from glimpseprune.eval.judge import JudgeResult
+    from glimpseprune.train.rewards import build_reward, exact_match_reward, judge_reward, mixed_reward
+
+    records = [{"question": "q", "answer": "There are two.", "short_answer": "two"}, {"question": "q", "answer": "red"}]
+    assert exact_match_reward(records, ["Two.", "blue"]) == [1.0, 0.0]
+
+    class Judge:  # a failed request and a scored one
+        def score(self, question, reference, prediction):
+            if prediction == "fail":
+                return JudgeResult(score=0.0, raw="", cached=False, ok=False, error="timeout")
+            return JudgeResult(score=0.7, raw="score: 0.7", cached=False, ok=True)
+
+    assert judge_reward(Judge())(records, ["fail", "x"]) == [None, 0.7]  # flagged, never scored 0
+    assert mixed_reward(Judge())(records, ["two", "fail"]) == [1.0, None]
+    with pytest.raises(ValueError, match="judge"):
+        mixed_reward(None)(records, ["two", "x"])
+    assert build_reward("glimpseprune.train.rewards:exact_match_reward") is exact_match_reward
+    with pytest.raises(ValueError, match="cannot import"):
+        build_reward("no_such_module_xyz:f")
+    with pytest.raises(ValueError, match="needs reward_judge"):
+        build_reward("judge")
+
+
+# ---- the Run-A trainer -------------------------------------------------------------------------------------------
+
+
+def _odd_length_reward(records, completions):
+    """A reward that varies on a random tiny model (exact match would be 0 everywhere, so no gradient): the parity
+    of the completion's character codes."""
+    return [float(sum(map(ord, c)) % 2) for c in completions]
+
+
+def _rl_trainer(tmp_path, records, **kw):
+    from glimpseprune.train.rl_trainer import GRPOTrainer, RLConfig
+
+    base = dict(model="tiny", output_dir=str(tmp_path), keep_source="vip", prune_layer=2, group_size=3,
+                prompts_per_step=2, micro_batch=4, max_new_tokens=4, temperature=1.0, lr=1e-2, warmup_ratio=0.0,
+                scheduler="constant", max_steps=2, lora_r=4, lora_alpha=8, max_pixels=112 * 112, save_every=1000,
+                progress=False, resume=None, seed=3)
+    base.update(kw)
+    cfg = RLConfig(**base)
+    from glimpseprune.train.rl_trainer import build_policy_model
+
+    gp = build_policy_model(cfg, torch.device("cpu"))
+    return GRPOTrainer(cfg, gp=gp, records=records, reward_fn=_odd_length_reward)
+
+
+def _lora(trainer):
+    return {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("keep_source", ["vip", "boxes"])
+def test_two_rl_steps_change_only_lora(tmp_path, shapes_records, keep_source):
+    trainer = _rl_trainer(tmp_path, shapes_records[:4], keep_source=keep_source)
+    base = {n: p.detach().clone() for n, p in trainer.gp.model.named_parameters() if "lora_" not in n}
+    modules = {n: p.detach().clone() for n, p in list(trainer.gp.glimpse.named_parameters())
+               + list(trainer.gp.vip.named_parameters())}
+    lora_before = _lora(trainer)
+    history = trainer.train()
+    assert [h["step"] for h in history] == [1, 2]
+    for key in ("reward", "kl", "kept_ratio", "completion_tokens", "reward/failed"):
+        assert key in history[0]
+    assert 0 < history[0]["kept_ratio"] < 1
+    after = dict(trainer.gp.model.named_parameters())
+    assert all(torch.equal(base[n], after[n]) for n in base)  # base weights bitwise unchanged
+    assert all(torch.equal(modules[n], p) for n, p in list(trainer.gp.glimpse.named_parameters())
+               + list(trainer.gp.vip.named_parameters()))
+    lora_after = _lora(trainer)
+    assert any(not torch.equal(lora_before[n], lora_after[n]) for n in lora_before)
+    assert history[1]["kl"] > 0  # after one update the policy has left the reference
+    assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))  # nothing pickled
+
+
+def test_rl_resume_is_exact(tmp_path, shapes_records):
+    records = shapes_records[:6]
+    straight = _rl_trainer(tmp_path / "a", records, max_steps=3)
+    straight.train()
+    killed = _rl_trainer(tmp_path / "b", records, max_steps=3, save_every=1)
+    killed.train(stop_at=2)  # the process dies after step 2 (checkpoint-2 is on disk)
+    resumed = _rl_trainer(tmp_path / "b", records, max_steps=3, save_every=1, resume="auto")
+    history = resumed.train()
+    assert [h["step"] for h in history] == [3]
+    a, b = _lora(straight), _lora(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert straight.history[-1] == history[-1] | {"seconds": straight.history[-1]["seconds"]}
+
+
+# ---- GP+ pipeline: Run A -> merge -> Run B -> artefacts in both layouts ----------------------------------------
+
+
+def test_train_plus_artefacts_round_trip(tmp_path, shapes_records):
+    from glimpseprune.checkpoint import load_modules
+    from glimpseprune.data.scenes import all_texts
+    from glimpseprune.train.plus import train_plus
+
+    from .conftest import MAX_PIXELS, SMALL_VIP
+
+    base_dir = tmp_path / "base"
+    model, processor = tiny_qwen2_5_vl(corpus=all_texts())
+    model.save_pretrained(base_dir)
+    processor.save_pretrained(base_dir)
+    config = {
+        "output_dir": str(tmp_path / "plus"),
+        "run_a": dict(model=str(base_dir), keep_source="boxes", prune_layer=2, group_size=4, prompts_per_step=2,
+                      max_new_tokens=3, lr=1e-2, warmup_ratio=0.0, scheduler="constant", max_steps=1, lora_r=4,
+                      lora_alpha=8, max_pixels=MAX_PIXELS, progress=False, resume=None, seed=0),
+        "run_b": dict(model=str(base_dir), dtype="float32", mode="box", lr=1e-3, warmup_ratio=0.0,
+                      scheduler="constant", max_steps=1, batch_size=1, grad_accum=1, mixed_precision="no",
+                      glimpse=dict(SMALL_VIP), glimpse_dropout=0.0, max_pixels=MAX_PIXELS, progress=False,
+                      resume=None, log_every=1, save_every=1000),
+    }
+    paths = train_plus(config, records=shapes_records[:2], reward_fn=_odd_length_reward)
+    ours, ref = Path(paths["final"]), Path(paths["final_reference"])
+    assert {p.name for p in ref.iterdir()} == {"config.json", "new_modules_gp.pt", "adapter_config.json",
+                                              "adapter_model.safetensors"}
+    # the reference layout uses the transformers-4.51 key prefix; ours the 5.x one; same tensors
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(ours / "adapter" / "adapter_model.safetensors")), load_file(
+        str(ref / "adapter_model.safetensors"))
+    assert all(k.startswith("base_model.model.model.layers.") for k in b)
+    assert sorted(k.replace("model.language_model.layers.", "model.layers.") for k in a) == sorted(b)
+    assert all(torch.equal(a[k], b[k.replace("model.language_model.layers.", "model.layers.")]) for k in a)
+
+    gp_ours = GlimpsePrune.from_pretrained(base_dir, glimpse=ours / "glimpse", adapter=ours / "adapter",
+                                           dtype=torch.float32)
+    gp_ref = GlimpsePrune.from_pretrained(base_dir, glimpse=ref, adapter=ref, dtype=torch.float32)
+    assert gp_ours.config.prune_layer == 2 == gp_ref.config.prune_layer
+    # the LoRA really was merged (and the same way from both layouts)
+    plain = GlimpsePrune.from_pretrained(base_dir, dtype=torch.float32)
+    w = "model.language_model.layers.0.self_attn.q_proj.weight"
+    sd_ours, sd_ref, sd_plain = gp_ours.model.state_dict(), gp_ref.model.state_dict(), plain.model.state_dict()
+    assert not torch.equal(sd_ours[w], sd_plain[w])
+    assert all(torch.equal(sd_ours[k], sd_ref[k]) for k in sd_ours)
+    # modules: ours bit for bit as trained; the reference layout stores bfloat16
+    run_b_final = load_modules(tmp_path / "plus" / "run_b" / "final", gp_ours.adapter.default_glimpse_config())
+    for x, y in zip(gp_ours.vip.state_dict().values(), run_b_final[2].state_dict().values()):
+        assert torch.equal(x, y)
+    for x, y in zip(gp_ref.vip.state_dict().values(), gp_ours.vip.state_dict().values()):
+        torch.testing.assert_close(x, y.to(torch.bfloat16).float())
+    inputs = build_inputs(gp_ours.processor, ["what colour is the shape in the image?"], [[scene(112, 112, 0)]])
+    out = gp_ours.generate(**inputs, max_new_tokens=3)
+    assert out.pruning.prune_layer == 2

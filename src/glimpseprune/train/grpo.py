@@ -23,14 +23,27 @@ from dataclasses import dataclass
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """[N] rewards laid out group after group (G consecutive rows per prompt) -> [N] advantages."""
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[N] rewards laid out group after group (G consecutive rows per prompt) -> [N] advantages.
+
+    ``valid`` (bool [N]): completions that could be scored. Mean and std use only those; the others, and every row
+    of a group with fewer than two scored completions, get advantage 0.
+    """
     if rewards.dim() != 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     if group_size < 2:
         raise ValueError("group-relative advantages need at least 2 completions per prompt")
     r = rewards.float().view(-1, group_size)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+    if valid is None:
+        return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+    v = valid.view(-1, group_size).float()
+    n = v.sum(1, keepdim=True)
+    r = torch.where(v > 0, r, torch.zeros_like(r))
+    mean = r.sum(1, keepdim=True) / n.clamp(min=1)
+    var = (((r - mean) ** 2) * v).sum(1, keepdim=True) / (n - 1).clamp(min=1)
+    adv = (r - mean) / (var.sqrt() + eps) * v
+    return torch.where(n >= 2, adv, torch.zeros_like(adv)).view(-1)
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -329,3 +329,47 @@ def test_train_plus_artefacts_round_trip(tmp_path, shapes_records):
     inputs = build_inputs(gp_ours.processor, ["what colour is the shape in the image?"], [[scene(112, 112, 0)]])
     out = gp_ours.generate(**inputs, max_new_tokens=3)
     assert out.pruning.prune_layer == 2
+
+
+def test_plus_evaluation_control_keeps_the_same_counts_and_pairs_rows():
+    from glimpseprune.mini.evaluate_plus import ROWS, random_keep, summarize
+
+    keep = random_keep([3, 0, 7], [16, 16, 20], seed=1)
+    assert [int(k.sum()) for k in keep] == [3, 0, 7] and [k.numel() for k in keep] == [16, 16, 20]
+    assert not torch.equal(keep[0], random_keep([3], [16], seed=2)[0])  # the seed matters
+    rows = []
+    for i in range(6):
+        row = {"qtype": "count" if i < 3 else "exists", "total": 16, "kept_stage1": 2, "kept_plus": 4}
+        row.update({f"em_{name}": 1.0 for name in ROWS})
+        row["em_random"] = float(i % 2)
+        rows.append(row)
+    report = summarize(rows, 1.0, 2, 2)
+    assert report["em_random"] == 0.5 and report["em_plus"] == 1.0
+    assert report["paired"]["plus_vs_random"]["a_only"] == 3
+    assert report["per_qtype"]["count"]["n"] == 3 and report["kept_ratio_plus"] == 0.25
+
+
+def test_train_plus_cli_is_registered(capsys):
+    from glimpseprune.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train-plus", "--help"])
+    assert exc.value.code == 0
+    assert "--config" in capsys.readouterr().out
+
+
+def test_plus_config_rejects_unknown_keys(tmp_path):
+    from glimpseprune.train.plus import load_config
+    from glimpseprune.train.rl_trainer import RLConfig
+
+    path = tmp_path / "c.json"
+    path.write_text('{"output_dir": "x", "run_a": {"max_steps": 3}}')
+    assert load_config(path, ["run_a.max_steps=5", "run_b.lr=0.1"]) == {
+        "output_dir": "x", "run_a": {"max_steps": 5}, "run_b": {"lr": 0.1}}
+    path.write_text('{"output_dir": "x", "run_c": {}}')
+    with pytest.raises(ValueError, match="run_c"):
+        load_config(path)
+    with pytest.raises(ValueError, match="unknown RL config keys"):
+        RLConfig.from_dict({"lora_rank": 3})
+    with pytest.raises(ValueError, match="keep_source"):
+        RLConfig(keep_source="random")

@@ -12,7 +12,7 @@ from glimpseprune.methods import FixedKeep
 from glimpseprune.processing import build_inputs
 from glimpseprune.tiny import tiny_qwen2_5_vl
 from glimpseprune.train.grpo import group_advantages, grpo_loss, k3_kl
-from glimpseprune.train.rl_forward import completion_logprobs, completion_mask, rollout, select_rows
+from glimpseprune.train.rl_forward import completion_logprobs, completion_mask, rollout, select_prompts
 from glimpseprune.train.rl_lora import add_lora, decoder_linear_names
 
 from ..conftest import scene
@@ -58,14 +58,15 @@ def test_scoring_forward_reproduces_rollout_logprobs(lora_gp, source):
     else:
         g = torch.Generator().manual_seed(3)
         method = FixedKeep([torch.rand(n, generator=g) < 0.4 for n in n_vis], prune_layer=2)
-    r = rollout(gp.adapter, inputs, method, _params(), torch.Generator().manual_seed(0))
-    assert r.completion.shape[1] == 6 and r.logprobs.shape == r.completion.shape
+    r = rollout(gp.adapter, inputs, method, _params(), torch.Generator().manual_seed(0), group_size=2)
+    assert r.completion.shape == (6, 6) and r.logprobs.shape == r.completion.shape
+    assert not torch.equal(r.completion[0], r.completion[1])  # a group's completions are sampled independently
     kept = [int(k.sum()) for k in r.keep]
     assert all(0 < k < n for k, n in zip(kept, n_vis))  # a real cut, ragged over the rows
     scored = completion_logprobs(gp.adapter, r)
     torch.testing.assert_close(scored, r.logprobs, atol=1e-5, rtol=1e-5)
     # and the scoring forward is not vacuous: another kept set gives other log-probs for the same tokens
-    other = select_rows(r, [0, 1, 2])
+    other = select_prompts(r, [0, 1, 2])
     other.keep = [~k for k in r.keep]
     assert (completion_logprobs(gp.adapter, other) - r.logprobs).abs().max() > 1e-3
 
@@ -74,11 +75,11 @@ def test_scoring_forward_batch_rows_equal_single_rows(lora_gp):
     gp, _ = lora_gp
     inputs = _inputs(gp.processor)
     r = rollout(gp.adapter, inputs, gp.method("glimpse", max_keep_ratio=0.3), _params(),
-                torch.Generator().manual_seed(5))
+                torch.Generator().manual_seed(5), group_size=2)
     full = completion_logprobs(gp.adapter, r)
     for b in range(3):
-        single = completion_logprobs(gp.adapter, select_rows(r, [b]))
-        torch.testing.assert_close(single[0], full[b], atol=1e-5, rtol=1e-5)
+        single = completion_logprobs(gp.adapter, select_prompts(r, [b]))
+        torch.testing.assert_close(single, full[2 * b:2 * b + 2], atol=1e-5, rtol=1e-5)
 
 
 def test_scoring_forward_has_gradients_on_lora_only(lora_gp):
@@ -260,14 +261,15 @@ def test_two_rl_steps_change_only_lora(tmp_path, shapes_records, keep_source):
 
 
 def test_rl_resume_is_exact(tmp_path, shapes_records):
-    records = shapes_records[:6]
-    straight = _rl_trainer(tmp_path / "a", records, max_steps=3)
+    records = shapes_records[:4]
+    straight = _rl_trainer(tmp_path / "a", records, max_steps=2)
     straight.train()
-    killed = _rl_trainer(tmp_path / "b", records, max_steps=3, save_every=1)
-    killed.train(stop_at=2)  # the process dies after step 2 (checkpoint-2 is on disk)
-    resumed = _rl_trainer(tmp_path / "b", records, max_steps=3, save_every=1, resume="auto")
+    killed = _rl_trainer(tmp_path / "b", records, max_steps=2, save_every=1)
+    killed.train(stop_at=1)  # the process dies after step 1 (checkpoint-1 is on disk)
+    resumed = _rl_trainer(tmp_path / "b", records, max_steps=2, save_every=1, resume="auto")
     history = resumed.train()
-    assert [h["step"] for h in history] == [3]
+    assert [h["step"] for h in history] == [2]
+    assert resumed.history[-1]["kl"] > 0  # the resumed step starts from the trained LoRA, not from zero
     a, b = _lora(straight), _lora(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert straight.history[-1] == history[-1] | {"seconds": straight.history[-1]["seconds"]}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters.base import FamilyAdapter, PreparedBatch
-from ..engine import GenerationParams, decode, prefill
+from ..engine import GenerationParams, Prefill, decode, prefill
 from ..methods import FixedKeep, PruneMethod
 
 KEEP_SOURCES = ("vip", "boxes")
@@ -34,17 +34,39 @@ KEEP_SOURCES = ("vip", "boxes")
 
 @dataclass
 class Rollout:
-    batch: PreparedBatch  # the prepared prompts (embeddings carry no gradient: LoRA never touches them)
-    keep: list[torch.Tensor]  # per row: bool over its visual tokens, the kept set of the rollout's cut
+    """G completions of each of P prompts: completion rows p*G .. p*G+G-1 belong to prompt p."""
+
+    batch: PreparedBatch  # the P prepared prompts (embeddings carry no gradient: LoRA never touches them)
+    keep: list[torch.Tensor]  # per prompt: bool over its visual tokens, the kept set of the rollout's cut
     prune_layer: int
-    completion: torch.Tensor  # [N, T] sampled ids (pad after the end-of-turn token)
-    completion_mask: torch.Tensor  # [N, T] float: 1 up to and including the first end token
-    logprobs: torch.Tensor  # [N, T] float32 sampling log-probs of the completion tokens
+    group_size: int
+    completion: torch.Tensor  # [P*G, T] sampled ids (pad after the end-of-turn token)
+    completion_mask: torch.Tensor  # [P*G, T] float: 1 up to and including the first end token
+    logprobs: torch.Tensor  # [P*G, T] float32 sampling log-probs of the completion tokens
     temperature: float
 
     @property
     def kept_ratios(self) -> list[float]:
+        """Per prompt: the kept share of its visual tokens."""
         return [float(k.float().mean()) if k.numel() else 1.0 for k in self.keep]
+
+
+def expand_prefill(pre: Prefill, group_size: int) -> Prefill:
+    """Each prompt's prefill repeated for its G completions (rows p*G .. p*G+G-1): the prompt, its kept set and
+    therefore its logits and KV cache are the same for every completion of a group, so the prefill runs once."""
+    if group_size == 1:
+        return pre
+    for layer in pre.cache.layers:
+        layer.keys = layer.keys.repeat_interleave(group_size, 0)
+        layer.values = layer.values.repeat_interleave(group_size, 0)
+    return Prefill(
+        logits=pre.logits.repeat_interleave(group_size, 0),
+        cache=pre.cache,
+        attention_mask=pre.attention_mask.repeat_interleave(group_size, 0),
+        last_positions=pre.last_positions.repeat_interleave(group_size, -2),
+        pruning=pre.pruning,
+        seconds=pre.seconds,
+    )
 
 
 def check_sampling(params: GenerationParams) -> None:
@@ -81,15 +103,18 @@ def rollout(
     method: PruneMethod,
     params: GenerationParams,
     generator: torch.Generator | None = None,
+    group_size: int = 1,
 ) -> Rollout:
-    """Sample one completion per row of ``inputs`` (repeat prompts for a group) with the cut at ``method``'s layer.
+    """Sample ``group_size`` completions per prompt of ``inputs`` with the cut at ``method``'s layer.
 
-    ``method``: ``GlimpsePruneMethod`` (the VIP's own selection) or ``FixedKeep`` (e.g. ground-truth box masks).
+    ``method``: ``GlimpsePruneMethod`` (the VIP's own selection) or ``FixedKeep`` (e.g. ground-truth box masks, one
+    per prompt). The prompt is prefilled once and its cache shared by its completions.
     """
     check_sampling(params)
     batch = adapter.prepare(inputs, method.vit_layers)
-    pre = prefill(adapter, batch, method)
-    dec = decode(adapter, pre, batch.input_ids, params, generator, return_logprobs=True)
+    pre = expand_prefill(prefill(adapter, batch, method), group_size)
+    input_ids = batch.input_ids.repeat_interleave(group_size, 0)
+    dec = decode(adapter, pre, input_ids, params, generator, return_logprobs=True)
     keep = [s.keep.to(batch.input_ids.device) for s in pre.pruning.samples]
     if method.uses_glimpse:  # the scoring forward replays the kept set without the glimpse: drop its ViT features
         batch.vit_features = None
@@ -97,6 +122,7 @@ def rollout(
         batch=batch,
         keep=keep,
         prune_layer=method.prune_layer,
+        group_size=group_size,
         completion=dec.tokens,
         completion_mask=completion_mask(dec.tokens, params.eos_token_id),
         logprobs=dec.logprobs,
@@ -104,43 +130,42 @@ def rollout(
     )
 
 
-def select_rows(r: Rollout, rows: torch.Tensor | list[int]) -> Rollout:
-    """The sub-rollout of some rows (a micro-batch of the loss)."""
-    idx = torch.as_tensor(rows, dtype=torch.long)
+def select_prompts(r: Rollout, prompts: list[int]) -> Rollout:
+    """The sub-rollout of some prompts with all their completions (a micro-batch of the loss)."""
     b = r.batch
-    images = [b.images[i] for i in idx.tolist()]
     dev = b.input_ids.device
-    didx = idx.to(dev)
-    position_ids = b.position_ids.index_select(-2, didx)
+    idx = torch.as_tensor(prompts, dtype=torch.long, device=dev)
+    rows = (idx[:, None] * r.group_size + torch.arange(r.group_size, device=dev)).reshape(-1)
     batch = PreparedBatch(
-        input_ids=b.input_ids[didx],
-        attention_mask=b.attention_mask[didx],
-        inputs_embeds=b.inputs_embeds[didx],
-        position_ids=position_ids,
-        visual_mask=b.visual_mask[didx],
-        images=images,
+        input_ids=b.input_ids[idx],
+        attention_mask=b.attention_mask[idx],
+        inputs_embeds=b.inputs_embeds[idx],
+        position_ids=b.position_ids.index_select(-2, idx),
+        visual_mask=b.visual_mask[idx],
+        images=[b.images[i] for i in prompts],
         vit_features=None,
-        source_index=None if b.source_index is None else b.source_index[didx],
+        source_index=None if b.source_index is None else b.source_index[idx],
         extras={},
     )
     return Rollout(
         batch=batch,
-        keep=[r.keep[i] for i in idx.tolist()],
+        keep=[r.keep[i] for i in prompts],
         prune_layer=r.prune_layer,
-        completion=r.completion[didx],
-        completion_mask=r.completion_mask[didx],
-        logprobs=r.logprobs[didx],
+        group_size=r.group_size,
+        completion=r.completion[rows],
+        completion_mask=r.completion_mask[rows],
+        logprobs=r.logprobs[rows],
         temperature=r.temperature,
     )
 
 
 def completion_logprobs(adapter: FamilyAdapter, r: Rollout) -> torch.Tensor:
-    """[N, T] float32 log-probs of ``r.completion`` under the current weights, computed the rollout's way.
+    """[P*G, T] float32 log-probs of ``r.completion`` under the current weights, computed the rollout's way.
 
     Differentiable with respect to every weight of the decoder (the LoRA factors in RL); run it under
     ``torch.no_grad()`` for the frozen reference (adapter disabled).
     """
-    pre = prefill(adapter, r.batch, FixedKeep(r.keep, r.prune_layer))
+    pre = expand_prefill(prefill(adapter, r.batch, FixedKeep(r.keep, r.prune_layer)), r.group_size)
     logits = [pre.logits[:, None]]
     steps = r.completion.shape[1]
     if steps > 1:

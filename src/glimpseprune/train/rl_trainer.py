@@ -38,7 +38,7 @@ from torch import nn
 
 from .grpo import group_advantages, grpo_loss
 from .rewards import build_reward, score_completions
-from .rl_forward import KEEP_SOURCES, Rollout, completion_logprobs, rollout, select_rows
+from .rl_forward import KEEP_SOURCES, Rollout, completion_logprobs, rollout, select_prompts
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -59,7 +59,7 @@ class RLConfig:
     policy: dict = field(default_factory=dict)  # VIP keep-policy overrides: threshold, max_keep_ratio, min_keep
     group_size: int = 4  # completions per prompt (published: 4)
     prompts_per_step: int = 8  # per process (published: 8 per step over all devices)
-    micro_batch: int = 32  # completions per backward pass
+    micro_batch: int = 32  # completions per backward pass (rounded to whole groups)
     max_new_tokens: int = 128
     temperature: float = 1.0
     num_iterations: int = 1  # updates per rollout batch (published: 1)
@@ -261,9 +261,10 @@ class GRPOTrainer:
         p = self.cfg.prompts_per_step
         return [self.records[i] for i in order[index * p:(index + 1) * p]]
 
-    def _chunks(self, n: int) -> list[list[int]]:
-        m = self.cfg.micro_batch
-        return [list(range(i, min(i + m, n))) for i in range(0, n, m)]
+    def _chunks(self, n_prompts: int) -> list[list[int]]:
+        """Prompt indices per backward pass: whole groups, about ``micro_batch`` completions each."""
+        m = max(1, self.cfg.micro_batch // self.cfg.group_size)
+        return [list(range(i, min(i + m, n_prompts))) for i in range(0, n_prompts, m)]
 
     def train_step(self) -> dict:
         cfg, acc = self.cfg, self.acc
@@ -272,38 +273,39 @@ class GRPOTrainer:
         t0 = time.time()
         prompts = self.prompts_for_step(self.step)
         group = [rec for rec in prompts for _ in range(cfg.group_size)]
-        batch = self.collate(group)
+        batch = self.collate(prompts)
         gen = torch.Generator(device=acc.device).manual_seed(
             (cfg.seed * 1_000_003 + self.step * acc.num_processes + acc.process_index) % (2**63))
-        r = rollout(self.adapter, model_inputs(batch, acc.device), self.method(batch), self.generation_params(), gen)
+        r = rollout(self.adapter, model_inputs(batch, acc.device), self.method(batch), self.generation_params(), gen,
+                    group_size=cfg.group_size)
         texts = self.texts(r)
         values = score_completions(self.reward_fn, group, texts)
         valid = torch.tensor([v is not None for v in values], device=acc.device)
         rewards = torch.tensor([0.0 if v is None else v for v in values], device=acc.device)
         advantages = group_advantages(rewards, cfg.group_size, valid=valid)
         mask = r.completion_mask * valid[:, None].float()
-        rows = (mask.sum(1) > 0).nonzero().squeeze(1).tolist()
-        chunks = self._chunks(len(rows))
+        n_rows = max(1, int((mask.sum(1) > 0).sum()))
+        chunks = self._chunks(len(prompts))
+
+        def rows_of(c):
+            return [p * cfg.group_size + g for p in c for g in range(cfg.group_size)]
+
         with torch.no_grad(), self.peft_model.disable_adapter():
             ref = torch.zeros_like(r.logprobs)
             for c in chunks:
-                idx = [rows[i] for i in c]
-                ref[idx] = completion_logprobs(self.adapter, select_rows(r, idx))
+                ref[rows_of(c)] = completion_logprobs(self.adapter, select_prompts(r, c))
         terms_log = []
         for _ in range(cfg.num_iterations):
             for i, c in enumerate(chunks):
-                idx = [rows[j] for j in c]
-                sub = select_rows(r, idx)
+                idx = rows_of(c)
                 sync = i == len(chunks) - 1
                 with acc.no_sync(self.ddp_scorer) if not sync else contextlib.nullcontext():
-                    logprobs = self.ddp_scorer(sub)
+                    logprobs = self.ddp_scorer(select_prompts(r, c))
                     terms = grpo_loss(logprobs, r.logprobs[idx], ref[idx], advantages[idx], mask[idx],
                                       cfg.clip_eps, cfg.beta)
-                    acc.backward(terms.loss * (len(idx) / len(rows)))
+                    # grpo_loss averages over the chunk's scored rows; weight it to a mean over the step's
+                    acc.backward(terms.loss * (int((mask[idx].sum(1) > 0).sum()) / n_rows))
                 terms_log.append(terms)
-            if not chunks:  # nothing scorable on this process: still take part in the gradient all-reduce
-                sub = select_rows(r, [0])
-                acc.backward(self.ddp_scorer(sub).sum() * 0.0)
             if cfg.max_grad_norm:
                 acc.clip_grad_norm_([p for p in self.peft_model.parameters() if p.requires_grad], cfg.max_grad_norm)
             self.optimizer.step()

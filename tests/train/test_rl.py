@@ -375,3 +375,11 @@ def test_plus_config_rejects_unknown_keys(tmp_path):
         RLConfig.from_dict({"lora_rank": 3})
     with pytest.raises(ValueError, match="keep_source"):
         RLConfig(keep_source="random")
+    # the mini evaluation runs on these artefacts: every row scored, the random control at GP+'s counts
+    from glimpseprune.mini.evaluate_plus import evaluate
+    from glimpseprune.mini.pretrain import synthetic_examples
+
+    report = evaluate(plain, plain.with_new_modules(seed=0, prune_layer=2), gp_ours,
+                      synthetic_examples(2, 0, 448, "test"), batch_size=2, progress=False)
+    assert report["n"] == 2 and report["plus_prune_layer"] == 2
+    assert all(r["kept_random"] == r["kept_plus"] for r in report["rows"])

@@ -54,7 +54,9 @@ class RLConfig:
     val_data: str | list[str] | None = None
     synthetic: dict | None = None  # {"n_train", "n_val", "seed", "size"}: glimpse-shapes generated into output_dir
     output_dir: str = "runs/plus"
-    keep_source: str = "vip"  # "vip": the modules' own selection; "boxes": ground-truth box masks (the reference)
+    # "boxes": ground-truth box masks (the published choice; default until the two are measured against each other,
+    # docs/training.md); "vip": the modules' own selection under their keep policy
+    keep_source: str = "boxes"
     prune_layer: int | None = None  # default: the modules' K
     policy: dict = field(default_factory=dict)  # VIP keep-policy overrides: threshold, max_keep_ratio, min_keep
     group_size: int = 4  # completions per prompt (published: 4)

@@ -331,6 +331,14 @@ def test_train_plus_artefacts_round_trip(tmp_path, shapes_records):
     inputs = build_inputs(gp_ours.processor, ["what colour is the shape in the image?"], [[scene(112, 112, 0)]])
     out = gp_ours.generate(**inputs, max_new_tokens=3)
     assert out.pruning.prune_layer == 2
+    # the mini evaluation runs on these artefacts: every row scored, the random control at GP+'s counts
+    from glimpseprune.mini.evaluate_plus import evaluate
+    from glimpseprune.mini.pretrain import synthetic_examples
+
+    report = evaluate(plain, plain.with_new_modules(seed=0, prune_layer=2), gp_ours,
+                      synthetic_examples(2, 0, 448, "test"), batch_size=2, progress=False)
+    assert report["n"] == 2 and report["plus_prune_layer"] == 2
+    assert all(r["kept_random"] == r["kept_plus"] for r in report["rows"])
 
 
 def test_plus_evaluation_control_keeps_the_same_counts_and_pairs_rows():
@@ -375,11 +383,3 @@ def test_plus_config_rejects_unknown_keys(tmp_path):
         RLConfig.from_dict({"lora_rank": 3})
     with pytest.raises(ValueError, match="keep_source"):
         RLConfig(keep_source="random")
-    # the mini evaluation runs on these artefacts: every row scored, the random control at GP+'s counts
-    from glimpseprune.mini.evaluate_plus import evaluate
-    from glimpseprune.mini.pretrain import synthetic_examples
-
-    report = evaluate(plain, plain.with_new_modules(seed=0, prune_layer=2), gp_ours,
-                      synthetic_examples(2, 0, 448, "test"), batch_size=2, progress=False)
-    assert report["n"] == 2 and report["plus_prune_layer"] == 2
-    assert all(r["kept_random"] == r["kept_plus"] for r in report["rows"])

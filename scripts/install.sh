@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv with everything the project needs (CPU torch pinned first, so pip never pulls a CUDA wheel).
-# Idempotent: re-running only installs what is missing. Usage: scripts/install.sh [extras], default "test,eval".
+# Idempotent: re-running only installs what is missing. Usage: scripts/install.sh [extras], default "test,eval,train".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-test,eval}"
+extras="${1:-test,eval,train}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

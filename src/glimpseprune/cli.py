@@ -15,6 +15,7 @@ from pathlib import Path
 # name -> (module, add-arguments function, run function)
 _SUBCOMMANDS = {
     "train": ("glimpseprune.train.cli", "add_arguments", "run"),
+    "train-plus": ("glimpseprune.train.plus", "add_arguments", "run"),
     "eval": ("glimpseprune.eval.cli", "add_eval_arguments", "run_eval"),
     "bench": ("glimpseprune.eval.cli", "add_bench_arguments", "run_bench"),
     "demo": ("glimpseprune.demo", "add_arguments", "run"),

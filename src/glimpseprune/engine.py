@@ -247,6 +247,9 @@ class Decoded:
     tokens: torch.Tensor  # [bs, T] generated ids (finished rows padded with pad_token_id)
     seconds: float
     steps: int
+    # [bs, T] float32 log-prob of each chosen token under the distribution it was drawn from (after the logits
+    # processors); only with return_logprobs=True. RL rollouts need it (train/rl_forward.py recomputes it).
+    logprobs: torch.Tensor | None = None
 
 
 def decode(
@@ -255,6 +258,7 @@ def decode(
     input_ids: torch.Tensor,
     params: GenerationParams,
     generator: torch.Generator | None = None,
+    return_logprobs: bool = False,
 ) -> Decoded:
     device = pre.logits.device
     _sync(device)
@@ -265,7 +269,7 @@ def decode(
     unfinished = torch.ones(bs, dtype=torch.bool, device=device)
     eos = torch.tensor(params.eos_token_id, device=device) if params.eos_token_id else None
     logits, am, cache = pre.logits, pre.attention_mask, pre.cache
-    out = []
+    out, logprobs = [], []
     # Per-call, not per-step: the rotary tables of every decode position (last + 1 ... last + T - 1) come from one
     # rope call, and the attention mask is built once at the first step and then grown by one "attend" column per
     # step (a single query sees every cached key; only the prompt's padding columns are masked, and they stay
@@ -283,6 +287,8 @@ def decode(
         if eos is not None and params.pad_token_id is not None:
             token = torch.where(unfinished, token, torch.full_like(token, params.pad_token_id))
         out.append(token)
+        if return_logprobs:
+            logprobs.append(torch.log_softmax(scores.float(), dim=-1).gather(1, token[:, None]).squeeze(1))
         history = torch.cat([history, token[:, None]], dim=1)
         if eos is not None:
             unfinished &= ~torch.isin(token, eos)
@@ -313,4 +319,9 @@ def decode(
             h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)
         logits = adapter.lm_head(adapter.text_model.norm(h))[:, -1].float()
     _sync(device)
-    return Decoded(tokens=torch.stack(out, dim=1), seconds=time.perf_counter() - start, steps=len(out))
+    return Decoded(
+        tokens=torch.stack(out, dim=1),
+        seconds=time.perf_counter() - start,
+        steps=len(out),
+        logprobs=torch.stack(logprobs, dim=1) if return_logprobs else None,
+    )

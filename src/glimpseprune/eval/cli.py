@@ -45,7 +45,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser, config_only: bool) -> 
 def _device(args) -> str:
     import torch
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .shard import current_shard
+
+    # Under a data-parallel launch each process takes its own accelerator (cuda:<local rank>).
+    return args.device or current_shard().device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _dtype(name: str):
@@ -217,9 +220,12 @@ def run_eval(args) -> int:
     config = eval_config_from_args(args, model_id)
     config.extra = extra
     result = run_evaluation(gp, config)
-    print(result.summary_md.read_text())
-    print(f"{result.new_samples} new, {result.skipped_samples} resumed; summary: {result.summary_json}, "
-          f"{result.summary_md}")
+    from .shard import current_shard
+
+    if current_shard().is_main:  # the other processes of a data-parallel run return the same merged result
+        print(result.summary_md.read_text())
+        print(f"{result.new_samples} new, {result.skipped_samples} resumed; summary: {result.summary_json}, "
+              f"{result.summary_md}")
     return 0
 
 

@@ -86,3 +86,28 @@ def test_answer_with_device_map_matches_one_device(tmp_path, capsys):
     assert {"cpu", "disk"} <= set(placed.model.hf_device_map.values())
     assert cli_main(["answer", "--out", "", "--device", "cpu", "--device-map", "auto"]) == 2
     assert "--device or --device-map" in capsys.readouterr().err
+
+
+def test_eval_with_device_map_matches_one_device(tmp_path, capsys):
+    """``glimpseprune eval --device-map``: the mini model split over CPU and disk writes the same per-item rows."""
+    from glimpseprune.data.scenes import main as scenes_main
+
+    assert scenes_main([str(tmp_path / "shapes"), "--train", "0", "--val", "0", "--test", "2"]) in (0, None)
+    data = str(tmp_path / "shapes" / "test.jsonl")
+    common = ["eval", "--data", data, "--methods", "glimpse", "--no-progress", "--max-new-tokens", "6"]
+
+    def rows(*extra, out):
+        assert cli_main([*common, "--output", str(tmp_path / out), *extra]) == 0
+        files = sorted((tmp_path / out).rglob("glimpse-*.jsonl"))
+        assert files
+        timing = ("prefill_seconds", "decode_seconds", "batch_prefill_seconds", "batch_decode_seconds")
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in files[0].read_text().splitlines()]
+
+    one = rows("--device", "cpu", out="one")
+    split = rows("--device-map", "auto", "--max-memory", "cpu=3000000", "--offload-folder", str(tmp_path / "off"),
+                 out="split")
+    assert split == one and len(one) == 2
+    capsys.readouterr()
+    assert cli_main([*common, "--output", str(tmp_path / "x"), "--tiny", "--device-map", "auto"]) == 2
+    assert "--device-map loads a saved model" in capsys.readouterr().err

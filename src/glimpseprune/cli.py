@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_placement import add_placement_arguments  # the split-model options (docs/scaling.md)
+
 # name -> (module, add-arguments function, run function)
 _SUBCOMMANDS = {
     "train": ("glimpseprune.train.cli", "add_arguments", "run"),
@@ -28,9 +30,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", help="GlimpsePrune+ LoRA adapter folder, merged before the modules are attached")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-
-
-from .cli_placement import add_placement_arguments  # noqa: E402  (the split-model options, docs/scaling.md)
 
 
 def add_policy_arguments(p: argparse.ArgumentParser) -> None:

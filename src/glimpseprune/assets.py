@@ -17,16 +17,20 @@ MINI_DIR = Path(__file__).parent / "assets" / "mini"
 TINY_RANDOM_LABEL = "tiny random Qwen2.5-VL with untrained GlimpsePrune modules (mechanics only: answers are gibberish)"
 
 
-def default_model(device: str = "cpu", glimpse: str | None = None):
+def default_model(device: str | None = "cpu", glimpse: str | None = None, **placement):
+    """``placement``: ``device_map`` / ``max_memory`` / ``offload_folder`` for the shipped mini model."""
     from .model import GlimpsePrune
 
     if (MINI_DIR / "base" / "config.json").is_file():
-        model = GlimpsePrune.from_pretrained(MINI_DIR / "base", glimpse or MINI_DIR / "glimpse", device=device)
+        model = GlimpsePrune.from_pretrained(MINI_DIR / "base", glimpse or MINI_DIR / "glimpse", device=device,
+                                             **placement)
         # Say what it is every time, with its measured accuracy: a toy model must not pass for a general answerer.
         return model, ("embedded mini model (glimpseprune/assets/mini): a 2 M-parameter Qwen2.5-VL for glimpse-shapes "
                        "scenes only, 93.4 % exact match on its test split, see its MODEL_CARD.md")
     from .tiny import tiny_qwen2_5_vl
 
+    if placement:
+        raise ValueError("--device-map needs a saved model: pass --model (no embedded mini model in this install)")
     base, processor = tiny_qwen2_5_vl()
     model = GlimpsePrune(base.to(device), processor)
     if glimpse is not None:

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_placement import add_placement_arguments  # the split-model options (docs/scaling.md)
+
 # name -> (module, add-arguments function, run function)
 _SUBCOMMANDS = {
     "train": ("glimpseprune.train.cli", "add_arguments", "run"),
@@ -52,14 +54,18 @@ def load_model(args):
 
     from .model import GlimpsePrune
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .cli_placement import placement_kwargs
+
+    placement = placement_kwargs(args)  # --device-map: a split model instead of one device
+    device = None if placement else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model:
         dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-        model = GlimpsePrune.from_pretrained(args.model, args.glimpse, dtype=dtype, device=device, adapter=args.lora)
+        model = GlimpsePrune.from_pretrained(args.model, args.glimpse, dtype=dtype, device=device, adapter=args.lora,
+                                             **placement)
         return model, args.model
     from . import assets
 
-    return assets.default_model(device=device, glimpse=args.glimpse)
+    return assets.default_model(device=device, glimpse=args.glimpse, **placement)
 
 
 def cmd_answer(args) -> int:
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("answer", help="answer a question about images, with pruning")
     add_model_arguments(p)
+    add_placement_arguments(p)
     add_policy_arguments(p)
     p.add_argument("--image", action="append", help="image file (repeat for several images)")
     p.add_argument("--question", help="the question")

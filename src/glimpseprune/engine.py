@@ -40,6 +40,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _shape_on(hidden: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A zero-stride stand-in with ``hidden``'s shape and dtype on ``device``, for mask creation (which reads only
+    those): on a split model the hidden states sit on the last layer's device, the attention mask on the input
+    device (src/glimpseprune/placement.py)."""
+    if hidden.device == device:
+        return hidden
+    return hidden.new_zeros((), device=device).expand(hidden.shape)
+
+
 @dataclass
 class Prefill:
     logits: torch.Tensor  # [bs, V] next-token logits after the last prompt token
@@ -70,7 +79,7 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
         glimpse_vectors = method.glimpse.vectors(cuts[0], h.dtype)
         n_glimpse = method.glimpse.length
         # Appended after the generation prompt: causal and last, so no prompt token can see it.
-        h = torch.cat([h, glimpse_vectors[0].expand(bs, -1, -1)], dim=1)
+        h = torch.cat([h, glimpse_vectors[0].to(h.device).expand(bs, -1, -1)], dim=1)
         pos = torch.cat([pos, adapter.next_positions(pos, n_glimpse)], dim=-1)
         am = torch.cat([am, am.new_ones(bs, n_glimpse)], dim=1)
         source = torch.cat([source, source.new_full((bs, n_glimpse), -1)], dim=1)
@@ -84,18 +93,18 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
             selection = method.select(ctx)
             index, am = pack_keep_indices(_keep_columns(batch, source, am, selection.keep))
             source = source.gather(1, index).masked_fill(am == 0, -1)
-            h = gather_seq(h, index, 1)
+            h = gather_seq(h, index.to(h.device), 1)  # a split model's layers sit on several devices
             if selection.replace is not None:
                 h = _replace_visual(h, batch, source, selection.replace)
-            cos, sin = gather_seq(cos, index, 1), gather_seq(sin, index, 1)
+            cos, sin = gather_seq(cos, index.to(cos.device), 1), gather_seq(sin, index.to(sin.device), 1)
             pos = gather_seq(pos, index, -1)
             prune_cache_layers(cache, range(i), index)
-            mask = adapter.causal_mask(h, am, cache, pos, layer_idx=i)
+            mask = adapter.causal_mask(_shape_on(h, am.device), am, cache, pos, layer_idx=i)
             glimpse_rows, n_glimpse = None, 0  # the glimpse is gone after the first cut
             stages.append((i, [int(k.sum()) for k in selection.keep]))
         elif n_glimpse and 0 < i and i in glimpse_vectors:
             # In place on a layer output that no autograd node saved, so it is safe in training too.
-            h[:, -n_glimpse:] += glimpse_vectors[i]
+            h[:, -n_glimpse:] += glimpse_vectors[i].to(h.device)
         layer_input = h
         h = adapter.run_layer(i, h, mask, (cos, sin), pos, cache)
         if n_glimpse and i == cuts[0] - 1:
@@ -154,7 +163,7 @@ def _replace_visual(h, batch, source, replace: list[torch.Tensor]):
         cols = ((src >= 0) & batch.visual_mask[b, src.clamp(min=0)]).nonzero().squeeze(1)
         if new.shape[0] != cols.numel():
             raise ValueError(f"sample {b}: {new.shape[0]} replacement states for {cols.numel()} kept visual tokens")
-        h[b, cols] = new.to(h.dtype)
+        h[b, cols.to(h.device)] = new.to(h.device, h.dtype)
     return h
 
 
@@ -264,7 +273,8 @@ def decode(
     _sync(device)
     start = time.perf_counter()
     procs = params.processors(input_ids.shape[1])
-    history = input_ids  # processors (repetition penalty, min length) look at prompt + generated ids
+    # processors (repetition penalty, min length) look at prompt + generated ids, on the logits' device
+    history = input_ids.to(device)
     bs = input_ids.shape[0]
     unfinished = torch.ones(bs, dtype=torch.bool, device=device)
     eos = torch.tensor(params.eos_token_id, device=device) if params.eos_token_id else None
@@ -302,7 +312,7 @@ def decode(
         if rope_all is None:
             ahead = params.max_new_tokens - 1 - step
             rope_all = adapter.rope(h.expand(-1, ahead, -1), adapter.next_positions(pre.last_positions + step, ahead))
-            mask = adapter.causal_mask(h, am, cache, pos)
+            mask = adapter.causal_mask(_shape_on(h, am.device), am, cache, pos)
             if torch.is_tensor(mask) and mask.shape[-1] == am.shape[1]:
                 # The newest column (this token's own key) holds the "attend" value in whatever format the
                 # attention implementation uses (bool, additive float, 0/1 ints): later steps append copies of it.
@@ -314,7 +324,7 @@ def decode(
         if mask_all is not None:
             mask = mask_all[..., : mask_len + step - first]
         elif rebuild_mask and step != first:
-            mask = adapter.causal_mask(h, am, cache, pos)
+            mask = adapter.causal_mask(_shape_on(h, am.device), am, cache, pos)
         for i in range(adapter.num_layers):
             h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)
         logits = adapter.lm_head(adapter.text_model.norm(h))[:, -1].float()

@@ -12,6 +12,7 @@ from .adapters import adapter_for
 from .checkpoint import build_modules, load_modules, save_modules
 from .config import GlimpsePruneConfig
 from .engine import GenerationParams, decode, prefill
+from .placement import execution_device
 from .methods import FixedKeep, GlimpsePruneMethod, PruneMethod
 from .policy import KeepPolicy
 from .prune_state import PruneState
@@ -55,9 +56,11 @@ class GlimpsePrune:
         if (glimpse is None) != (vip is None) or (glimpse is not None and config is None):
             raise ValueError("glimpse, vip and config must be given together")
         if glimpse is not None:
-            param = next(model.parameters())
-            self.glimpse = glimpse.to(device=param.device, dtype=param.dtype).eval()
-            self.vip = vip.to(device=param.device, dtype=param.dtype).eval()
+            # Next to the layer whose attention row the VIP reads (on a split model, parameters may read as meta).
+            device = execution_device(model, self.adapter.layers[max(config.prune_layer - 1, 0)])
+            dtype = next(model.parameters()).dtype
+            self.glimpse = glimpse.to(device=device, dtype=dtype).eval()
+            self.vip = vip.to(device=device, dtype=dtype).eval()
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -71,12 +74,19 @@ class GlimpsePrune:
         device: str | torch.device | None = None,
         attn_implementation: str | None = None,
         adapter: str | os.PathLike | None = None,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | os.PathLike | None = None,
         **config_overrides,
     ) -> "GlimpsePrune":
         """Load a base VLM (local folder or hub id) and GlimpsePrune modules (our format or the reference's).
 
         ``adapter``: a PEFT LoRA folder (GlimpsePrune+) merged into the LLM *before* the modules are attached.
         ``init_glimpse``: create fresh, untrained modules (for training, or to benchmark the mechanics).
+        ``device_map`` / ``max_memory`` / ``offload_folder``: passed to transformers (accelerate's big-model
+        inference) to spread the base model over devices, CPU RAM and disk ("auto", "balanced", or a dict of module
+        name -> device / "cpu" / "disk"); the GlimpsePrune modules go where the decoder layer they read sits
+        (docs/scaling.md). Not combinable with ``device``.
         """
         from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -88,6 +98,14 @@ class GlimpsePrune:
         kwargs = {"dtype": dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        if device_map is not None:
+            if device is not None:
+                raise ValueError("give device or device_map, not both")
+            if adapter is not None:
+                raise ValueError("a LoRA adapter is merged into resident weights: load with device, not device_map")
+            kwargs.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        elif max_memory is not None or offload_folder is not None:
+            raise ValueError("max_memory and offload_folder need a device_map")
         model = AutoModelForImageTextToText.from_pretrained(base_dir, **kwargs)
         if device is not None:
             model = model.to(device)
@@ -178,14 +196,14 @@ class GlimpsePrune:
             raise ValueError("generate needs input_ids (pass the processor's output: model.generate(**inputs))")
         policy_kwargs = dict(threshold=threshold, max_keep_ratio=max_keep_ratio, min_keep=min_keep, per_image=per_image)
         chosen = self.method(method, keep_masks, prune_layer, **policy_kwargs)
-        device = next(self.model.parameters()).device
+        device = execution_device(self.model, self.model.get_input_embeddings())
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         params = GenerationParams.resolve(self.model.generation_config, **gen)
         batch = self.adapter.prepare(inputs, chosen.vit_layers if chosen is not None else None)
         pre = prefill(self.adapter, batch, chosen)
         dec = decode(self.adapter, pre, batch.input_ids, params, generator)
         return GenerateOutput(
-            sequences=torch.cat([inputs["input_ids"], dec.tokens], dim=1),
+            sequences=torch.cat([inputs["input_ids"], dec.tokens.to(device)], dim=1),
             pruning=pre.pruning,
             prefill_seconds=pre.seconds,
             decode_seconds=dec.seconds,

@@ -155,6 +155,7 @@ def prune_cache_layers(cache, layers: range, index: torch.Tensor) -> None:
     """Physically drop entries from the KV cache of ``layers``: keys/values [bs, H_kv, L, d] -> [bs, H_kv, L', d]."""
     for i in layers:
         layer = cache.layers[i]
-        idx = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        # each layer's cache sits on its layer's device (a split model spreads them)
+        idx = index.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
         layer.keys = layer.keys.gather(2, idx)
         layer.values = layer.values.gather(2, idx)

@@ -202,6 +202,9 @@ class FamilyAdapter:
         """
         layer = self.layers[layer_idx]
         attn = layer.self_attn
+        # The layer's cached keys sit on its device; so must the rest (a split model's layers are spread out).
+        layer_input, cos, sin, attention_mask = (
+            t if t is None else t.to(keys.device) for t in (layer_input, cos, sin, attention_mask))
         x = layer.input_layernorm(layer_input)
         bs = x.shape[0]
         q = attn.q_proj(x).view(bs, 1, -1, attn.head_dim).transpose(1, 2)  # [bs, H, 1, d]

@@ -162,7 +162,7 @@ class LlavaAdapter(FamilyAdapter):
             image_embeds, conds = self.image_features(pixel_values, vit_layers, extras)
             if image_embeds.shape[0] != n_placeholders:
                 raise ValueError(f"{image_embeds.shape[0]} image features for {n_placeholders} placeholders")
-            embeds = embeds.masked_scatter(placeholders[..., None], image_embeds.to(embeds.dtype))
+            embeds = embeds.masked_scatter(placeholders[..., None], image_embeds.to(embeds.device, embeds.dtype))
 
         # Same as GenerationMixin._prepare_position_ids_for_generation.
         position_ids = self.text_positions(attention_mask)

@@ -168,7 +168,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             grids = [(int(h) // self.merge_size, int(w) // self.merge_size) for _, h, w in grid_thw.tolist()]
             images = split_images(visual_mask, tokens, grids)
             image_embeds, conds = self.image_features(pixel_values, grid_thw, vit_layers, extras)
-            embeds = embeds.masked_scatter(visual_mask[..., None], image_embeds.to(embeds.dtype))
+            embeds = embeds.masked_scatter(visual_mask[..., None], image_embeds.to(embeds.device, embeds.dtype))
 
         video_grid = inputs.get("video_grid_thw")
         if inputs.get("pixel_values_videos") is not None:
@@ -179,7 +179,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             video_mask = (input_ids == cfg.video_token_id) & attention_mask.bool()
             if int(video_mask.sum()) != video_embeds.shape[0]:
                 raise ValueError("the number of videos does not match the video placeholders")
-            embeds = embeds.masked_scatter(video_mask[..., None], video_embeds.to(embeds.dtype))
+            embeds = embeds.masked_scatter(video_mask[..., None], video_embeds.to(embeds.device, embeds.dtype))
 
         position_ids = self.position_ids(
             input_ids, attention_mask, mm_types, grid_thw, video_grid, inputs.get("second_per_grid_ts")

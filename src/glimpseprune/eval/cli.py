@@ -40,12 +40,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser, config_only: bool) -> 
     group.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
     group.add_argument("--attn-implementation", default=None, help="sdpa, flash_attention_2, eager")
     group.add_argument("--seed", type=int, default=0, help="seed for fresh modules / random weights")
+    if not config_only:
+        from ..cli_placement import add_placement_arguments
+
+        add_placement_arguments(parser)
 
 
 def _device(args) -> str:
     import torch
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .shard import current_shard
+
+    # Under a data-parallel launch each process takes its own accelerator (cuda:<local rank>).
+    return args.device or current_shard().device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _dtype(name: str):
@@ -78,15 +85,27 @@ def load_model(args):
             raise SystemExit(str(e)) from None
         overrides = "".join(f":{o}" for o in args.config_override)
         return gp, f"config-only:{args.config_only}{overrides}:seed{args.seed}"
+    from ..cli_placement import placement_kwargs
+
+    placement = placement_kwargs(args)  # --device-map: one model split over devices / offloaded (docs/scaling.md)
+    if placement:
+        if args.tiny:
+            raise ValueError("--device-map loads a saved model: use it with --model or the embedded mini model")
+        from .shard import current_shard
+
+        if current_shard().world > 1:
+            raise ValueError("--device-map with several processes would give every process the same devices: "
+                             "use one process per split model, or data parallelism without --device-map")
+        device = None
     if args.tiny:
         from .bench import build_tiny
 
         return build_tiny(device, seed=args.seed), f"tiny:seed{args.seed}"
     if not args.model:
-        return _load_mini(args, device)
+        return _load_mini(args, device, placement)
     gp = GlimpsePrune.from_pretrained(
         args.model, args.glimpse, init_glimpse=args.init_glimpse, dtype=_dtype(args.dtype), device=device,
-        attn_implementation=args.attn_implementation, adapter=args.adapter,
+        attn_implementation=args.attn_implementation, adapter=args.adapter, **placement,
     )
     model_id = f"{args.model}|glimpse={args.glimpse}|adapter={args.adapter}|dtype={args.dtype}"
     if args.init_glimpse and not args.glimpse:
@@ -94,7 +113,7 @@ def load_model(args):
     return gp, model_id
 
 
-def _load_mini(args, device):
+def _load_mini(args, device, placement=None):
     """The embedded mini model (its own GlimpsePrune modules unless --glimpse), with an id that changes whenever the
     shipped weights do, so a resumed run never mixes answers of two different mini models."""
     import hashlib
@@ -107,7 +126,8 @@ def _load_mini(args, device):
         raise SystemExit("no embedded mini model in this install (glimpseprune/assets/mini): pass --model or --tiny")
     glimpse = args.glimpse or MINI_DIR / "glimpse"
     gp = GlimpsePrune.from_pretrained(base, glimpse, dtype=_dtype(args.dtype), device=device,
-                                      attn_implementation=args.attn_implementation, adapter=args.adapter)
+                                      attn_implementation=args.attn_implementation, adapter=args.adapter,
+                                      **(placement or {}))
     digest = hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()[:12]
     return gp, f"mini:{digest}|glimpse={args.glimpse or 'embedded'}|adapter={args.adapter}|dtype={args.dtype}"
 
@@ -217,9 +237,12 @@ def run_eval(args) -> int:
     config = eval_config_from_args(args, model_id)
     config.extra = extra
     result = run_evaluation(gp, config)
-    print(result.summary_md.read_text())
-    print(f"{result.new_samples} new, {result.skipped_samples} resumed; summary: {result.summary_json}, "
-          f"{result.summary_md}")
+    from .shard import current_shard
+
+    if current_shard().is_main:  # the other processes of a data-parallel run return the same merged result
+        print(result.summary_md.read_text())
+        print(f"{result.new_samples} new, {result.skipped_samples} resumed; summary: {result.summary_json}, "
+              f"{result.summary_md}")
     return 0
 
 

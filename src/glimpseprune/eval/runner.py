@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -578,8 +579,15 @@ class EvalResult:
     data_reports: dict = field(default_factory=dict)
 
 
-def run_evaluation(model, config: EvalConfig) -> EvalResult:
-    """Evaluate ``model`` (a :class:`GlimpsePrune`) on every dataset x method x budget of ``config``."""
+def run_evaluation(model, config: EvalConfig, shard=None) -> EvalResult:
+    """Evaluate ``model`` (a :class:`GlimpsePrune`) on every dataset x method x budget of ``config``.
+
+    ``shard``: this process's :class:`~glimpseprune.eval.shard.Shard` (default: from the launcher's environment);
+    under ``accelerate launch`` each process evaluates its share and all of them return the merged result.
+    """
+    from .shard import current_shard
+
+    shard = shard if shard is not None else current_shard()
     check_datasets_exist(config.datasets)
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
@@ -610,11 +618,11 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
                 units.append((SAME_K_CONTROL, b))  # right after: it needs the GlimpsePrune rows' kept counts
     total = sum(len(r) for r, _ in loaded.values()) * len(units)
     bar = None
-    if config.progress:
+    if config.progress and shard.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="eval", unit="sample")
-    all_rows, files, new, skipped = [], {}, 0, 0
+    all_rows, files, new, skipped, finished = [], {}, 0, 0, []
     glimpse_units: dict[tuple[str, Budget], tuple[Path, dict]] = {}  # (spec, budget) -> (path, rows by id)
     try:
         for method, budget in units:
@@ -632,15 +640,18 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if judge is not None:
                     key = {**key, "judge_metadata": judge.metadata}  # + base URL, which is not hashed
-                path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
-                done = read_done(path)
-                todo = [r for r in records if r.id not in done]
-                skipped += len(records) - len(todo)
+                if shard.is_main:
+                    path.with_suffix(".config.json").write_text(json.dumps(key, indent=2, default=str))
+                done = shard.read_done(path, read_done)
+                mine = shard.select(records)
+                todo = [r for r in mine if r.id not in done]
+                skipped += len(mine) - len(todo)
                 if bar is not None:
-                    bar.update(len(records) - len(todo))
+                    bar.update(len(mine) - len(todo))
                     bar.set_postfix_str(f"{method}/{budget.tag}/{name}")
-                with path.open("a", encoding="utf-8") as fh:
-                    if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+                out_path = shard.output_path(path)
+                with out_path.open("a", encoding="utf-8") as fh:
+                    if out_path.stat().st_size and not out_path.read_bytes().endswith(b"\n"):
                         fh.write("\n")  # a torn last line from a killed run stays on its own (ignored) line
                     for start in range(0, len(todo), config.batch_size):
                         chunk = todo[start : start + config.batch_size]
@@ -652,13 +663,23 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
                         new += len(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
-                all_rows.extend(done[r.id] for r in records)
+                finished.append((path, records, done))
                 files[f"{method}/{budget.tag}/{name}"] = str(path)
                 if method == "glimpse":
-                    glimpse_units[(spec, budget)] = (path, {r.id: done[r.id] for r in records})
+                    # this process's share (a data-parallel run gives the control unit the same share)
+                    glimpse_units[(spec, budget)] = (path, {r.id: done[r.id] for r in records if r.id in done})
     finally:
         if bar is not None:
             bar.close()
+    if shard.world > 1 or any(shard.rank_files(path) for path, _, _ in finished):
+        shard.wait()  # every process has written its share of every unit
+        finished = [(path, records, shard.merge(path, [r.id for r in records], read_done))
+                    for path, records, _ in finished]
+        if shard.world > 1:
+            print(f"[eval rank {shard.rank}/{shard.world}] {new} new, {skipped} resumed", file=sys.stderr)
+        new, skipped = (sum(counts) for counts in zip(*shard.gather((new, skipped))))
+    for _, records, done in finished:
+        all_rows.extend(done[r.id] for r in records)
 
     summary = summarize(all_rows, config.scorer_names)
     summary["controls"] = same_k_controls(all_rows, config.scorer_names)
@@ -668,15 +689,19 @@ def run_evaluation(model, config: EvalConfig) -> EvalResult:
     if judge is not None:
         summary["config"]["judge"] = judge.metadata
         # Stats count this invocation's judge calls only: resumed samples are not judged again.
-        summary["judge"] = {**judge.metadata, "stats": asdict(judge.stats)}
+        stats = asdict(judge.stats)
+        if shard.world > 1:  # every process judged its own share
+            stats = {k: sum(part[k] for part in shard.gather(stats)) for k in stats}
+        summary["judge"] = {**judge.metadata, "stats": stats}
     summary["files"] = files
     run_digest = config_hash({"units": sorted(files.values())})
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_json = out_dir / f"summary-{run_digest}.json"
     summary_md = out_dir / f"summary-{run_digest}.md"
-    summary_json.write_text(json.dumps(summary, indent=2))
-    summary_md.write_text(summary_markdown(summary))
+    if shard.is_main:
+        summary_json.write_text(json.dumps(summary, indent=2))
+        summary_md.write_text(summary_markdown(summary))
     reports = {}
     for spec, (_, report) in loaded.items():
         reports[spec] = report.as_dict()

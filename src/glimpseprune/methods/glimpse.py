@@ -28,7 +28,8 @@ class GlimpsePruneMethod(PruneMethod):
         if rows.shape[0] == 0:  # text-only batch: nothing to score
             return rows.new_zeros(0, dtype=torch.float32)
         grids = [im.grid for images in ctx.batch.images for im in images]
-        return self.vip(rows, ctx.batch.vit_features, grids)
+        device = self.vip.in_proj.weight.device  # rows come from layer K-1's device, ViT features from the ViT's
+        return self.vip(rows.to(device), [c.to(device) for c in ctx.batch.vit_features], grids)
 
     def select(self, ctx: SelectContext) -> Selection:
         # The policy decides on logits (probabilities underflow); the scores handed on stay probabilities.

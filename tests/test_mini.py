@@ -1,6 +1,7 @@
 """The embedded mini model (issue #6): shipped files, a known answer, the demo, and the pretraining recipe."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,22 @@ def test_shipped_model_answers_the_example_scene(mini, question):
     assert sample.total == 256
     assert 1 <= sample.kept <= 0.2 * sample.total
     assert full_out.pruning.samples[0].kept == sample.total  # unpruned keeps everything
+
+
+SHIPPED_K = 3  # issue #14: the K sweep's choice (docs/results.md section 5)
+
+
+@shipped
+def test_shipped_modules_cut_at_the_swept_layer_and_the_paths_use_it(mini, tmp_path):
+    config = json.loads((MINI / "glimpse" / "glimpse_config.json").read_text())
+    assert config["prune_layer"] == SHIPPED_K and config["glimpse_layers"] == list(range(SHIPPED_K))
+    # the recipe that made them says the same
+    recipe = json.loads((Path(__file__).parents[1] / "configs" / "mini" / "glimpse.json").read_text())
+    assert recipe["glimpse"]["prune_layer"] == SHIPPED_K
+    _, out = mini.answer([assets.example_image()], assets.EXAMPLE_QUESTION, max_new_tokens=2)
+    assert out.pruning.prune_layer == SHIPPED_K and out.pruning.stages[0][0] == SHIPPED_K
+    model, _ = assets.default_model()
+    assert model.config.prune_layer == SHIPPED_K
 
 
 @shipped
@@ -91,7 +108,13 @@ def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     assert len(pngs) == 4
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(results["rows"]) == 2 and all(0 < r["kept"] <= r["total"] for r in results["rows"])
+    # the third answer: random tokens at the same cut layer with the same count GlimpsePrune kept
+    assert all(r["kept_random"] == r["kept"] and r["kv_length_random"] == r["kv_length_pruned"]
+               for r in results["rows"])
+    assert "random, same K and count" in html
     assert "report:" in capsys.readouterr().out
+    if (MINI / "base" / "config.json").is_file():
+        assert all(r["prune_layer"] == SHIPPED_K for r in results["rows"])
     # the dense layout shows other (crowded) scenes
     assert main(["demo", "--n", "1", "--layout", "dense", "--out", str(tmp_path / "dense"), "--threads", "1"]) == 0
     dense = json.loads((tmp_path / "dense" / "results.json").read_text())["rows"][0]

@@ -3,8 +3,10 @@
 ``glimpseprune demo [--n 6] [--out glimpseprune_demo] [--model BASE --glimpse MODULES]``
 
 The scenes are the first ``n`` items of the benchmark's test split (seed 0), generated on the fly, so the demo
-needs no data and no network. For each: the question, the reference answer, the unpruned answer and the
-GlimpsePrune answer, how many visual tokens GlimpsePrune kept, and the prefill and decode times of both runs. The
+needs no data and no network. For each: the question, the reference answer, the unpruned answer, the
+GlimpsePrune answer and the answer with *random* tokens kept at the same cut layer and the same count as
+GlimpsePrune kept (:func:`glimpseprune.methods.random.same_count_control`: what the selection is worth), how many
+visual tokens GlimpsePrune kept, and the prefill and decode times of the runs. The
 report (``index.html``, images embedded as base64 PNG) and the PNGs (scene with ground-truth boxes; kept tokens
 drawn over it) go to the output folder.
 """
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from . import assets
     from .data.scenes import draw_boxes, generate_items, render_scene
     from .eval.scorers import exact_match
+    from .methods.random import same_count_control
     from .model import GlimpsePrune
     from .viz import draw_kept_tokens
 
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         full_text, full = model.answer([image], question, method="none", max_new_tokens=args.max_new_tokens)
         pruned_text, pruned = model.answer([image], question, method="glimpse", max_new_tokens=args.max_new_tokens)
         sample = pruned.pruning.samples[0]
+        random_text, control = model.answer([image], question, method=same_count_control(model, pruned.pruning),
+                                            max_new_tokens=args.max_new_tokens)
         stem = record["id"]
         boxed = draw_boxes(image, record["bboxs"], colour=(0, 0, 0), width=2)
         kept_img = draw_kept_tokens(image, sample.images[0])
@@ -87,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
             "unpruned": full_text, "pruned": pruned_text,
             "correct_unpruned": bool(exact_match(full_text, reference)),
             "correct_pruned": bool(exact_match(pruned_text, reference)),
+            "random": random_text, "correct_random": bool(exact_match(random_text, reference)),
+            "kept_random": control.pruning.samples[0].kept,
+            "kv_length_random": control.pruning.kv_lengths[0] if control.pruning.kv_lengths else None,
             "kept": sample.kept, "total": sample.total, "kept_ratio": sample.ratio,
             "prune_layer": pruned.pruning.prune_layer,
             "prefill_ms_unpruned": 1000 * full.prefill_seconds, "prefill_ms_pruned": 1000 * pruned.prefill_seconds,
@@ -96,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "kv_length_pruned": pruned.pruning.kv_lengths[0] if pruned.pruning.kv_lengths else None,
             "_scene_b64": _png_b64(boxed), "_kept_b64": _png_b64(kept_img),
         })
-        print(f"{stem}: {question!r} -> unpruned {full_text!r}, GlimpsePrune {pruned_text!r} "
+        print(f"{stem}: {question!r} -> unpruned {full_text!r}, GlimpsePrune {pruned_text!r}, "
+              f"random same K and count {random_text!r} "
               f"(reference {reference!r}; kept {sample.kept}/{sample.total} tokens)")
     seconds = time.perf_counter() - t_start
     report = out_dir / "index.html"
@@ -107,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     )
     n = len(rows)
     print(f"exact match: unpruned {sum(r['correct_unpruned'] for r in rows)}/{n}, "
-          f"GlimpsePrune {sum(r['correct_pruned'] for r in rows)}/{n}; "
+          f"GlimpsePrune {sum(r['correct_pruned'] for r in rows)}/{n}, "
+          f"random with the same K and kept counts {sum(r['correct_random'] for r in rows)}/{n}; "
           f"mean kept ratio {100 * sum(r['kept_ratio'] for r in rows) / n:.1f} %")
     print(f"report: {report} ({seconds:.1f} s)")
     return 0
@@ -140,6 +150,8 @@ def _html(rows: list[dict], description: str, seconds: float) -> str:
     <tr><td>GlimpsePrune</td><td>{e(r['pruned'])} {verdict(r['correct_pruned'])}</td>
       <td>{r['prefill_ms_pruned']:.1f} ms</td><td>{r['decode_ms_per_token_pruned']:.1f} ms/token</td>
       <td>{r['kv_length_pruned']}</td></tr>
+    <tr><td>random, same K and count</td><td>{e(r['random'])} {verdict(r['correct_random'])}</td>
+      <td></td><td></td><td>{r['kv_length_random']}</td></tr>
   </table>
 </div>""")
     mean_ratio = sum(r["kept_ratio"] for r in rows) / n
@@ -157,7 +169,8 @@ table {{ border-collapse: collapse; margin-top: .5em; }} td, th {{ padding: .2em
 </style></head><body>
 <h1>GlimpsePrune demo</h1>
 <p>Model: {e(description)}. {n} glimpse-shapes test scenes. Exact match: unpruned
-{sum(r['correct_unpruned'] for r in rows)}/{n}, GlimpsePrune {sum(r['correct_pruned'] for r in rows)}/{n};
+{sum(r['correct_unpruned'] for r in rows)}/{n}, GlimpsePrune {sum(r['correct_pruned'] for r in rows)}/{n},
+random tokens at the same layer and count {sum(r['correct_random'] for r in rows)}/{n};
 GlimpsePrune kept {100 * mean_ratio:.1f} % of the visual tokens on average
 (min {100 * min(r['kept_ratio'] for r in rows):.1f} %, max {100 * max(r['kept_ratio'] for r in rows):.1f} %).
 Dark cells: visual tokens dropped after layer K; outlined cells: kept. Timings on CPU, batch 1; the whole demo

@@ -110,6 +110,7 @@ def evaluate(model, examples, batch_size: int = 8, max_new_tokens: int = 4, prog
     if bar is not None:
         bar.close()
     report = summarize(rows, time.perf_counter() - t0, timings)
+    report["batch_timings"] = timings  # per batch: LLM-prefill seconds of each method (to merge partial runs)
     report["prune_layer"] = model.config.prune_layer
     report["random_seed"] = random_seed
     return report

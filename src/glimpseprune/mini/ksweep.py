@@ -50,14 +50,15 @@ class SweepConfig:
     modes: list[str] = field(default_factory=lambda: ["box", "boxfree"])
     boxfree_ks: list[int] | None = None  # None: every K in ks
     boxfree: dict = field(default_factory=lambda: {"budget": "exact", "target_keep": "box"})
-    n_select: int = 200
+    n_select: int = 100
     n_test: int = 500
     seed: int = 0  # benchmark seed (the test and val splits of this seed)
     layout: str = "default"
-    batch_size: int = 8
+    batch_size: int = 32
     max_new_tokens: int = 4
     random_seed: int = 0
     threads: int = 2
+    workers: int = 1  # processes measuring one item set in parallel (contiguous chunks; each 1 torch thread)
     criteria: dict = field(default_factory=lambda: {"max_drop": 0.01, "min_margin": 0.15, "max_p": 0.01,
                                                     "max_kept": 0.10})
     plot: bool = True
@@ -73,7 +74,7 @@ class SweepConfig:
         target = self.boxfree.get("target_keep", "box")
         if "boxfree" in self.modes and target == "box" and "box" not in self.modes:
             raise ValueError("boxfree.target_keep 'box' needs the box mode in modes (or give a number)")
-        for key in ("n_select", "n_test", "batch_size", "threads"):
+        for key in ("n_select", "n_test", "batch_size", "threads", "workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1")
 
@@ -192,20 +193,62 @@ def measure_run(cfg: SweepConfig, mode: str, k: int, modules: Path, sets: dict[s
         if path.is_file():
             report = json.loads(path.read_text())
             if report.get("cache_key") == key:
-                out[name] = {k_: v for k_, v in report.items() if k_ != "rows"}
+                out[name] = {k_: v for k_, v in report.items() if k_ not in ("rows", "batch_timings")}
                 continue
-        if model is None:
-            model = GlimpsePrune.from_pretrained(base_dir(cfg), modules, device="cpu")
-            if model.config.prune_layer != k:
-                raise RuntimeError(f"{modules} has prune_layer {model.config.prune_layer}, expected {k}")
+        unpruned = unpruned_answers(cfg, examples) if name == "select" else None
         print(f"[ksweep] measure {run_name(mode, k)} on {len(examples)} {name} items", flush=True)
-        report = evaluate(model, examples, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                          progress=False, random_seed=cfg.random_seed,
-                          unpruned=unpruned_answers(cfg, examples) if name == "select" else None)
+        if cfg.workers > 1:
+            report = measure_in_workers(cfg, modules, examples, unpruned)
+        else:
+            if model is None:
+                model = GlimpsePrune.from_pretrained(base_dir(cfg), modules, device="cpu")
+            report = evaluate(model, examples, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                              progress=False, random_seed=cfg.random_seed, unpruned=unpruned)
+        if report["prune_layer"] != k:
+            raise RuntimeError(f"{modules} has prune_layer {report['prune_layer']}, expected {k}")
         report["cache_key"] = key
         path.write_text(json.dumps(report, indent=1))
-        out[name] = {k_: v for k_, v in report.items() if k_ != "rows"}
+        out[name] = {k_: v for k_, v in report.items() if k_ not in ("rows", "batch_timings")}
     return out
+
+
+def _measure_chunk(base: str, modules: str, examples: list, unpruned, batch_size: int, max_new_tokens: int,
+                   random_seed: int) -> dict:
+    import torch
+
+    from ..model import GlimpsePrune
+    from .evaluate import evaluate
+
+    torch.set_num_threads(1)
+    model = GlimpsePrune.from_pretrained(base, modules, device="cpu")
+    return evaluate(model, examples, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False,
+                    random_seed=random_seed, unpruned=unpruned)
+
+
+def measure_in_workers(cfg: SweepConfig, modules: Path, examples: list, unpruned) -> dict:
+    """:func:`~glimpseprune.mini.evaluate.evaluate` over contiguous chunks in ``cfg.workers`` processes, merged:
+    the same rows in the same order as one process (batches never straddle chunks: chunks are whole batches)."""
+    import multiprocessing
+    import time as time_
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .evaluate import summarize
+
+    per = -(-len(examples) // cfg.workers)
+    per = -(-per // cfg.batch_size) * cfg.batch_size  # whole batches per chunk
+    chunks = [examples[i:i + per] for i in range(0, len(examples), per)]
+    t0 = time_.perf_counter()
+    with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_measure_chunk, [str(base_dir(cfg))] * len(chunks), [str(modules)] * len(chunks),
+                              chunks, [unpruned] * len(chunks), [cfg.batch_size] * len(chunks),
+                              [cfg.max_new_tokens] * len(chunks), [cfg.random_seed] * len(chunks)))
+    rows = [r for part in parts for r in part["rows"]]
+    timings = [t for part in parts for t in part["batch_timings"]]
+    report = summarize(rows, time_.perf_counter() - t0, timings)
+    report["batch_timings"] = timings
+    report["prune_layer"] = parts[0]["prune_layer"]
+    report["random_seed"] = cfg.random_seed
+    return report
 
 
 def meets(summary: dict, criteria: dict) -> dict:
@@ -227,8 +270,9 @@ def choose_k(results: dict, cfg: SweepConfig) -> dict:
         if meets(box[k]["select"], cfg.criteria)["all"]:
             chosen = k
             break
-    out = {"criteria": cfg.criteria, "chosen_k": chosen, "chosen_on": "select (val split)"}
-    if chosen is not None:
+    out = {"criteria": cfg.criteria, "chosen_k": chosen, "chosen_on": "select (val split)",
+           "select_meets": {k: meets(box[k]["select"], cfg.criteria) for k in sorted(box)}}
+    if chosen is not None and "test" in box[chosen]:
         out["test_meets"] = meets(box[chosen]["test"], cfg.criteria)
     return out
 
@@ -272,7 +316,11 @@ def markdown(report: dict) -> str:
         lines.append("")
     c = report["choice"]
     lines.append(f"Chosen K (smallest box-mode K meeting {c['criteria']} on the selection items): "
-                 f"{c['chosen_k']}" + (f"; on the test items: {c['test_meets']}" if c["chosen_k"] else ""))
+                 f"{c['chosen_k']}" + (f"; on the test items: {c['test_meets']}" if c.get("test_meets") else ""))
+    lines.append("")
+    lines.append("Criteria met on the selection items, per K: " + "; ".join(
+        f"K={k}: " + ", ".join(name for name, ok in m.items() if ok and name != "all") for k, m in
+        c.get("select_meets", {}).items()))
     lines.append("")
     lines.append("margin = GlimpsePrune − same-K random (random at the same cut layer with GlimpsePrune's per-sample "
                  "kept counts), exact paired test (items only GlimpsePrune / only random got right). FLOPs: "
@@ -281,7 +329,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> bool:
+def plot(report: dict, path: Path, item_set: str = "test") -> bool:
     try:
         import matplotlib
 
@@ -289,7 +337,7 @@ def plot(report: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = report["rows"]["test"]
+    rows = report["rows"][item_set]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for mode, style in (("box", "-o"), ("boxfree", "--s")):
         rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["k"])
@@ -301,12 +349,13 @@ def plot(report: dict, path: Path) -> bool:
         if mode == "box":
             ax.plot(ks, [100 * r["em_unpruned"] for r in rs], ":k", label="unpruned")
             bx.plot(ks, [r["prefill_flops_ratio"] for r in rs], "-o", label="LLM-prefill FLOPs ratio")
-            bx.plot(ks, [r["prefill_time_ratio"] for r in rs], "-^", label="measured LLM-prefill time ratio")
+            if all(r["prefill_time_ratio"] is not None for r in rs):
+                bx.plot(ks, [r["prefill_time_ratio"] for r in rs], "-^", label="measured LLM-prefill time ratio")
             bx.plot(ks, [r["layer_averaged_retention_mean"] for r in rs], "-s", label="layer-averaged retention")
             bx.plot(ks, [r["kept_ratio_mean"] for r in rs], "-d", label="mean kept after K")
     ax.set_xlabel("cut layer K")
     ax.set_ylabel("exact match (%)")
-    ax.set_title(f"mini model, {rows[0]['n'] if rows else 0} test items")
+    ax.set_title(f"mini model, {rows[0]['n'] if rows else 0} {item_set} items")
     ax.legend(fontsize=7)
     bx.set_xlabel("cut layer K")
     bx.set_ylabel("ratio vs unpruned")

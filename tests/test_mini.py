@@ -67,7 +67,7 @@ def test_evaluate_agrees_with_answering_one_item_at_a_time(mini, tmp_path, capsy
     from glimpseprune.data.masks import mask_metrics, qwen_box_mask
     from glimpseprune.eval.scorers import exact_match
     from glimpseprune.mini.evaluate import main
-    from glimpseprune.mini.pretrain import example_image, synthetic_examples
+    from glimpseprune.mini.pretrain_data import example_image, synthetic_examples
 
     out = tmp_path / "eval.json"
     assert main(["--n", "6", "--layout", "dense", "--batch-size", "3", "--out", str(out)]) == 0
@@ -155,7 +155,7 @@ def test_pretrain_recipe_runs_and_resumes(tmp_path):
 
 
 def test_pretrain_data_order_is_a_function_of_seed_and_step():
-    from glimpseprune.mini.pretrain import StepBatches
+    from glimpseprune.mini.pretrain_data import StepBatches
 
     a = StepBatches(list(range(10)), None, 4, seed=3, start=0, stop=5)
     b = StepBatches(list(range(10)), None, 4, seed=3, start=2, stop=5)
@@ -165,7 +165,7 @@ def test_pretrain_data_order_is_a_function_of_seed_and_step():
 
 def test_cell_targets_mark_the_objects():
     from glimpseprune.data.scenes import generate_items
-    from glimpseprune.mini.pretrain import cell_targets
+    from glimpseprune.mini.pretrain_data import cell_targets
 
     scene, record = generate_items(1, seed=0, split="test")[0]
     targets = cell_targets(scene.to_dict(), 16, 16)
@@ -200,7 +200,8 @@ def test_pretrain_options_text_first_relevance_aligned_curriculum(tmp_path):
 def test_relevance_targets_and_pointer_loss():
     import torch
 
-    from glimpseprune.mini.pretrain import pointer_loss, relevance_targets
+    from glimpseprune.mini.pretrain_data import relevance_targets
+    from glimpseprune.mini.probes import pointer_loss
 
     t = relevance_targets([[0, 0, 10, 10], [20, 20, 40, 40]], "target", 40, 40, 4, 4)
     assert t.nonzero().squeeze(1).tolist() == [0, 15]  # centres (5, 5) -> cell 0, (30, 30) -> cell 15
@@ -229,7 +230,7 @@ def test_zoomed_scene_magnifies_and_keeps_every_object_whole():
     import random
 
     from glimpseprune.data.scenes import COLOURS, Scene, generate_items, object_box, render_scene
-    from glimpseprune.mini.pretrain import zoomed_scene
+    from glimpseprune.mini.pretrain_data import zoomed_scene
 
     rng = random.Random(0)
     for scene, _ in generate_items(12, seed=1, split="train"):
@@ -258,7 +259,7 @@ def test_reduced_examples_ask_about_the_reduced_scene():
     import random
 
     from glimpseprune.data.scenes import Scene, object_box
-    from glimpseprune.mini.pretrain import reduced_example, synthetic_examples
+    from glimpseprune.mini.pretrain_data import reduced_example, synthetic_examples
 
     rng = random.Random(0)
     for ex in synthetic_examples(20, 0, 448, "train"):
@@ -277,7 +278,8 @@ def test_reduced_examples_ask_about_the_reduced_scene():
 
 
 def test_objects_curriculum_stages_and_validation(tmp_path):
-    from glimpseprune.mini.pretrain import StepBatches, pretrain, synthetic_examples
+    from glimpseprune.mini.pretrain import pretrain
+    from glimpseprune.mini.pretrain_data import StepBatches, synthetic_examples
 
     examples = synthetic_examples(16, 0, 448, "train")
     stages = [[2, 1, 3.0], [4, 2]]
@@ -296,7 +298,8 @@ def test_objects_curriculum_stages_and_validation(tmp_path):
 def test_curriculum_config_parses():
     from pathlib import Path
 
-    from glimpseprune.mini.pretrain import PretrainConfig, check_objects_curriculum
+    from glimpseprune.mini.pretrain import PretrainConfig
+    from glimpseprune.mini.schedules import check_objects_curriculum
 
     root = Path(__file__).resolve().parents[1] / "configs" / "mini"
     for name in ("pretrain.json", "pretrain_curriculum.json"):
@@ -316,7 +319,8 @@ def test_builtin_recipe_is_the_shipped_config_file():
 
 
 def test_init_options_set_the_scales(tmp_path):
-    from glimpseprune.mini.pretrain import build_model, build_tokenizer_processor, synthetic_examples
+    from glimpseprune.mini.base_model import build_model, build_tokenizer_processor
+    from glimpseprune.mini.pretrain_data import synthetic_examples
 
     cfg = _tiny_recipe(tmp_path / "x", model={"text_hidden": 32, "text_layers": 2, "text_heads": 4,
                                               "text_kv_heads": 2, "text_intermediate": 64, "vision_hidden": 32,
@@ -366,7 +370,7 @@ def test_diagnose_reports_on_a_checkpoint(tmp_path, capsys):
 def test_weighted_cross_entropy_by_hand():
     import math
 
-    from glimpseprune.mini.pretrain import weighted_cross_entropy
+    from glimpseprune.mini.probes import weighted_cross_entropy
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [5.0, -5.0]])
     targets = torch.tensor([0, 1, 1, -100])
@@ -380,7 +384,9 @@ def test_weighted_cross_entropy_by_hand():
 def test_vision_warmup_trains_only_the_vision_tower(tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from glimpseprune.mini.pretrain import build_model, build_tokenizer_processor, pretrain, synthetic_examples
+    from glimpseprune.mini.base_model import build_model, build_tokenizer_processor
+    from glimpseprune.mini.pretrain import pretrain
+    from glimpseprune.mini.pretrain_data import synthetic_examples
 
     cfg = _tiny_recipe(tmp_path / "run", steps=1, vision_warmup_steps=1, aux_object_weight=10.0)
     pretrain(cfg, log=lambda _: None)
@@ -395,7 +401,7 @@ def test_vision_warmup_trains_only_the_vision_tower(tmp_path):
 
 
 def test_lr_schedule_restarts_after_the_vision_warmup(tmp_path):
-    from glimpseprune.mini.pretrain import lr_lambda
+    from glimpseprune.mini.schedules import lr_lambda
 
     plain = _tiny_recipe(tmp_path, steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_lambda(0, plain) == 0.1 and lr_lambda(9, plain) == 1.0
@@ -426,7 +432,8 @@ def test_question_grounding_starts_at_the_last_colour_or_shape_word():
     import random
     from dataclasses import replace
 
-    from glimpseprune.mini.pretrain import Collator, build_tokenizer_processor, derive_turns, synthetic_examples
+    from glimpseprune.mini.base_model import build_tokenizer_processor
+    from glimpseprune.mini.pretrain_data import Collator, derive_turns, synthetic_examples
 
     cfg = _tiny_recipe("unused", role_tokens=True)
     examples = synthetic_examples(8, 0, 448, "train")
@@ -456,7 +463,7 @@ def test_question_grounding_starts_at_the_last_colour_or_shape_word():
 
 
 def test_grounding_loss_by_hand():
-    from glimpseprune.mini.pretrain import grounding_loss
+    from glimpseprune.mini.probes import grounding_loss
 
     image_id = 7
     input_ids = torch.tensor([[1, 7, 7, 7, 2, 3, 4, 5]])
@@ -499,7 +506,7 @@ def test_benchmark_turn_sampling_matches_the_benchmark_answers():
     import random
 
     from glimpseprune.data.scenes import COUNT_WORDS, Scene, object_box
-    from glimpseprune.mini.pretrain import derive_turns, synthetic_examples
+    from glimpseprune.mini.pretrain_data import derive_turns, synthetic_examples
 
     examples = synthetic_examples(150, 0, 448, "train")
     answers = {"uniform": collections.Counter(), "benchmark": collections.Counter()}

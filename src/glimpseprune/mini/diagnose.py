@@ -3,7 +3,7 @@
 ``python -m glimpseprune.mini.diagnose DIR [--n 64] [--out report.json]``
 
 1. **Exact match on easier scenes**, per question type: the val split as is, and reduced to 1 / 2 / 3 of its
-   objects (with and without magnification, :func:`~glimpseprune.mini.pretrain.reduced_example`). A model that
+   objects (with and without magnification, :func:`~glimpseprune.mini.pretrain_data.reduced_example`). A model that
    answers one word per question type scores the same everywhere; one that reads the image gains on small scenes.
 2. **Does the image reach the answer?** For one-circle scenes asked "What colour is the circle?" (the same
    prompt for every image), per decoder layer: the norm of the hidden state at the position that predicts the
@@ -41,7 +41,8 @@ def qtype_of(question: str) -> str:
 
 def reduced_accuracy(model, processor, val, settings=SETTINGS, seed: int = 0) -> dict:
     from ..eval.scorers import exact_match
-    from .pretrain import greedy_answers, reduced_example
+    from .base_model import greedy_answers
+    from .pretrain_data import reduced_example
 
     out = {}
     for name, max_objects, zoom in settings:
@@ -60,7 +61,7 @@ def reduced_accuracy(model, processor, val, settings=SETTINGS, seed: int = 0) ->
 def image_sensitivity(model, processor, val, seed: int = 0) -> list[dict]:
     import torch
 
-    from .pretrain import Collator, Example, reduced_example, split_batch
+    from .pretrain_data import Collator, Example, reduced_example, split_batch
 
     rng = random.Random(f"diagnose/{seed}/sensitivity")
     examples = []
@@ -90,7 +91,8 @@ def attention_on_boxes(model, processor, val, seed: int = 0) -> dict:
     """Per setting, question type and decoder layer: mean share of the visual attention on the box tokens."""
     import torch
 
-    from .pretrain import Collator, box_attention_shares, reduced_example, split_batch
+    from .pretrain_data import Collator, reduced_example, split_batch
+    from .probes import box_attention_shares
 
     out = {}
     previous = model.config.text_config._attn_implementation
@@ -127,7 +129,8 @@ def probe_accuracy(directory, model, processor, val) -> dict | None:
     import torch
     from torch import nn
 
-    from .pretrain import N_COLOURS, N_SHAPES, Collator, rms_normalised
+    from .pretrain_data import Collator
+    from .probes import N_COLOURS, N_SHAPES, rms_normalised
 
     state_file = Path(directory) / "state.pt"
     if not state_file.is_file():
@@ -158,7 +161,7 @@ def diagnose(directory, n: int = 64, seed: int = 0) -> dict:
     from transformers import AutoModelForImageTextToText
 
     from ..processing import load_processor
-    from .pretrain import synthetic_examples
+    from .pretrain_data import synthetic_examples
 
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
     processor = load_processor(directory, model.config.model_type)

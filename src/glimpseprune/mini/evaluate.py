@@ -50,7 +50,7 @@ def evaluate(model, examples, batch_size: int = 8, max_new_tokens: int = 4, prog
     from ..eval.scorers import exact_match
     from ..methods.random import same_count_control
     from ..processing import build_inputs
-    from .pretrain import example_image
+    from .pretrain_data import example_image
 
     image_processor = model.processor.image_processor
     grid_kwargs = dict(patch_size=image_processor.patch_size, merge_size=image_processor.merge_size,
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the full report (with per-item rows) here as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .pretrain import synthetic_examples
+    from .pretrain_data import synthetic_examples
 
     model = load(args.model, args.glimpse)
     examples = synthetic_examples(args.n, args.seed, 448, args.split, args.layout)

@@ -1,4 +1,4 @@
-"""Compare pruning methods at equal LAYER-AVERAGED retention (landscape §1, §7; method.md §15.1).
+"""Compare pruning methods at equal LAYER-AVERAGED retention (docs/method.md §15.1, §16).
 
 For every method × budget (default 11.1 / 22.2 / 33.3 % layer-averaged, plus GlimpsePrune unbounded) this runs
 the record dataset through ``GlimpsePrune.generate`` and writes

@@ -31,7 +31,7 @@ def test_save_load_same_outputs(gp, qwen, inputs, tmp_path):
 
 
 def _reference_files(tmp_path, gp):
-    """Write new_modules_gp.pt + config.json by hand, with the exact key set of method.md §17.3."""
+    """Write new_modules_gp.pt + config.json by hand, with the exact key set of docs/method.md §17.3."""
     c = gp.config
     D, Dv, H, F, C = c.hidden_size, c.vision_hidden_size, c.num_heads, c.vip_size, c.vip_cond_size
     g = torch.Generator().manual_seed(0)

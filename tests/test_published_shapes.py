@@ -1,7 +1,7 @@
 """The released Qwen2.5-VL-7B GlimpsePrune files load unchanged: exact 7B shapes, no hub access.
 
 The base model is built on the meta device (architecture only, no memory); the module file is written in the
-reference layout (method.md §17) with random bf16 tensors of the published shapes.
+reference layout (docs/method.md §17.3) with random bf16 tensors of the published shapes.
 """
 
 import json
@@ -58,5 +58,5 @@ def test_published_7b_defaults_and_reference_file(tmp_path):
     config, glimpse, vip = load_modules(tmp_path, expected)
     assert config.prune_layer == 19 and config.glimpse_layers == list(range(28))
     n_params = sum(p.numel() for p in vip.parameters()) + sum(p.numel() for p in glimpse.parameters())
-    assert n_params == 22_406_657  # method.md §6.6
+    assert n_params == 22_406_657  # docs/method.md §6.6
     torch.testing.assert_close(glimpse.embeddings.data, embeddings.float())

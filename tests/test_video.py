@@ -1,4 +1,4 @@
-"""Video inputs pass through unpruned (method.md §10): they are embedded like stock and never pruning candidates.
+"""Video inputs pass through unpruned (docs/method.md §10): they are embedded like stock and never pruning candidates.
 
 No torchvision here, so the test builds what a video processor would return: `pixel_values_videos`
 [t·h·w patches, 3·2·14·14] and `video_grid_thw` [[t, h, w]], with t·h·w/4 `<|video_pad|>` placeholders.

@@ -1,7 +1,7 @@
 """Checkpoint I/O for the GlimpsePrune modules (glimpse token + VIP).
 
 Our format: ``glimpse_config.json`` (GlimpsePrune fields only) + ``glimpse.safetensors`` (keys ``glimpse.*`` and
-``vip.*``). The importer also reads the published reference format (method.md §17): the whole base config with GP
+``vip.*``). The importer also reads the published reference format (docs/method.md §17): the whole base config with GP
 fields added (``config.json``) + ``new_modules_gp.pt`` (a ``torch.save`` dict loaded with ``weights_only=True``).
 Every key and shape is checked; anything unexpected fails loudly.
 """

@@ -1,4 +1,4 @@
-"""Prefill with a one-shot cut at layer K, then decoding on the short cache (method.md §1, §8, §9).
+"""Prefill with a one-shot cut at layer K, then decoding on the short cache (docs/method.md §1, §8, §9).
 
 The whole idea in one loop:
 

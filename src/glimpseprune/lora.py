@@ -1,4 +1,4 @@
-"""GlimpsePrune+ LoRA: merge the published PEFT adapter into the LLM (method.md §17.4).
+"""GlimpsePrune+ LoRA: merge the published PEFT adapter into the LLM (docs/method.md §17.4).
 
 The adapter's target names use the transformers-4.51 layout (``model.layers.{l}...``); in 5.x the decoder lives at
 ``model.language_model.layers.{l}``. We merge by hand, W <- W + (alpha / r) * B @ A, so the prefix difference is

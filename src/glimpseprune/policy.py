@@ -1,4 +1,4 @@
-"""Keep policy: importance scores -> which visual tokens stay (method.md §7)."""
+"""Keep policy: importance scores -> which visual tokens stay (docs/method.md §7)."""
 
 from __future__ import annotations
 

@@ -294,7 +294,7 @@ def test_unsupported_config():
 
 
 def test_llm_linear_flops_per_token_match_landscape():
-    # landscape.md §5: ≈ 13.1 GFLOP (Qwen2.5-VL-7B) and ≈ 13.0 GFLOP (LLaVA-1.5-7B) per token
+    # docs/method.md §15.4: ≈ 13.1 GFLOP (Qwen2.5-VL-7B) and ≈ 13.0 GFLOP (LLaVA-1.5-7B) per token
     assert lm_linear_flops_per_token(dims_from_hf_config(qwen25_vl_7b()).lm) == pytest.approx(13.1e9, rel=0.02)
     assert lm_linear_flops_per_token(dims_from_hf_config(llava_15_7b()).lm) == pytest.approx(13.0e9, rel=0.02)
 
@@ -309,7 +309,7 @@ def test_vit_flops_per_token_match_landscape():
 
 
 def test_prefill_ceiling_on_qwen2_5_vl_7b():
-    # method.md §15.3: ≈ 1.42x (LLM only) and ≈ 1.27x (with the ViT) at 7.4 % kept; ≤ 1.30x with everything pruned
+    # docs/method.md §15.3: ≈ 1.42x (LLM only) and ≈ 1.27x (with the ViT) at 7.4 % kept; ≤ 1.30x with everything pruned
     dims = dims_from_hf_config(qwen25_vl_7b())
     n_text, n_visual = 60, 1400
     kept = round(0.074 * n_visual)

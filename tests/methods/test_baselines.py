@@ -68,16 +68,16 @@ def run(gp, inputs, method, record=True):
 
 
 def test_budget_converters():
-    # FastV at K=2: 11.1 % layer-averaged -> ≈ 4.3 % kept on 28 layers, ≈ 5.2 % on 32 (landscape §7)
+    # FastV at K=2: 11.1 % layer-averaged -> ≈ 4.3 % kept on 28 layers, ≈ 5.2 % on 32 (docs/method.md §16.3)
     assert B.kept_ratio_for_retention(0.111, 2, 28) == pytest.approx((0.111 * 28 - 2) / 26)
     assert round(B.kept_ratio_for_retention(0.111, 2, 28), 3) == 0.043
     assert round(B.kept_ratio_for_retention(0.111, 2, 32), 3) == 0.052
-    # GlimpsePrune 7.4 % kept at K=19 of 28 ≈ 70 % layer-averaged (method.md §15.1)
+    # GlimpsePrune 7.4 % kept at K=19 of 28 ≈ 70 % layer-averaged (docs/method.md §15.1)
     assert B.retention_for_kept_ratio(0.074, 19, 28) == pytest.approx((19 + 9 * 0.074) / 28)
     assert B.kept_ratio_for_retention(B.retention_for_kept_ratio(0.3, 5, 28), 5, 28) == pytest.approx(0.3)
     # pre-LLM: the two axes coincide
     assert B.kept_ratio_for_retention(0.222, 0, 28) == pytest.approx(0.222)
-    # VScan on Qwen: 0.167 at the ViT, ×0.333 at layer 14 (method.md §16.3)
+    # VScan on Qwen: 0.167 at the ViT, ×0.333 at layer 14 (docs/method.md §16.3)
     assert B.first_stage_ratio(0.111, [0, 14], [0.333], 28) == pytest.approx(0.1666, abs=1e-3)
     # PyramidDrop's paper default (×0.5 at 8/16/24 of 32) averages 46.9 %; the solver inverts it
     assert B.schedule_retention(list(zip([8, 16, 24], B.cumulative([0.5] * 3))), 32) == pytest.approx(0.46875)

@@ -7,7 +7,7 @@ from glimpseprune.modules.vip import GridRoPE2D, attention_padded_value
 
 
 def test_published_parameter_counts():
-    """method.md §6.6: Qwen2.5-VL-7B VIP 9,454,081 and glimpse 12,952,576 parameters."""
+    """docs/method.md §6.6: Qwen2.5-VL-7B VIP 9,454,081 and glimpse 12,952,576 parameters."""
     vip = VIP(row_width=28, vision_size=1280)
     glimpse = GlimpseToken(3584, list(range(28)))
     assert sum(p.numel() for p in vip.parameters()) == 9_454_081

@@ -1,4 +1,4 @@
-"""Training-forward glimpse placement (method.md §3.4) and consistency with the inference engine."""
+"""Training-forward glimpse placement (docs/method.md §3.4) and consistency with the inference engine."""
 
 import torch
 

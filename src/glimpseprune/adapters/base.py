@@ -194,7 +194,7 @@ class FamilyAdapter:
         attention_mask: torch.Tensor | None,
         log_softmax: bool,
     ) -> torch.Tensor:
-        """One query's attention over every key of a layer: [bs, H, L] (method.md §4).
+        """One query's attention over every key of a layer: [bs, H, L] (docs/method.md §4).
 
         ``layer_input`` is the residual stream entering the layer at the query position ([bs, 1, D]); ``keys``
         are that layer's post-RoPE cached keys [bs, H_kv, L, d]. Only one row is computed, so this works the same

@@ -1,6 +1,6 @@
 """LLaVA-1.5 on stock ``LlavaForConditionalGeneration`` (transformers 5.x): CLIP ViT + projector + Llama.
 
-Family specifics (method.md §5, §13): plain 1-D positions (what ``generate`` computes from the attention mask),
+Family specifics (docs/method.md §5.2, §13): plain 1-D positions (what ``generate`` computes from the attention mask),
 a fixed square grid of (image_size / patch)² visual tokens per image, and VIP conditions read straight from CLIP
 ``hidden_states[i]`` (index 0 = embedding output after the pre-LayerNorm, so ``hidden_states[i]`` is the output of
 encoder layer i-1), CLS dropped, no pooling, no reordering. The glimpse row uses the log-softmax variant.
@@ -21,7 +21,7 @@ from ..config import GlimpsePruneConfig, default_prune_layer
 from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
 from .qwen2_5_vl import capture_block_inputs
 
-# Published settings (method.md §13): K = reduce_layer + 1 per LLM depth; conditions for the 24-layer CLIP-L/336.
+# Published settings (docs/method.md §13): K = reduce_layer + 1 per LLM depth; conditions for the 24-layer CLIP-L/336.
 _PUBLISHED_PRUNE_LAYER = {32: 22, 40: 27}
 _PUBLISHED_VIT_LAYERS = {24: [23, 17, 11, 5]}
 

@@ -16,7 +16,7 @@ from transformers.vision_utils import get_vision_window_index
 from ..config import GlimpsePruneConfig, default_prune_layer
 from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
 
-# Published settings (method.md §2, §17.2): K = reduce_layer + 1 per LLM depth.
+# Published settings (docs/method.md §2, §17.2): K = reduce_layer + 1 per LLM depth.
 _PUBLISHED_PRUNE_LAYER = {28: 19, 36: 24}
 _PUBLISHED_VIT_LAYERS = {32: [31, 23, 15, 7]}
 

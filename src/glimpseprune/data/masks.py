@@ -1,4 +1,4 @@
-"""Box → visual-token masks, one function per preprocessing family (method.md §11.3).
+"""Box → visual-token masks, one function per preprocessing family (docs/method.md §11.3).
 
 Every mask is a flat numpy ``bool`` array of length ``h * w`` in raster order (row by row), the order of the
 VIP output. Boxes come in as pixel boxes ``[x1, y1, x2, y2]`` of the *original* image (or, for
@@ -10,7 +10,7 @@ The rasterisation rule, for a merged token grid ``h × w`` and a normalised box:
 - rows ``floor(y1·h) .. min(floor(y2·h), h−1)``, inclusive;
 - several boxes are OR-ed.
 
-Coordinates are clamped to [0, 1] first (the reference does not clamp, §18 row 10).
+Coordinates are clamped to [0, 1] first (the reference does not clamp, docs/method.md §18 row 10).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # The released Qwen2.5-VL checkpoints ship ``min_pixels`` 56·56 and ``max_pixels`` 16,384·28² (up to 16,384
-# merged visual tokens); the reference trains and evaluates Visual-CoT with these (§11.2, §14.1). Note that the
+# merged visual tokens); the reference trains and evaluates Visual-CoT with these (docs/method.md §11.2, §14.1). Note that the
 # transformers class default for ``max_pixels`` is smaller (1,280·28²); pass it explicitly to mimic that one.
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 16384 * 28 * 28
@@ -57,13 +57,13 @@ def normalize_boxes(boxes_px, width: float, height: float) -> np.ndarray:
 
 
 def boxes_to_grid_mask(norm_boxes, grid_h: int, grid_w: int) -> np.ndarray:
-    """Rasterise normalised boxes onto a ``grid_h × grid_w`` token grid (§11.3).
+    """Rasterise normalised boxes onto a ``grid_h × grid_w`` token grid (docs/method.md §11.3).
 
     Returns a ``bool`` array of shape ``[grid_h * grid_w]`` in raster order.
 
     Coordinates are clamped to [0, 1] first. A box with no positive-area overlap with the image after clamping
     (wholly outside it, or degenerate) marks nothing: the plain formula would otherwise light an edge row or
-    column for a box lying entirely beyond that edge. Every other box follows the §11.3 formula exactly,
+    column for a box lying entirely beyond that edge. Every other box follows the docs/method.md §11.3 formula exactly,
     including its inclusive right/bottom index (a box ending exactly on a cell boundary marks that next cell).
     """
     if grid_h <= 0 or grid_w <= 0:
@@ -118,12 +118,12 @@ def llava_box_mask(
     """Token mask on LLaVA-1.5's ``grid × grid`` patch grid for pixel boxes of a ``width × height`` image.
 
     LLaVA-1.5 pads the image to a centred square of side ``S = max(W, H)`` before resizing to 336, so with
-    ``letterbox=True`` (the correct mapping, §11.3) a box is mapped as ``x ↦ (x + ox) / S`` and
+    ``letterbox=True`` (the correct mapping, docs/method.md §11.3) a box is mapped as ``x ↦ (x + ox) / S`` and
     ``y ↦ (y + oy) / S`` with ``ox = ⌊(S − W)/2⌋`` and ``oy = ⌊(S − H)/2⌋`` (the same floor as LLaVA's
     ``expand2square`` and transformers' ``pad_to_square``).
 
     ``letterbox=False`` reproduces the reference implementation's behaviour, which normalises by the original
-    ``W`` and ``H`` and so misaligns the mask on every non-square image (§18 row 9). It exists only for parity
+    ``W`` and ``H`` and so misaligns the mask on every non-square image (docs/method.md §18 row 9). It exists only for parity
     experiments; do not train with it.
     """
     if not letterbox:
@@ -143,7 +143,7 @@ def _ratio(num: int, den: int, both_empty: bool) -> float:
 
 
 def mask_metrics(pred_bool, target_bool) -> dict[str, float]:
-    """Token-level agreement of a kept mask with a box mask (§11.5 logged metrics, §14.3).
+    """Token-level agreement of a kept mask with a box mask (docs/method.md §11.5 logged metrics, §14.3).
 
     Both inputs are boolean-like arrays of the same shape (CPU tensors work too; they are flattened).
     Returns ``tp``, ``fp``, ``fn``, ``tn`` (ints) and ``precision``, ``recall``, ``f1``, ``iou``,

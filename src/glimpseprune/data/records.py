@@ -1,4 +1,4 @@
-"""Visual-CoT-style records: reading, sampling and validation (method.md §11.2 and §14.1).
+"""Visual-CoT-style records: reading, sampling and validation (docs/method.md §11.2 and §14.1).
 
 Two item formats are understood, per JSON object:
 

@@ -1,8 +1,8 @@
-"""The efficiency benchmark (method.md §15.5): baseline vs a pruning method at a fixed budget, in the same run.
+"""The efficiency benchmark (docs/method.md §15.5): baseline vs a pruning method at a fixed budget, in the same run.
 
 For every batch size and for both the unpruned baseline (method ``none``) and the chosen method it reports:
 
-* visual tokens at the LLM input and after the cut, both retentions (kept-after-K and layer-averaged, §15.1);
+* visual tokens at the LLM input and after the cut, both retentions (kept-after-K and layer-averaged, docs/method.md §15.1);
 * analytic prefill FLOPs with and without the ViT, the VIP's FLOPs and decode FLOPs, from
   :mod:`glimpseprune.eval.flops` (per sample; the numbers fed to the FLOPs model are in the output);
 * measured times, each as the median with min and max over ``repeats`` passes after ``warmup`` passes, with device
@@ -117,7 +117,7 @@ ARCH_CONFIGS: dict[str, dict] = {
 }
 CPU_ARCHS = ("tiny", "qwen2.5-vl-0.5b-cpu", "qwen2.5-vl-1.5b-cpu")
 CPU_MAX_LLM_PARAMETERS = 2.5e9  # larger random-weight LLMs are refused on CPU unless forced
-QWEN_MAX_PIXELS = 16384 * 28 * 28  # the released Qwen2.5-VL limit: 16,384 merged tokens (method.md §11.2)
+QWEN_MAX_PIXELS = 16384 * 28 * 28  # the released Qwen2.5-VL limit: 16,384 merged tokens (docs/method.md §11.2)
 
 
 def llm_parameters(text: dict) -> int:

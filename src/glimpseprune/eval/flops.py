@@ -1,6 +1,6 @@
 """Analytic FLOPs of GlimpsePrune and of the unpruned baseline, and layer-averaged token retention.
 
-This is the corrected FLOPs model of method.md §15.4. Conventions, applied everywhere:
+This is the corrected FLOPs model of docs/method.md §15.4. Conventions, applied everywhere:
 
 * 2 FLOPs per multiply-accumulate; only matrix products are counted. Biases, norms, activations, softmax, RoPE,
   embedding look-ups and the gathers of the pruning step are ignored (they are linear in the tokens and small).
@@ -69,7 +69,7 @@ class VisionDims:
 
 @dataclass(frozen=True)
 class VIPDims:
-    """Sizes of the VIP (method.md §6.1). ``input_width`` is S·H, the width of the stacked glimpse rows.
+    """Sizes of the VIP (docs/method.md §6.1). ``input_width`` is S·H, the width of the stacked glimpse rows.
 
     ``heads`` does not change the FLOPs (the Q/K and V widths are split, not multiplied); it is kept so the dims
     describe the module completely.

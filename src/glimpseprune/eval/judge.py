@@ -4,7 +4,7 @@ The judge sends a versioned prompt (``prompts/judge_<version>.txt``) holding the
 the candidate answer, and reads back ``score: <number between 0 and 1>``. Works with vLLM, SGLang, llama.cpp
 servers or hosted APIs alike: only ``POST {base_url}/chat/completions`` is used, through the standard library.
 
-Rules this module enforces (method.md §14.1 and §18, items 7 and 8):
+Rules this module enforces (docs/method.md §14.1 and §18, rows 7 and 8):
 
 * **Deterministic.** Temperature is always 0 and cannot be raised. The reference sampled its judge at temperature
   0.7, so re-running its evaluation gives different numbers; a metric has to be reproducible.

@@ -1,4 +1,4 @@
-"""The evaluation runner (method.md §14): datasets x methods x budgets -> per-sample JSONL + summaries.
+"""The evaluation runner (docs/method.md §14): datasets x methods x budgets -> per-sample JSONL + summaries.
 
 One *run unit* is (dataset file, method, budget). Its predictions go to
 ``<output>/<dataset>/<method>[-<budget>]-<hash>.jsonl`` where ``hash`` covers everything that can change a
@@ -49,7 +49,7 @@ class Budget:
     """Per-call keep-policy overrides. ``None`` means "the model's config default".
 
     ``max_keep_ratio`` caps the share kept after the (last) cut; ``retention`` instead asks for a layer-averaged
-    retention (the FastV / PyramidDrop / VScan axis, method.md §15.1): baselines take it directly, GlimpsePrune gets
+    retention (the FastV / PyramidDrop / VScan axis, docs/method.md §15.1): baselines take it directly, GlimpsePrune gets
     the kept cap that reaches it after its layer K (an error when K/L already exceeds it).
     """
 
@@ -527,7 +527,7 @@ def summary_markdown(summary: dict) -> str:
     lines.append("")
     lines.append("Average = unweighted mean over datasets. kept = visual tokens kept after the last cut / visual "
                  "tokens; layer-avg ret. = mean over all layers of the visual tokens present, every cut stage "
-                 "counted (method.md §15.1). "
+                 "counted (docs/method.md §15.1). "
                  "Times are per-sample shares of the batch's prefill/decode.")
     controls = summary.get("controls")
     if controls:

@@ -1,4 +1,4 @@
-"""Budgets for the baselines, on both axes (landscape §1, method.md §15.1).
+"""Budgets for the baselines, on both axes (docs/method.md §15.1, §16.1).
 
 A baseline can be asked for
 
@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-DEFAULT_RETENTION = 0.111  # the landscape's lowest grid point; every baseline's default budget
+DEFAULT_RETENTION = 0.111  # the grid's lowest point (docs/method.md §15.1); every baseline's default budget
 
 
 def given(value) -> bool:

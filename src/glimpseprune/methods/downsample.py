@@ -1,10 +1,10 @@
-"""Down-sampling anchor (landscape §7, VTC-Bench): fewer, coarser visual tokens instead of pruning.
+"""Down-sampling anchor (docs/method.md §16.2, VTC-Bench): fewer, coarser visual tokens instead of pruning.
 
 On our hooks, before the LLM (layer 0): every image's merged-token grid (h × w) is split into s × s cells
 (partial cells at the right/bottom edges); each cell keeps ONE token - its top-left token, so it keeps that
 token's position id - whose embedding becomes the mean of the cell's embeddings (``Selection.replace``).
 
-- On LLaVA (fixed 24 × 24 = 576 tokens) this is exactly the landscape's recommended anchor: 3 × 3 average pooling
+- On LLaVA (fixed 24 × 24 = 576 tokens) this is exactly the anchor of docs/method.md §16.3: 3 × 3 average pooling
   -> 8 × 8 = 64 tokens = 11.1 %.
 - On Qwen2.5-VL the alternative anchor is to resize the input image (a smaller ``max_pixels``) so the ViT itself
   makes ≈ budget tokens (which also saves ViT FLOPs). This method does not: it pools after the ViT. The resize

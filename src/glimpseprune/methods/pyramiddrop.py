@@ -5,7 +5,7 @@ before the boundary, and only λ of them survive. Hidden states and KV caches ar
 
 Knobs:
 - ``layers``: stage boundaries (cut layers). Default ``{2, L/4, L/2, 3L/4}`` - the paper's L/4, L/2, 3L/4 plus an
-  early first stage at FastV's K = 2, without which 11.1 % layer-averaged is unreachable (landscape §7: the
+  early first stage at FastV's K = 2, without which 11.1 % layer-averaged is unreachable (docs/method.md §16.3: the
   paper's default ×0.5 at 8/16/24 of 32 layers averages 46.9 %).
 - ``ratios``: λ per stage, each relative to the tokens present (the paper: 0.5 at every stage). Overrides the
   budget when given.

@@ -1,4 +1,4 @@
-"""Random pruning: a uniform random subset of the visual tokens, seeded (landscape §7, the trivial anchor).
+"""Random pruning: a uniform random subset of the visual tokens, seeded (the control of docs/method.md §14.4).
 
 Knobs: ``prune_layer`` (default 0 = before the LLM), ``seed`` (default 0), and the common budget options (see
 :mod:`.budget`): ``ratio``/``max_keep_ratio`` = kept fraction, or ``retention`` = layer-averaged retention

@@ -17,7 +17,7 @@ adapter leaves it out of ``visual_mask``), so it is always kept and never scored
 and merged, exactly as with ``"default"``.
 
 Memory: the reference VisionZip materialises whole attention maps and runs out of memory on document images on
-Qwen2.5-VL (landscape §2). Here the scores are computed from the block INPUT captured during the normal ViT pass
+Qwen2.5-VL (docs/method.md §16.2). Here the scores are computed from the block INPUT captured during the normal ViT pass
 (``adapters.base.VitRequest``; the block's norm, q/k projections and, on Qwen, the ViT rotary applied here), and the
 ViT is not re-run and ``output_attentions`` is never set. Qwen: in chunks of query rows against all keys of one
 image, so at most ``max_elems`` (default 2^22) logits exist at once (≈ 16 MiB in fp32, ≈ 2× that with the

@@ -1,7 +1,7 @@
 """The glimpse token: a learned embedding appended after the prompt, re-injected before every listed layer.
 
 u(l) = Dropout(Norm(P · E[i(l)])) is the glimpse's input embedding at layer 0 and an additive deep prompt
-(h_l[g] += u(l)) before every other layer l in ``layers`` (method.md §3).
+(h_l[g] += u(l)) before every other layer l in ``layers`` (docs/method.md §3.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VIP, the Visual-token Importance Predictor (the reference's ``AttnFuserV1``, method.md §6).
+"""VIP, the Visual-token Importance Predictor (the reference's ``AttnFuserV1``, docs/method.md §6).
 
 Input: the glimpse's attention row over the image tokens ([N, S·H]) and, per VIP layer, one ViT feature per visual
 token. Each layer is a pre-norm block: conditional self-attention (the condition enters Q and K only, with 2-D RoPE
@@ -32,7 +32,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class GridRoPE2D(nn.Module):
     """2-D rotary embedding: dimension pairs (j, j + d/2) rotate by the row angle for j < d/4, by the column angle
-    for d/4 <= j < d/2 (method.md §6.3)."""
+    for d/4 <= j < d/2 (docs/method.md §6.3)."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0):
         super().__init__()
@@ -129,7 +129,7 @@ class VIP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Stage-1 initialisation (method.md §6.5): Xavier-uniform projections, zero biases, unit norm gains.
+        # Stage-1 initialisation (docs/method.md §6.5): Xavier-uniform projections, zero biases, unit norm gains.
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)

@@ -1,4 +1,4 @@
-"""Stage-1 training of the glimpse token + VIP with the base VLM frozen (method.md §11).
+"""Stage-1 training of the glimpse token + VIP with the base VLM frozen (docs/method.md §11).
 
 - ``forward``: the training forward (glimpse before the first answer token, all L layers, VIP at layer K-1).
 - ``losses``: Dice + 0.1·BCE on box masks, mask metrics.

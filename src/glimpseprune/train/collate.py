@@ -1,4 +1,4 @@
-"""Records -> a processor batch for stage-1 training (method.md §11.2, §11.3).
+"""Records -> a processor batch for stage-1 training (docs/method.md §11.2, §11.3).
 
 Each record becomes one user turn (the image, then the raw question) rendered with the model's chat template and
 the generation prompt, followed by the answer and the end-of-turn token. Labels are -100 up to and including the

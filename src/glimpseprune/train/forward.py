@@ -1,4 +1,4 @@
-"""The stage-1 training forward (method.md §3.4, §11.4).
+"""The stage-1 training forward (docs/method.md §3.4, §11.4).
 
 One pass over prompt + answer, no KV cache, every one of the L layers:
 
@@ -18,7 +18,7 @@ The engine's prefill is inference-only (it cuts the sequence at K); this loop re
 
 Options beyond the published recipe:
 
-- ``isolate_glimpse``: no token but the glimpse itself may attend to the glimpse (the §18 row 15 ablation: the
+- ``isolate_glimpse``: no token but the glimpse itself may attend to the glimpse (the docs/method.md §18 row 15 ablation: the
   answer no longer sees the glimpse, as at inference). Needs an explicit 4-D float mask.
 - ``shift_answer=False``: the answer keeps its own positions (what decoding does at inference, where the glimpse is
   gone). Only sensible together with ``isolate_glimpse``.
@@ -170,7 +170,7 @@ def training_forward(
     shift_answer: bool = True,
     keep_bias_fn=None,
 ) -> TrainForward:
-    """The §11.4 pass. ``labels`` are aligned with ``batch.input_ids`` (-100 on the prompt and padding).
+    """The docs/method.md §11.4 pass. ``labels`` are aligned with ``batch.input_ids`` (-100 on the prompt and padding).
 
     ``keep_bias_fn(per_sample_logits, layout) -> [bs, L+n] bias`` switches on soft pruning at layers >= K
     (box-free mode); it forces an explicit float mask.
@@ -241,7 +241,7 @@ def training_forward(
             predictors[rows, cols + n * (cols >= layout.start[rows]).long()] = True
             targets = labels[:, 1:][original[:, :-1]]
         else:
-            # Published recipe (§3.4): the glimpse, labelled -100, predicts the first answer token.
+            # Published recipe (docs/method.md §3.4): the glimpse, labelled -100, predicts the first answer token.
             predictors = answer_predictors(layout.labels)
             targets = layout.labels[:, 1:][predictors[:, :-1]]
         logits = answer_logits(adapter, h, predictors)

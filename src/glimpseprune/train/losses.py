@@ -1,4 +1,4 @@
-"""Stage-1 losses and logged mask metrics (method.md §11.5).
+"""Stage-1 losses and logged mask metrics (docs/method.md §11.5).
 
 Per sample, with z the VIP logits, p = sigmoid(z) and g the box mask (0/1, length N):
 

@@ -1,4 +1,4 @@
-"""Stage-1 trainer on ``accelerate`` (method.md §11): only the glimpse token and the VIP train.
+"""Stage-1 trainer on ``accelerate`` (docs/method.md §11): only the glimpse token and the VIP train.
 
 - Works single-process and under ``accelerate launch`` (DDP over gloo on CPU, NCCL on GPU; DeepSpeed / FSDP
   configs are shipped in ``configs/accelerate/``). The trainable modules are wrapped in one ``nn.Module`` whose
@@ -68,7 +68,7 @@ class TrainConfig:
     lm_weight: float = 1.0
     dice_weight: float = 1.0
     bce_weight: float = 0.1
-    isolate_glimpse: bool = False  # §18 row 15 ablation: the answer does not attend to the glimpse
+    isolate_glimpse: bool = False  # docs/method.md §18 row 15 ablation: the answer does not attend to the glimpse
     boxfree: dict = field(default_factory=dict)  # BoxFreeConfig fields, e.g. {"budget": "exact", "target_keep": 0.3}
     # processor
     min_pixels: int | None = None

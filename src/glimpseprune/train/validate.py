@@ -1,4 +1,4 @@
-"""Held-out pass through the *inference* engine (method.md §1): prompt only, glimpse appended after the
+"""Held-out pass through the *inference* engine (docs/method.md §1): prompt only, glimpse appended after the
 generation prompt, VIP + keep policy at layer K — exactly what ``GlimpsePrune.generate`` prunes.
 
 Reports the kept-ratio distribution (min / median / max / mean over samples) and, where samples carry boxes, the

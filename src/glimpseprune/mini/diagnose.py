@@ -102,6 +102,9 @@ def attention_on_boxes(model, processor, val, seed: int = 0) -> dict:
             rng = random.Random(f"diagnose/{seed}/attention/{name}")
             examples = [reduced_example(ex, rng, max_objects, 0) if max_objects else ex for ex in val]
             examples = [ex for ex in examples if ex.boxes]
+            if not examples:  # e.g. a small --n whose items all answer "no" (no boxes): nothing to measure
+                out[name] = {}
+                continue
             batch, extras = split_batch(Collator(processor)(examples))
             labels = batch.pop("labels")
             model.eval()

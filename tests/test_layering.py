@@ -33,6 +33,7 @@ RECIPES = {
     "glimpseprune.mini.evaluate": "mini model: evaluation driver",
     "glimpseprune.mini.diagnose": "mini model: diagnostics driver",
     "glimpseprune.mini.glimpse_data": "mini model: writes its stage-1 data",
+    "glimpseprune.mini.ksweep": "mini model: the K trade-off sweep (stage-1 training + evaluation per K)",
 }
 # benchmarks/ and tests/ are outside the package: nothing in it may import them.
 FIXTURE_PREFIXES = ("glimpseprune.tiny", "glimpseprune.testing", "tests")

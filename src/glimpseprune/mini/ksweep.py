@@ -148,7 +148,7 @@ def train_run(cfg: SweepConfig, mode: str, k: int, target_keep: float | None) ->
 
 
 def item_sets(cfg: SweepConfig) -> dict[str, list]:
-    from .pretrain import synthetic_examples
+    from .pretrain_data import synthetic_examples
 
     return {"select": synthetic_examples(cfg.n_select, cfg.seed, 448, "val", cfg.layout),
             "test": synthetic_examples(cfg.n_test, cfg.seed, 448, "test", cfg.layout)}
@@ -164,7 +164,7 @@ def unpruned_answers(cfg: SweepConfig, examples: list) -> dict[str, str]:
             return cached["answers"]
     from ..model import GlimpsePrune
     from ..processing import build_inputs
-    from .pretrain import example_image
+    from .pretrain_data import example_image
 
     model = GlimpsePrune.from_pretrained(base_dir(cfg), device="cpu")
     answers = {}

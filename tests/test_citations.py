@@ -1,6 +1,7 @@
 """Comments and docs cite only files inside this repository, and only sections (and table rows) that exist.
 
-A citation is ``<file>.md §N`` (optionally more ``§M`` on the same line, optionally ``row R`` / ``rows R and S``).
+A citation is ``<file>.md §N`` (optionally more ``§M`` on the same line, optionally ``row R`` / ``rows R and S``);
+``issue N §M`` cites a section of one of the project's issues and is not checked.
 The file must exist: as a path from the repository root (``docs/method.md``), or as a bare name that exactly one
 markdown file of the repository has. The section must be a numbered heading of that file (``## 15.`` /
 ``### 15.1``); a cited row must be a row of a table in that section. In Python files every ``§`` must follow a
@@ -18,6 +19,7 @@ SCANNED_CODE = ("src", "tests", "benchmarks")
 SKIPPED_PARTS = {".venv", "__pycache__", ".git", "node_modules"}
 
 FILE = re.compile(r"([\w./-]*\w\.md)`?")
+ISSUE = re.compile(r"\bissue #?\d+", re.IGNORECASE)  # the project's own tracker: its sections are not checked
 SECTION = re.compile(r"§\s?(\d+(?:\.\d+)*)(?:,?\s+rows?\s+(\d+)(?:\s+(?:and|to)\s+(\d+))?)?")
 HEADING = re.compile(r"^(#{1,6})\s+(\d+(?:\.\d+)*)\.?\s")
 
@@ -79,8 +81,12 @@ def check_line(line: str, own: Path | None = None) -> list[str]:
     """Problems with the citations on one line. ``own``: the markdown file the line is in (bare § cite it)."""
     problems = []
     files = [(m.start(), m.group(1)) for m in FILE.finditer(line)]
+    files += [(m.start(), None) for m in ISSUE.finditer(line)]
+    files.sort(key=lambda item: item[0])
     for m in SECTION.finditer(line):
         before = [name for start, name in files if start < m.start()]
+        if before and before[-1] is None:  # "issue 17 §3"
+            continue
         if before:
             name, target = before[-1], resolve(before[-1])
             if target is None:
@@ -148,6 +154,7 @@ def test_the_checker_catches_what_it_should():
     assert check_line("(docs/method.md §14.1 and §18, rows 7 and 8)") == []
     assert check_line("(docs/method.md §18 row 15 ablation)") == []
     assert check_line("`docs/results.md` §4.2") == []
+    assert check_line("(issue 17 §4, §5)") == []
     assert "not a file" in check_line("(landscape.md §7)")[0]
     assert "does not say which file" in check_line("(landscape §7, the trivial anchor)")[0]
     assert "does not say which file" in check_line("the §11.3 formula")[0]

@@ -34,6 +34,9 @@ RECIPES = {
     "glimpseprune.mini.diagnose": "mini model: diagnostics driver",
     "glimpseprune.mini.glimpse_data": "mini model: writes its stage-1 data",
     "glimpseprune.mini.ksweep": "mini model: the K trade-off sweep (stage-1 training + evaluation per K)",
+    "glimpseprune.mini.evaluate_plus": "mini model: GlimpsePrune+ evaluation driver",
+    "glimpseprune.train.plus": "GlimpsePrune+ training (Run A, merge, Run B), command line",
+    "glimpseprune.train.rl_trainer": "GlimpsePrune+ Run A driver (GRPO on accelerate)",
 }
 # benchmarks/ and tests/ are outside the package: nothing in it may import them.
 FIXTURE_PREFIXES = ("glimpseprune.tiny", "glimpseprune.testing", "tests")
@@ -49,6 +52,7 @@ KNOWN = {
     ("glimpseprune.mini.base_model", "glimpseprune.tiny", "fixture"),  # Qwen tokenizer/processor builders, templates
     ("glimpseprune.eval.bench", "glimpseprune.tiny", "fixture"),
     ("glimpseprune.train.trainer", "glimpseprune.tiny", "fixture"),  # the tiny_offline smoke config
+    ("glimpseprune.train.rl_trainer", "glimpseprune.tiny", "fixture"),  # its tiny smoke config
     # retention / FLOPs helpers read from eval/flops.py; branch i15 gives budgets one home below eval/.
     ("glimpseprune.prune_state", "glimpseprune.eval.flops", "upward"),
     ("glimpseprune.methods.budget", "glimpseprune.eval.flops", "upward"),

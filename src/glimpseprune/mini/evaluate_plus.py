@@ -43,7 +43,7 @@ def evaluate(base, stage1, plus, examples, batch_size: int = 8, max_new_tokens: 
              progress: bool = True) -> dict:
     from ..eval.scorers import exact_match
     from ..processing import build_inputs
-    from .pretrain import example_image
+    from .pretrain_data import example_image
 
     rows = []
     bar = None
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the full report (with per-item rows) here as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from .pretrain import synthetic_examples
+    from .pretrain_data import synthetic_examples
 
     base, stage1, plus = load_models(args.plus, args.stage1, args.base)
     examples = synthetic_examples(args.n, args.seed, 448, "test")

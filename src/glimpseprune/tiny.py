@@ -164,6 +164,8 @@ class TinyQwenSpec:
     # Larger than transformers' 0.02: a tiny model initialised at 0.02 repeats one token forever, which would make
     # token-for-token equality tests vacuous. At 0.2 greedy outputs vary from step to step.
     initializer_range: float = 0.2
+    # Extra LLM config fields, e.g. (("use_sliding_window", True), ("sliding_window", 12), ("layer_types", [...])).
+    text_overrides: tuple = ()
 
 
 def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
@@ -185,6 +187,7 @@ def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        **dict(spec.text_overrides),
     )
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
 
 from ..config import GlimpsePruneConfig
+from ..layer_loop import LayerAdditions, layer_types
 
 _REGISTRY: dict[str, type["FamilyAdapter"]] = {}
 
@@ -80,6 +80,8 @@ class PreparedBatch:
     images: list[list[ImageInfo]]  # per sample, in sequence order
     vit_features: list[torch.Tensor] | None = None  # per VIP layer: [T, D_v], all images of the batch in order
     source_index: torch.Tensor | None = None  # [bs, L]: column in the caller's input row of every position
+    # Residual additions after some layers, owned by visual columns (Qwen3-VL's DeepStack); None for most families.
+    layer_additions: LayerAdditions | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -156,15 +158,10 @@ class FamilyAdapter:
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)
 
-    def causal_mask(self, hidden, attention_mask, cache, position_ids, layer_idx: int | None = None):
-        return create_causal_mask(
-            config=self.text_config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            position_ids=self.mask_positions(position_ids),
-            layer_idx=layer_idx,
-        )
+    @property
+    def layer_types(self) -> list[str]:
+        """Each decoder layer's attention type (full / sliding / linear), from the text config."""
+        return layer_types(self.text_config)
 
     def run_layer(self, i: int, hidden, mask, cos_sin, position_ids, cache) -> torch.Tensor:
         return self.layers[i](

@@ -130,7 +130,7 @@ def test_sampling_is_reproducible_and_respects_eos(qwen, gp, images):
 
 def test_scoring_identical_under_sdpa_and_eager(images):
     from glimpseprune import GlimpsePrune
-    from glimpseprune.tiny import tiny_qwen2_5_vl
+    from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 
     model, processor = tiny_qwen2_5_vl()
     gp_sdpa = GlimpsePrune(model, processor).with_new_modules(seed=0)
@@ -257,7 +257,7 @@ def test_sliding_window_layers_get_their_own_mask(images):
     the unpruned engine reproduces stock generate token for token (one full causal mask for every layer would
     not: the sliding model's outputs differ from the same weights with full attention), and a cut is refused."""
     from glimpseprune import GlimpsePrune
-    from glimpseprune.tiny import TinyQwenSpec, tiny_qwen2_5_vl
+    from glimpseprune.testing.tiny import TinyQwenSpec, tiny_qwen2_5_vl
 
     kinds = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
     sliding = TinyQwenSpec(text_overrides=(("use_sliding_window", True), ("sliding_window", 12),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+from glimpseprune.testing.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
 
 # A new family joins the whole suite by adding one line here.
 BUILDERS = {

@@ -527,7 +527,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
     torch.set_num_threads(2)
-    from glimpseprune.methods.visionzip import received_attention
+    from glimpseprune.vit_scoring import received_attention
     n, heads, d = 8192, 4, 16  # one 8192-patch full-attention segment with the tiny ViT's heads and width
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(n, heads, d, generator=g), torch.randn(n, heads, d, generator=g)

@@ -108,77 +108,19 @@ def _lm_dims(text_config) -> LMDims:
     )
 
 
-def _qwen_vision_dims(
-    vc, *, width: int, mlp: int, gated: bool, out_width: int, window_patches: int | None, full_blocks: Sequence[int]
-) -> VisionDims:
-    merge = vc.spatial_merge_size**2
-    return VisionDims(
-        hidden=width,
-        depth=vc.depth,
-        mlp=mlp,
-        gated_mlp=gated,
-        patches_per_token=merge,
-        patch_input=vc.in_channels * vc.temporal_patch_size * vc.patch_size**2,
-        # The merger: norm, then Linear(4·D_v -> 4·D_v), GELU, Linear(4·D_v -> LLM width).
-        projector=((merge * width, merge * width), (merge * width, out_width)),
-        window_patches=window_patches,
-        full_attention_blocks=tuple(full_blocks),
-    )
-
-
 def dims_from_hf_config(config, selected_layers: int = 1, vip_layers: int = 4) -> ModelDims:
-    """Build LLM, ViT and VIP dims from a ``Qwen2_5_VLConfig``, ``Qwen2VLConfig`` or ``LlavaConfig``.
+    """Build LLM, ViT and VIP dims from the config of any family with an adapter (the adapter knows its ViT).
 
     ``selected_layers`` is S, the number of LLM layers whose glimpse row feeds the VIP (1 in every release), so the
     VIP input width is S·H. ``vip_layers`` is the number of VIP blocks (= number of ViT condition layers).
     """
+    from ..adapters import adapter_class, supported_model_types
+
     model_type = getattr(config, "model_type", None)
-    if model_type not in ("qwen2_5_vl", "qwen2_vl", "llava"):
-        raise TypeError(
-            f"unsupported config (model_type={model_type!r}); expected Qwen2_5_VLConfig, Qwen2VLConfig or LlavaConfig"
-        )
+    if model_type not in supported_model_types():
+        raise TypeError(f"unsupported config (model_type={model_type!r}); supported: {supported_model_types()}")
     lm = _lm_dims(config.text_config)
-    vc = config.vision_config
-    if model_type == "qwen2_5_vl":
-        # 3-matrix SiLU-gated MLP; windowed attention except in the full-attention blocks. window_size is in
-        # pixels, so one window holds (window_size / patch_size)^2 patches (8x8 = 64 for the released models).
-        vision = _qwen_vision_dims(
-            vc,
-            width=vc.hidden_size,
-            mlp=vc.intermediate_size,
-            gated=True,
-            out_width=vc.out_hidden_size,
-            window_patches=(vc.window_size // vc.patch_size) ** 2,
-            full_blocks=vc.fullatt_block_indexes,
-        )
-    elif model_type == "qwen2_vl":
-        # Qwen2-VL's vision config calls its width embed_dim (its hidden_size is the LLM width); 2-matrix MLP,
-        # full attention in every block.
-        vision = _qwen_vision_dims(
-            vc,
-            width=vc.embed_dim,
-            mlp=int(vc.embed_dim * vc.mlp_ratio),
-            gated=False,
-            out_width=vc.hidden_size,
-            window_patches=None,
-            full_blocks=(),
-        )
-    else:  # llava
-        if vc.model_type != "clip_vision_model":
-            raise ValueError(f"LLaVA FLOPs support a CLIP vision tower only, got {vc.model_type!r}")
-        layers = config.vision_feature_layer
-        n_feature_layers = 1 if isinstance(layers, int) else len(layers)
-        vision = VisionDims(
-            hidden=vc.hidden_size,
-            depth=vc.num_hidden_layers,  # the whole tower runs even though features come from layer -2
-            mlp=vc.intermediate_size,
-            gated_mlp=False,
-            patches_per_token=1,
-            patch_input=vc.num_channels * vc.patch_size**2,
-            projector=((vc.hidden_size * n_feature_layers, lm.hidden), (lm.hidden, lm.hidden)),
-            # The "default" strategy drops CLS after the ViT; "full" keeps it as an LLM token.
-            extra_tokens_per_image=1 if config.vision_feature_select_strategy == "default" else 0,
-        )
+    vision = VisionDims(**adapter_class(model_type).flops_vision_dims(config, lm.hidden))
     vip = VIPDims(input_width=selected_layers * lm.heads, vision_width=vision.hidden, layers=vip_layers)
     return ModelDims(lm=lm, vision=vision, vip=vip)
 

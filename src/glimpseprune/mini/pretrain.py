@@ -12,7 +12,7 @@ What it does, in order:
    same items and pixels as ``python -m glimpseprune.data.scenes`` writes, without the disk. Validation: the
    benchmark's val split (``n_val`` items), or ``val_data``.
 2. **Tokenizer.** A byte-level BPE trained on the records' questions and answers, wrapped as a real
-   ``Qwen2Tokenizer`` with Qwen's special tokens and chat layout (:func:`glimpseprune.tiny.build_qwen_tokenizer`).
+   ``Qwen2Tokenizer`` with Qwen's special tokens and chat layout (:func:`glimpseprune.offline_processors.build_qwen_tokenizer`).
 3. **Model.** A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` from ``model`` (sizes below).
 4. **Training.** Sequence = chat prompt with the image + the answer + ``<|im_end|>``; the language-model loss is on
    the answer tokens only. For glimpse-shapes records (they carry their ``scene``) three things are added, all
@@ -858,7 +858,7 @@ def pointer_loss(logits, targets, grid_thw, null_logit):
 
 
 def build_tokenizer_processor(examples: list[Example], cfg: PretrainConfig, synthetic: bool):
-    from ..tiny import build_qwen_processor, build_qwen_tokenizer
+    from ..offline_processors import build_qwen_processor, build_qwen_tokenizer
 
     questions = {ex.question for ex in examples}
     if cfg.lowercase_prob:
@@ -879,7 +879,7 @@ def build_tokenizer_processor(examples: list[Example], cfg: PretrainConfig, synt
 
 
 def chat_template(prompt_order: str) -> str:
-    from ..tiny import QWEN_CHAT_TEMPLATE, QWEN_TEXT_FIRST_CHAT_TEMPLATE
+    from ..offline_processors import QWEN_CHAT_TEMPLATE, QWEN_TEXT_FIRST_CHAT_TEMPLATE
 
     templates = {"image_first": QWEN_CHAT_TEMPLATE, "text_first": QWEN_TEXT_FIRST_CHAT_TEMPLATE}
     if prompt_order not in templates:

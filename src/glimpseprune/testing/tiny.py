@@ -1,10 +1,8 @@
-"""Offline construction of tiny vision-language models, tokenizers and processors.
+"""Offline construction of tiny random vision-language models for the test-suite (a testing module: library
+components never import it; recipes reach it only through their explicit "tiny" options).
 
-Nothing here touches the network: the tokenizer is a byte-level BPE trained in a fraction of a second on a small
-corpus, models are randomly initialised from small configs, and processors are assembled by hand (transformers'
-``AutoProcessor`` needs torchvision for Qwen2.5-VL, which is not usable with the CPU torch build we pin).
-
-Used by the test-suite, the benchmarks, and as the clearly-labelled fallback model of the CLI.
+Nothing here touches the network: models are randomly initialised from small configs, with the offline
+tokenizers and processors of ``glimpseprune.offline_processors``.
 """
 
 from __future__ import annotations
@@ -13,140 +11,20 @@ import json
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessorPil,
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+from ..offline_processors import (  # noqa: F401  (re-exported for the tests)
+    DEFAULT_CORPUS,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIAL_TOKENS,
+    QWEN_TEXT_FIRST_CHAT_TEMPLATE,
+    build_qwen2_vl_processor,
+    build_qwen_processor,
+    build_qwen_tokenizer,
+    train_bpe,
 )
-
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-# A chat template with the same token layout as Qwen2.5-VL's (minus the default system turn, which only costs
-# tokens on a tiny model). Real checkpoints ship their own template and never use this one.
-QWEN_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# The same layout with the question *before* the image(s) in each user turn (text items first, then images). Under
-# causal attention, image tokens can then read the question and mark themselves as relevant; the embedded mini
-# model is trained and shipped with it (its saved chat template), so every code path that formats prompts through
-# ``apply_chat_template`` uses the order the model was trained with.
-QWEN_TEXT_FIRST_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] != 'image' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-DEFAULT_CORPUS = [
-    "what colour is the shape in the image?",
-    "is there a red circle? yes no",
-    "the answer is yes or no.",
-    "describe the picture in one word.",
-    "how many squares are there? one two three four",
-    "what shape is the green object? circle square triangle star",
-    "red green blue yellow purple orange white black",
-]
-
-
-def train_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int = 400) -> Tokenizer:
-    """Train a byte-level BPE on ``corpus``; every byte is in the alphabet, so any text can be encoded."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(corpus * 4, trainer)
-    return bpe
-
-
-def build_qwen_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> Qwen2Tokenizer:
-    """A real ``Qwen2Tokenizer`` over a locally trained vocabulary, with Qwen's special tokens."""
-    bpe = train_bpe(corpus or DEFAULT_CORPUS, QWEN_SPECIAL_TOKENS, vocab_size)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tok = Qwen2Tokenizer(
-        vocab=model["vocab"],
-        merges=merges,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
-    tok.padding_side = "left"
-    return tok
-
-
-class NoVideoProcessorMixin:
-    """Qwen-VL processors usable without torchvision, and thus without a video processor."""
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        # Without torchvision the video-processor class mapping is a dummy; ``None`` must be accepted.
-        if argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save tokenizer, image processor and chat template; ``processing.load_processor`` reassembles them.
-
-        (The stock method iterates over every attribute and fails on the absent video processor.)
-        """
-        import os
-
-        os.makedirs(save_directory, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        self.image_processor.save_pretrained(save_directory)
-        if self.chat_template:
-            with open(os.path.join(save_directory, "chat_template.json"), "w") as f:
-                json.dump({"chat_template": self.chat_template}, f)
-        return [save_directory]
-
-
-class OfflineQwenProcessor(NoVideoProcessorMixin, Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without torchvision."""
-
-
-class OfflineQwen2VLProcessor(NoVideoProcessorMixin, Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` without torchvision."""
-
-
-def build_qwen_processor(
-    tokenizer: Qwen2Tokenizer,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 28 * 28 * 1280,
-    patch_size: int = 14,
-    chat_template: str | None = QWEN_CHAT_TEMPLATE,
-) -> OfflineQwenProcessor:
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch_size,
-        merge_size=2,
-        temporal_patch_size=2,
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-    )
-    return OfflineQwenProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=chat_template
-    )
+from ..adapters.qwen2_5_vl import OfflineQwenProcessor  # noqa: F401
+from ..adapters.qwen2_vl import OfflineQwen2VLProcessor  # noqa: F401
 
 
 @dataclass
@@ -259,18 +137,6 @@ def build_tiny_qwen2_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = N
         temporal_patch_size=2,
     )
     return _build_qwen_family(Qwen2VLConfig, Qwen2VLForConditionalGeneration, tokenizer, spec, vision_config)
-
-
-def build_qwen2_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 14, min_pixels: int = 56 * 56,
-                             max_pixels: int = 28 * 28 * 1280):
-    """``Qwen2VLProcessor`` without torchvision (no video processor), same chat layout as the Qwen2.5-VL one."""
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-    )
-    return OfflineQwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
-    )
 
 
 def tiny_qwen2_vl(spec: TinyQwenSpec | None = None, corpus: list[str] | None = None):

@@ -80,3 +80,16 @@ def test_every_family_declares_its_facts(model_type):
     for fact in ("box_token_mask", "flops_vision_dims"):  # each family gives its own rule, not the base's refusal
         assert getattr(cls, fact).__func__ is not getattr(FamilyAdapter, fact).__func__
     assert cls.vit_scoring is not FamilyAdapter.vit_scoring  # VisionZip/VScan can score every family we ship
+
+
+def test_a_baseline_is_one_file():
+    """Every methods/ file that registers a baseline is found without an import list to edit."""
+    from glimpseprune.methods import _REGISTRY
+
+    registering = set()
+    for path in (SRC / "methods").glob("*.py"):
+        for match in re.finditer(r'@register_method\("([a-z_]+)"\)', path.read_text()):
+            registering.add(match.group(1))
+    assert registering and registering == set(_REGISTRY)
+    init = (SRC / "methods" / "__init__.py").read_text()
+    assert not any(f"import {name}" in init or f" {name}," in init for name in registering)

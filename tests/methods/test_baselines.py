@@ -19,7 +19,7 @@ from glimpseprune.adapters import adapter_for
 from glimpseprune.engine import prefill
 from glimpseprune.layer_loop import DecoderSequence, LayerHooks, run_layers
 from glimpseprune.methods import get_method
-from glimpseprune.methods import budget as B
+from glimpseprune import budget as B
 from glimpseprune.methods.downsample import cells, choose_cell
 from glimpseprune.processing import build_inputs
 

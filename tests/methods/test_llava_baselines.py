@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.methods import budget as B
+from glimpseprune import budget as B
 from glimpseprune.methods import get_method
 from glimpseprune.processing import build_inputs
 from glimpseprune.testing.tiny import TinyLlavaSpec, tiny_llava

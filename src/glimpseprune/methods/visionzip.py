@@ -25,7 +25,7 @@ softmax), whatever the image size. CLIP: ONE query row (the CLS) against all key
 
 Knobs: ``block`` (default: Qwen the last full-attention ViT block; LLaVA the CLIP layer of ``vision_feature_layer``),
 ``dominant`` + ``contextual`` (explicit ratios per image, e.g. the reference's Qwen setting 0.061 + 0.05, LLaVA's
-54/576 + 10/576) OR a budget (:mod:`.budget`; cut at layer 0) split with ``contextual_share`` (default: the
+54/576 + 10/576) OR a budget (:mod:`glimpseprune.budget`; cut at layer 0) split with ``contextual_share`` (default: the
 reference's split, 0.05/0.111 ≈ 0.45 on Qwen, 10/64 on LLaVA where 54 + 10 = 64 is the published setting).
 Counts per image: k = floor(f·n) (≥ ``min_keep``), c = round(share·k), dominant = k − c. Always per image.
 Supported families: those whose adapter declares ViT scoring (``adapter.vit_scoring()``, see ``vit_scoring.py``):
@@ -40,7 +40,7 @@ import torch
 from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
-from .budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
+from ..budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
 
 DEFAULT_SHARE = 0.05 / 0.111  # Qwen reference: 0.061 dominant + 0.05 contextual
 CLIP_SHARE = 10 / 64  # LLaVA reference: 54 dominant + 10 contextual

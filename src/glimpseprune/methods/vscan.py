@@ -34,7 +34,7 @@ LLaVA-1.5 (CLIP, which has a CLS token), each part mapped to its CLIP form:
 ViT attention is scored as in :mod:`.visionzip`: from captured block inputs, in query chunks (bounded memory) on
 Qwen, as one CLS query row per image on CLIP; the ViT is never re-run and ``output_attentions`` never set.
 Supported families: Qwen2.5-VL, Qwen2-VL, LLaVA-1.5 (CLIP).
-Budget (:mod:`.budget`): a layer-averaged retention t -> vision_ratio = :func:`.budget.first_stage_ratio` (on Qwen
+Budget (:mod:`glimpseprune.budget`): a layer-averaged retention t -> vision_ratio = :func:`.budget.first_stage_ratio` (on Qwen
 28 layers, 11.1 % -> 0.167 then ×0.333 at layer 14, the reference setting of method.md §16.3); a kept ratio r after
 the last stage -> vision_ratio = min(1, r/llm_ratio). Or give ``vision_ratio`` (and ``llm_ratio``) explicitly.
 Counts: stage 1 keeps floor(vision_ratio·n_image) per image; stage 2 floor(vision_ratio·llm_ratio·n) of the ORIGINAL
@@ -50,7 +50,7 @@ import torch
 from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
-from .budget import (first_stage_ratio, group_sizes, keep_count, resolve_common, top_fraction, top_k_mask)
+from ..budget import (first_stage_ratio, group_sizes, keep_count, resolve_common, top_fraction, top_k_mask)
 from .visionzip import nearest, scoring_of
 
 

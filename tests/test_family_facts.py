@@ -49,7 +49,7 @@ def family_mentions(source: str, model_types: list[str]) -> list[str]:
 
 def test_no_family_names_outside_the_adapters():
     model_types = supported_model_types()
-    assert {"qwen2_5_vl", "qwen2_vl", "llava"} <= set(model_types)
+    assert {"qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava"} <= set(model_types)
     offenders = {}
     for path in sorted(SRC.rglob("*.py")):
         rel = path.relative_to(SRC)
@@ -71,7 +71,7 @@ def test_the_check_catches_what_it_forbids():
     assert len(hits) == 3, hits  # the import, "llava", "qwen2_vl" (not the docstring, not "qwen2_vl_gp")
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "llava"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava"])
 def test_every_family_declares_its_facts(model_type):
     cls = adapter_class(model_type)
     assert cls.family == model_type and model_type in cls.model_types

@@ -85,13 +85,15 @@ class _ReferenceHooks(LayerHooks):
 
 @torch.no_grad()
 def reference_generate(model, inputs: dict, prunable: torch.Tensor, keep_visual, prune_layer: int,
-                       max_new_tokens: int, replace: torch.Tensor | None = None, replace_stage: int = -1):
+                       max_new_tokens: int, replace: torch.Tensor | None = None, replace_stage: int = -1,
+                       min_new_tokens: int = 0):
     """Greedy tokens and first-step logits for ONE sample (batch 1, no padding).
 
     ``prunable``: [n] bool, the prompt positions that are pruning candidates; ``keep_visual``: bool over them, or a
     list of (cut layer, keep mask) with nested keep sets for multi-stage methods (``prune_layer`` is then ignored).
     ``replace``: hidden states [kept, D] that the kept candidates take on entering the cut layer of stage
-    ``replace_stage`` (merging baselines; default the last stage).
+    ``replace_stage`` (merging baselines; default the last stage). ``min_new_tokens``: as ``generate``'s, the
+    model's end-of-sequence tokens are not chosen before that many tokens (the returned logits are untouched).
     """
     adapter = adapter_for(model)
     lm = model.model.language_model
@@ -143,5 +145,9 @@ def reference_generate(model, inputs: dict, prunable: torch.Tensor, keep_visual,
         logits = model.lm_head(lm.norm(h[:, -1]))[0].float()
         if first_logits is None:
             first_logits = logits
-        tokens.append(int(logits.argmax()))
+        choice = logits.clone()
+        if step < min_new_tokens:
+            eos = model.generation_config.eos_token_id
+            choice[torch.tensor(eos if isinstance(eos, list) else [eos])] = float("-inf")
+        tokens.append(int(choice.argmax()))
     return tokens, first_logits

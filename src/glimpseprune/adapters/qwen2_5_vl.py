@@ -339,9 +339,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         video_grid = inputs.get("video_grid_thw")
         if inputs.get("pixel_values_videos") is not None:
             # Video tokens pass through unpruned: they are embedded like stock and never enter visual_mask.
-            video_embeds = torch.cat(
-                self.model.model.get_video_features(inputs["pixel_values_videos"], video_grid, return_dict=True).pooler_output
-            )
+            video_embeds = self.video_features(inputs["pixel_values_videos"], video_grid, extras)
             video_mask = (input_ids == cfg.video_token_id) & attention_mask.bool()
             if int(video_mask.sum()) != video_embeds.shape[0]:
                 raise ValueError("the number of videos does not match the video placeholders")
@@ -350,7 +348,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         position_ids = self.position_ids(
             input_ids, attention_mask, mm_types, grid_thw, video_grid, inputs.get("second_per_grid_ts")
         )
-        return PreparedBatch(
+        batch = PreparedBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=embeds,
@@ -361,3 +359,13 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             source_index=source_index,
             extras=extras,
         )
+        batch.layer_additions = self.layer_additions(input_ids, attention_mask, extras)
+        return batch
+
+    def video_features(self, pixel_values_videos, video_grid_thw, extras: dict) -> torch.Tensor:
+        out = self.model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+        return torch.cat(out.pooler_output)
+
+    def layer_additions(self, input_ids, attention_mask, extras: dict):
+        """Per-layer residual additions owned by visual tokens (none on this family)."""
+        return None

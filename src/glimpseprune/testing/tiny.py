@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessorPil
 
 from ..offline_processors import (  # noqa: F401  (re-exported for the tests)
     DEFAULT_CORPUS,
@@ -46,7 +46,7 @@ class TinyQwenSpec:
     text_overrides: tuple = ()
 
 
-def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
+def _qwen_text_config(tokenizer, spec: "TinyQwenSpec", rope_extra: dict | None = None) -> dict:
     """The LLM half of a tiny Qwen-VL config (shared by Qwen2.5-VL and Qwen2-VL)."""
     h = spec.hidden_size
     head_dim = h // spec.num_heads
@@ -61,7 +61,7 @@ def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, **(rope_extra or {})},
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
@@ -69,11 +69,12 @@ def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
     )
 
 
-def _build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vision_config: dict):
+def _build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vision_config: dict,
+                       text_extra: dict | None = None, rope_extra: dict | None = None):
     """Assemble and seed-initialise a tiny Qwen-VL model (shared by Qwen2.5-VL and Qwen2-VL)."""
     ids = tokenizer.convert_tokens_to_ids
     cfg = config_cls(
-        text_config=_qwen_text_config(tokenizer, spec),
+        text_config={**_qwen_text_config(tokenizer, spec, rope_extra), **(text_extra or {})},
         vision_config=vision_config,
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
@@ -144,6 +145,58 @@ def tiny_qwen2_vl(spec: TinyQwenSpec | None = None, corpus: list[str] | None = N
     tok = build_qwen_tokenizer(corpus)
     patch = (spec or TinyQwenSpec()).patch_size
     return build_tiny_qwen2_vl(tok, spec), build_qwen2_vl_processor(tok, patch_size=patch)
+
+
+# ---- Qwen3-VL -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyQwen3Spec(TinyQwenSpec):
+    patch_size: int = 16
+    deepstack: tuple[int, ...] = (0, 1, 2)  # ViT blocks whose merged features are added after LLM layers 0, 1, 2
+
+
+def build_tiny_qwen3_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwen3Spec | None = None):
+    """A randomly initialised ``Qwen3VLForConditionalGeneration``: DeepStack after the first len(deepstack) LLM
+    layers, interleaved mRoPE, Qwen3 q/k norms."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    spec = spec or TinyQwen3Spec()
+    vision_config = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        patch_size=spec.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=spec.hidden_size,
+        num_position_embeddings=64,  # an 8 x 8 learned grid, bilinearly resampled to every image
+        deepstack_visual_indexes=list(spec.deepstack),
+    )
+    extra = dict(head_dim=spec.hidden_size // spec.num_heads)
+    return _build_qwen_family(Qwen3VLConfig, Qwen3VLForConditionalGeneration, tokenizer, spec, vision_config,
+                              text_extra=extra, rope_extra={"mrope_interleaved": True})
+
+
+def build_qwen3_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 16, min_pixels: int = 64 * 64,
+                             max_pixels: int = 32 * 32 * 1280):
+    from ..adapters.qwen3_vl import OfflineQwen3VLProcessor
+
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+    )
+    return OfflineQwen3VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
+    )
+
+
+def tiny_qwen3_vl(spec: TinyQwen3Spec | None = None, corpus: list[str] | None = None):
+    """(model, processor) for a tiny random Qwen3-VL, fully offline."""
+    spec = spec or TinyQwen3Spec()
+    tok = build_qwen_tokenizer(corpus)
+    return build_tiny_qwen3_vl(tok, spec), build_qwen3_vl_processor(tok, patch_size=spec.patch_size)
 
 
 # ---- LLaVA-1.5 ----------------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def scoring_params(method, image_counts: list[int], stages: list[tuple[int, int]
     Counts are taken from the method object's own rules (per image where it decides per image) and from the cut
     schedule the sample actually went through.
     """
-    from glimpseprune.methods.budget import keep_count
+    from glimpseprune.budget import keep_count
 
     name = getattr(method, "name", "none")
     if name in ("fastv", "pyramiddrop"):

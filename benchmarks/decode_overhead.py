@@ -26,6 +26,13 @@ import torch  # noqa: E402
 from glimpseprune.engine import Decoded, GenerationParams, Prefill, decode, prefill  # noqa: E402
 
 
+def full_mask(adapter, h, am, cache, pos):
+    """The full-attention layers' mask for one decode step, as the engine builds it (layer_loop.build_masks)."""
+    from glimpseprune.layer_loop import DecoderSequence, build_masks
+
+    return build_masks(adapter, DecoderSequence(h, pos, am, None, None, cache))["full_attention"]
+
+
 def decode_rebuilding_per_step(adapter, pre: Prefill, input_ids, params: GenerationParams) -> Decoded:
     """The decode loop as it was before issue 17 (greedy only): rope and mask rebuilt at every step."""
     start = time.perf_counter()
@@ -43,7 +50,7 @@ def decode_rebuilding_per_step(adapter, pre: Prefill, input_ids, params: Generat
         am = torch.cat([am, am.new_ones(bs, 1)], dim=1)
         h = adapter.embed_tokens(token[:, None])
         cos_sin = adapter.rope(h, pos)
-        mask = adapter.causal_mask(h, am, cache, pos)
+        mask = full_mask(adapter, h, am, cache, pos)
         for i in range(adapter.num_layers):
             h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)
         logits = adapter.lm_head(adapter.text_model.norm(h))[:, -1].float()
@@ -62,12 +69,12 @@ def setup_cost(adapter, pre: Prefill, steps: int) -> dict:
     h = adapter.embed_tokens(torch.zeros(bs, 1, dtype=torch.long))
     pos = pre.last_positions + 1
     tables = adapter.rope(h.expand(-1, steps - 1, -1), adapter.next_positions(pre.last_positions, steps - 1))
-    mask = adapter.causal_mask(h, am, pre.cache, pos)
+    mask = full_mask(adapter, h, am, pre.cache, pos)
     grown = None if mask is None else torch.cat([mask, mask[..., -1:].expand(*mask.shape[:-1], steps - 2)], -1)
 
     def old():
         adapter.rope(h, pos)
-        adapter.causal_mask(h, am, pre.cache, pos)
+        full_mask(adapter, h, am, pre.cache, pos)
 
     def new():
         tuple(t[:, 3:4] for t in tables)

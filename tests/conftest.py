@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.tiny import tiny_qwen2_5_vl
+from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

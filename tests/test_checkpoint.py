@@ -140,7 +140,7 @@ def test_lora_merge_remaps_reference_prefix(qwen, tmp_path):
     from safetensors.torch import save_file
 
     from glimpseprune.lora import merge_reference_lora
-    from glimpseprune.tiny import tiny_qwen2_5_vl
+    from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 
     model, _ = tiny_qwen2_5_vl()
     layer = model.model.language_model.layers[1]

@@ -6,7 +6,7 @@ import torch
 
 from glimpseprune import GlimpsePrune
 from glimpseprune.processing import build_inputs
-from glimpseprune.tiny import tiny_qwen2_5_vl
+from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

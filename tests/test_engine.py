@@ -130,7 +130,7 @@ def test_sampling_is_reproducible_and_respects_eos(qwen, gp, images):
 
 def test_scoring_identical_under_sdpa_and_eager(images):
     from glimpseprune import GlimpsePrune
-    from glimpseprune.tiny import tiny_qwen2_5_vl
+    from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 
     model, processor = tiny_qwen2_5_vl()
     gp_sdpa = GlimpsePrune(model, processor).with_new_modules(seed=0)
@@ -250,3 +250,29 @@ def test_config_overrides_reach_every_field(gp):
         for name, value in family_default.items():
             assert getattr(config, name) == value
     assert gp.with_new_modules(seed=0, vip_size=32, vip_cond_size=32).vip.in_proj.out_features == 32
+
+
+def test_sliding_window_layers_get_their_own_mask(images):
+    """Per-layer masks from config.layer_types: with sliding-window layers and a prompt longer than the window,
+    the unpruned engine reproduces stock generate token for token (one full causal mask for every layer would
+    not: the sliding model's outputs differ from the same weights with full attention), and a cut is refused."""
+    from glimpseprune import GlimpsePrune
+    from glimpseprune.testing.tiny import TinyQwenSpec, tiny_qwen2_5_vl
+
+    kinds = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    sliding = TinyQwenSpec(text_overrides=(("use_sliding_window", True), ("sliding_window", 12),
+                                           ("layer_types", kinds)))
+    model, processor = tiny_qwen2_5_vl(sliding)
+    full_model, _ = tiny_qwen2_5_vl()
+    assert model.config.text_config.layer_types == kinds
+    inputs = build_inputs(processor, [QUESTION], [[images["square"]]])
+    assert inputs["input_ids"].shape[1] > 3 * 12
+    n = 8
+    stock = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    stock_full = full_model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    assert not torch.equal(stock, stock_full), "the window must matter, or this test proves nothing"
+    gp = GlimpsePrune(model, processor).with_new_modules(seed=0)
+    out = gp.generate(**inputs, method="none", max_new_tokens=n, min_new_tokens=n)
+    assert torch.equal(out.sequences, stock)
+    with pytest.raises(ValueError, match="full-attention layers only"):
+        gp.generate(**inputs, max_new_tokens=2)

@@ -64,7 +64,8 @@ def test_shipped_modules_cut_at_the_swept_layer_and_the_paths_use_it(mini, tmp_p
 @shipped
 def test_evaluate_agrees_with_answering_one_item_at_a_time(mini, tmp_path, capsys):
     """mini.evaluate (batched, the source of the card's figures) against the one-image answer path, item by item."""
-    from glimpseprune.data.masks import mask_metrics, qwen_box_mask
+    from glimpseprune.adapters.qwen2_5_vl import qwen_box_mask
+    from glimpseprune.data.masks import mask_metrics
     from glimpseprune.eval.scorers import exact_match
     from glimpseprune.mini.evaluate import main
     from glimpseprune.mini.pretrain_data import example_image, synthetic_examples

@@ -20,7 +20,13 @@ from .modules import VIP, GlimpseToken
 
 WEIGHTS_NAME = "glimpse.safetensors"
 REFERENCE_WEIGHTS = "new_modules_gp.pt"
-REFERENCE_MODEL_TYPES = {"qwen2_5_vl_gp": "qwen2_5_vl", "llava_llama_gp": "llava", "qwen2_vl_gp": "qwen2_vl"}
+
+
+def reference_model_types() -> dict[str, str]:
+    """The reference code's config ``model_type`` -> our family, as each family adapter declares it."""
+    from .adapters.base import reference_model_types as declared
+
+    return declared()
 
 
 def build_modules(config: GlimpsePruneConfig) -> tuple[GlimpseToken, VIP]:
@@ -142,7 +148,7 @@ def import_reference(
 ) -> tuple[GlimpsePruneConfig, dict[str, torch.Tensor]]:
     raw = json.loads((directory / "config.json").read_text())
     model_type = raw.get("model_type")
-    if model_type not in REFERENCE_MODEL_TYPES:
+    if model_type not in reference_model_types():
         raise ValueError(f"not a GlimpsePrune reference config: model_type {model_type!r}")
     if "reduce_layer" not in raw:
         raise ValueError("reference config has no reduce_layer")
@@ -175,7 +181,7 @@ def import_reference(
     text_cfg = raw.get("text_config", raw)  # flat (4.x) or nested layout
     num_layers = int(text_cfg.get("num_hidden_layers", expected.num_layers if expected else 0))
     config = GlimpsePruneConfig(
-        family=REFERENCE_MODEL_TYPES[model_type],
+        family=reference_model_types()[model_type],
         prune_layer=r + 1,
         hidden_size=int(embeddings.shape[-1]),
         num_heads=int(in_w.shape[1]),
@@ -251,7 +257,7 @@ def export_reference(directory: str | Path, config: GlimpsePruneConfig, glimpse:
         },
         directory / REFERENCE_WEIGHTS,
     )
-    model_type = {v: k for k, v in REFERENCE_MODEL_TYPES.items()}[config.family]
+    model_type = {v: k for k, v in reference_model_types().items()}[config.family]
     raw = {
         "model_type": model_type,
         "num_hidden_layers": config.num_layers,

@@ -99,7 +99,7 @@ def cmd_answer(args) -> int:
     print(f"prefill {1000 * out.prefill_seconds:.1f} ms, decode {out.decode_ms_per_token:.1f} ms/token "
           f"({out.new_tokens} tokens), KV length after prefill {state.kv_lengths[0]}")
     if images and args.out:
-        letterbox = model.adapter.family == "llava"
+        letterbox = model.adapter.letterboxes_images
         paths = []
         for i, (image, pruned) in enumerate(zip(images, sample.images)):
             path = Path(args.out)

@@ -3,11 +3,13 @@
 The whole idea in one loop:
 
     h = [prompt embeddings ; glimpse]                       # glimpse only if the method uses it
-    for i in 0..L-1:
+    for i in 0..L-1:                                        # the one loop (layer_loop.run_layers), these hooks:
         if i == K:  keep = method.select(...)               # e.g. VIP(glimpse row at K-1, ViT features) > 0.5
-                    h, positions, mask, KV[0..K-1] = gather(keep)   # glimpse and dropped tokens gone, no renumbering
+                    h, positions, KV[0..K-1] = gather(keep) # glimpse and dropped tokens gone, no renumbering
         if 0 < i < K: h[glimpse] += u(i)                     # per-layer glimpse injection
-        h = layer_i(h)
+        h = layer_i(h, mask of layer i's type)              # masks rebuilt after a cut
+        family additions (DeepStack) on the visual tokens still present
+        if i == K-1: read the glimpse's attention row
     logits = lm_head(norm(h[last real prompt token]))
 
 Decoding then runs the stock decoder stack one token at a time with explicit positions (last + 1, + 2, ...), so
@@ -31,8 +33,12 @@ from transformers.generation.logits_process import (
 )
 
 from .adapters.base import FamilyAdapter, PreparedBatch
+from .layer_loop import DecoderSequence, LayerHooks, build_masks, run_layers
 from .methods.base import PruneMethod, SelectContext
 from .prune_state import ImagePruning, PruneState, SamplePruning, gather_seq, pack_keep_indices, prune_cache_layers
+
+
+REBUILD = object()  # decode: this layer type's mask is rebuilt for the step
 
 
 def _sync(device: torch.device) -> None:
@@ -59,16 +65,73 @@ class Prefill:
     seconds: float = 0.0
 
 
+class _PrefillHooks(LayerHooks):
+    """Prefill's hooks on the one layer loop: the cut(s), glimpse injection, and reading the glimpse row at K-1."""
+
+    def __init__(self, adapter, batch, method, cuts, glimpse_vectors, n_glimpse):
+        self.adapter, self.batch, self.method, self.cuts = adapter, batch, method, cuts
+        self.glimpse_vectors, self.n_glimpse = glimpse_vectors, n_glimpse
+        self.glimpse_rows, self.selection, self.prev_input, self.stages = None, None, None, []
+
+    def before_layer(self, i, seq):
+        if i in self.cuts:
+            self.cut(i, seq)
+        elif self.n_glimpse and 0 < i and i in self.glimpse_vectors:
+            # In place on a layer output that no autograd node saved, so it is safe in training too.
+            seq.hidden[:, -self.n_glimpse:] += self.glimpse_vectors[i].to(seq.hidden.device)
+
+    def cut(self, i, seq):
+        batch = self.batch
+        ctx = SelectContext(
+            self.adapter, batch, i, seq.hidden, seq.cache, self.prev_input, seq.cos, seq.sin, seq.attention_mask,
+            seq.source, self.glimpse_rows,
+        )
+        self.selection = selection = self.method.select(ctx)
+        index, am = pack_keep_indices(_keep_columns(batch, seq.source, seq.attention_mask, selection.keep))
+        seq.source = seq.source.gather(1, index).masked_fill(am == 0, -1)
+        seq.attention_mask = am
+        seq.hidden = gather_seq(seq.hidden, index.to(seq.hidden.device), 1)  # a split model's layers sit on several devices
+        if selection.replace is not None:
+            seq.hidden = _replace_visual(seq.hidden, batch, seq.source, selection.replace)
+        seq.cos, seq.sin = gather_seq(seq.cos, index.to(seq.cos.device), 1), gather_seq(seq.sin, index.to(seq.sin.device), 1)
+        seq.position_ids = gather_seq(seq.position_ids, index, -1)
+        prune_cache_layers(seq.cache, range(i), index)
+        seq.masks = None  # rebuilt for the short sequence by the loop
+        self.glimpse_rows, self.n_glimpse = None, 0  # the glimpse is gone after the first cut
+        self.stages.append((i, [int(k.sum()) for k in selection.keep]))
+
+    def after_layer(self, i, seq, layer_input):
+        self.prev_input = layer_input
+        if self.n_glimpse and i == self.cuts[0] - 1:
+            width = seq.hidden.shape[1]
+            g = slice(width - 1, width)  # only the last glimpse token's row is read
+            self.glimpse_rows = self.adapter.attention_row(
+                i,
+                layer_input[:, g],
+                seq.cos[:, g],
+                seq.sin[:, g],
+                seq.cache.layers[i].keys,
+                seq.attention_mask,
+                log_softmax=not self.method.config.attention_logits,
+            )
+
+
 def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | None = None) -> Prefill:
     device = batch.inputs_embeds.device
     _sync(device)
     start = time.perf_counter()
     h, pos, am = batch.inputs_embeds, batch.position_ids, batch.attention_mask
     bs, width = am.shape
-    cache = adapter.new_cache()
     cuts = sorted(set(method.prune_layers)) if method is not None else []
     if any(not 0 <= c < adapter.num_layers for c in cuts):
         raise ValueError(f"prune layers {cuts} out of range for a {adapter.num_layers}-layer model")
+    if cuts and set(adapter.layer_types) != {"full_attention"}:
+        # A sliding-window cache keeps only its last W-1 entries and a linear layer a recurrent state: neither can
+        # drop chosen tokens the way a full-attention KV cache can, so pruning them is refused, not approximated.
+        raise ValueError(
+            f"pruning needs full-attention layers only; this model has {sorted(set(adapter.layer_types))} "
+            "(use method 'none' to run it unpruned)"
+        )
     # source[b, j]: the prepared-batch column held by current column j (-1: padding or the glimpse).
     source = torch.arange(width, device=device).expand(bs, -1).masked_fill(am == 0, -1)
 
@@ -85,47 +148,17 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
         source = torch.cat([source, source.new_full((bs, n_glimpse), -1)], dim=1)
 
     cos, sin = adapter.rope(h, pos)
-    mask = adapter.causal_mask(h, am, cache, pos)
-    glimpse_rows, selection, layer_input, stages = None, None, None, []
-    for i in range(adapter.num_layers):
-        if i in cuts:
-            ctx = SelectContext(adapter, batch, i, h, cache, layer_input, cos, sin, am, source, glimpse_rows)
-            selection = method.select(ctx)
-            index, am = pack_keep_indices(_keep_columns(batch, source, am, selection.keep))
-            source = source.gather(1, index).masked_fill(am == 0, -1)
-            h = gather_seq(h, index.to(h.device), 1)  # a split model's layers sit on several devices
-            if selection.replace is not None:
-                h = _replace_visual(h, batch, source, selection.replace)
-            cos, sin = gather_seq(cos, index.to(cos.device), 1), gather_seq(sin, index.to(sin.device), 1)
-            pos = gather_seq(pos, index, -1)
-            prune_cache_layers(cache, range(i), index)
-            mask = adapter.causal_mask(_shape_on(h, am.device), am, cache, pos, layer_idx=i)
-            glimpse_rows, n_glimpse = None, 0  # the glimpse is gone after the first cut
-            stages.append((i, [int(k.sum()) for k in selection.keep]))
-        elif n_glimpse and 0 < i and i in glimpse_vectors:
-            # In place on a layer output that no autograd node saved, so it is safe in training too.
-            h[:, -n_glimpse:] += glimpse_vectors[i].to(h.device)
-        layer_input = h
-        h = adapter.run_layer(i, h, mask, (cos, sin), pos, cache)
-        if n_glimpse and i == cuts[0] - 1:
-            g = slice(h.shape[1] - 1, h.shape[1])  # only the last glimpse token's row is read
-            glimpse_rows = adapter.attention_row(
-                i,
-                layer_input[:, g],
-                cos[:, g],
-                sin[:, g],
-                cache.layers[i].keys,
-                am,
-                log_softmax=not method.config.attention_logits,
-            )
-    h = adapter.text_model.norm(h[:, -1:])
+    seq = DecoderSequence(h, pos, am, cos, sin, adapter.new_cache(), source, batch.layer_additions)
+    hooks = _PrefillHooks(adapter, batch, method, cuts, glimpse_vectors, n_glimpse)
+    run_layers(adapter, seq, hooks)
+    h = adapter.text_model.norm(seq.hidden[:, -1:])
     logits = adapter.lm_head(h)[:, -1].float()
     _sync(device)
-    state = _prune_state(adapter, batch, method, selection, am, source, stages)
+    state = _prune_state(adapter, batch, method, hooks.selection, seq.attention_mask, seq.source, hooks.stages)
     return Prefill(
         logits=logits,
-        cache=cache,
-        attention_mask=am,
+        cache=seq.cache,
+        attention_mask=seq.attention_mask,
         last_positions=batch.position_ids[..., -1:],
         pruning=state,
         seconds=time.perf_counter() - start,
@@ -286,7 +319,7 @@ def decode(
     # masked). A first-step mask of None (no padding: the kernel needs no mask for one query) stays None, since
     # the appended columns are never padding. Rebuilding both every step cost ~20 % of a decode step on small
     # models (issue 17).
-    rope_all, mask_all, mask_len, rebuild_mask = None, None, 0, False
+    rope_all, mask_all, mask_len, first_masks, first = None, {}, 0, {}, 0
     for step in range(params.max_new_tokens):
         scores = procs(history, logits)
         if params.do_sample:
@@ -312,22 +345,30 @@ def decode(
         if rope_all is None:
             ahead = params.max_new_tokens - 1 - step
             rope_all = adapter.rope(h.expand(-1, ahead, -1), adapter.next_positions(pre.last_positions + step, ahead))
-            mask = adapter.causal_mask(_shape_on(h, am.device), am, cache, pos)
-            if torch.is_tensor(mask) and mask.shape[-1] == am.shape[1]:
-                # The newest column (this token's own key) holds the "attend" value in whatever format the
-                # attention implementation uses (bool, additive float, 0/1 ints): later steps append copies of it.
-                mask_all = torch.cat([mask, mask[..., -1:].expand(*mask.shape[:-1], ahead - 1)], dim=-1)
-                mask_len = mask.shape[-1]
-            rebuild_mask = mask is not None and mask_all is None  # another mask type: rebuilt per step as before
-            first = step
-        cos_sin = tuple(t[:, step - first : step - first + 1] for t in rope_all)
-        if mask_all is not None:
-            mask = mask_all[..., : mask_len + step - first]
-        elif rebuild_mask and step != first:
-            mask = adapter.causal_mask(_shape_on(h, am.device), am, cache, pos)
-        for i in range(adapter.num_layers):
-            h = adapter.run_layer(i, h, mask, cos_sin, pos, cache)
-        logits = adapter.lm_head(adapter.text_model.norm(h))[:, -1].float()
+            first_masks = build_masks(adapter, DecoderSequence(h, pos, am, None, None, cache))
+            mask_len, first = am.shape[1], step
+            for kind, mask in first_masks.items():
+                if kind == "full_attention" and torch.is_tensor(mask) and mask.shape[-1] == mask_len:
+                    # The newest column (this token's own key) holds the "attend" value in whatever format the
+                    # attention implementation uses (bool, additive float, 0/1 ints): later steps append copies.
+                    mask_all[kind] = torch.cat([mask, mask[..., -1:].expand(*mask.shape[:-1], ahead - 1)], dim=-1)
+        cos, sin = (t[:, step - first : step - first + 1] for t in rope_all)
+        if step == first:
+            masks = first_masks
+        else:
+            # Full attention: the grown mask, or None when the first one was None (never padding after it).
+            # Any other layer type (sliding window, linear) or mask format is rebuilt for this step.
+            masks = {
+                kind: mask_all[kind][..., : mask_len + step - first] if kind in mask_all
+                else None if kind == "full_attention" and mask is None else REBUILD
+                for kind, mask in first_masks.items()
+            }
+            if REBUILD in masks.values():
+                rebuilt = build_masks(adapter, DecoderSequence(h, pos, am, None, None, cache))
+                masks = {kind: rebuilt[kind] if mask is REBUILD else mask for kind, mask in masks.items()}
+        # A generated token owns no layer additions, so the step runs the plain loop with no hooks.
+        seq = run_layers(adapter, DecoderSequence(h, pos, am, cos, sin, cache, masks=masks))
+        logits = adapter.lm_head(adapter.text_model.norm(seq.hidden))[:, -1].float()
     _sync(device)
     return Decoded(
         tokens=torch.stack(out, dim=1),

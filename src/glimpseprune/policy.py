@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .budget import top_k_mask  # the one top-k (stable: ties go to the lowest index, so batch and single agree)
+
 
 @dataclass(frozen=True)
 class KeepPolicy:
@@ -57,10 +59,10 @@ class KeepPolicy:
         n = logits.numel()
         keep = logits > self.logit_threshold()
         if self.max_keep_ratio is not None and int(keep.sum()) / n > self.max_keep_ratio:
-            keep = _top_k_mask(logits, int(self.max_keep_ratio * n))
+            keep = top_k_mask(logits, int(self.max_keep_ratio * n))
         floor = min(self.min_keep, n)
         if int(keep.sum()) < floor:
-            keep = keep | _top_k_mask(logits, floor)
+            keep = keep | top_k_mask(logits, floor)
         return keep
 
     def select(self, logits: torch.Tensor, image_sizes: list[int]) -> torch.Tensor:
@@ -75,12 +77,3 @@ class KeepPolicy:
         if not self.per_image:
             return self.select_group(logits)
         return torch.cat([self.select_group(z) for z in logits.split(image_sizes)])
-
-
-def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k > 0:
-        # Stable ordering makes ties deterministic (lowest index wins), so batch and single runs agree.
-        order = torch.sort(scores, descending=True, stable=True).indices
-        mask[order[:k]] = True
-    return mask

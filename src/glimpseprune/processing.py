@@ -89,30 +89,22 @@ def build_inputs(processor, questions: list[str], images: list[list], device=Non
 
 
 def load_processor(path: str | os.PathLike, model_type: str):
-    """The checkpoint's processor; for Qwen-VL families without torchvision, assembled from its parts."""
+    """The checkpoint's processor; where AutoProcessor fails (e.g. Qwen-VL without torchvision), the family
+    adapter's offline fallback."""
     from transformers import AutoProcessor
+
+    from .adapters import adapter_class, supported_model_types
 
     try:
         return AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError, TypeError, OSError, AttributeError) as err:
-        if model_type not in ("qwen2_5_vl", "qwen2_vl"):
+        if model_type not in supported_model_types():
             raise
         first_error = err
-    # AutoProcessor needs torchvision for the Qwen video processor; images work with the PIL processor alone.
-    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
-
-    from .tiny import OfflineQwen2VLProcessor, OfflineQwenProcessor
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+        processor = adapter_class(model_type).offline_processor(path)
     except Exception as err:
         raise OSError(f"could not load a processor from {path}: {first_error}; fallback also failed: {err}") from err
-    template = getattr(tokenizer, "chat_template", None)
-    template_file = Path(path) / "chat_template.json"
-    if template is None and template_file.is_file():
-        import json
-
-        template = json.loads(template_file.read_text())["chat_template"]
-    cls = OfflineQwen2VLProcessor if model_type == "qwen2_vl" else OfflineQwenProcessor
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)
+    if processor is None:
+        raise first_error
+    return processor

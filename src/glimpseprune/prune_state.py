@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .budget import layer_averaged_retention_schedule
+
 
 @dataclass
 class ImagePruning:
@@ -95,8 +97,6 @@ class PruneState:
         return self._retention(self.samples[b].total, [(cut, kept[b]) for cut, kept in self.stages])
 
     def _retention(self, total: int, stages: list[tuple[int, int]]) -> float:
-        from .eval.flops import layer_averaged_retention_schedule
-
         if not stages or not total:
             return 1.0
         return layer_averaged_retention_schedule([(cut, kept / total) for cut, kept in stages], self.num_layers)

@@ -6,16 +6,17 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+from glimpseprune.testing.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 
 # A new family joins the whole suite by adding one line here.
 BUILDERS = {
     "qwen2_5_vl": tiny_qwen2_5_vl,
     "qwen2_vl": tiny_qwen2_vl,
+    "qwen3_vl": tiny_qwen3_vl,  # DeepStack after LLM layers 0-2: the suite's cuts at 0 / 2 / 3 are before / inside / after
     "llava": tiny_llava,
     "llava_cls": lambda: tiny_llava(TinyLlavaSpec(vision_feature_select_strategy="full")),  # CLS kept as a token
 }
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "llava", "llava_cls"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls"]
 
 
 @dataclass

@@ -56,7 +56,8 @@ def test_fixed_mask_matches_slow_reference(fam, images, prune_layer, seed):
     inputs = build_inputs(fam.processor, [QUESTION], [[images["tall"]]])
     prunable = fam.prunable(inputs["input_ids"][0])
     keep = torch.rand(int(prunable.sum()), generator=torch.Generator().manual_seed(seed)) < 0.3
-    ref_tokens, ref_logits = reference_generate(fam.model, dict(inputs), prunable, keep, prune_layer, 8)
+    ref_tokens, ref_logits = reference_generate(fam.model, dict(inputs), prunable, keep, prune_layer, 8,
+                                                min_new_tokens=8)
     out = fam.gp.generate(**inputs, keep_masks=[keep], prune_layer=prune_layer, max_new_tokens=8, min_new_tokens=8)
     assert out.generated[0].tolist() == ref_tokens
     pre = prefill(fam.gp.adapter, fam.gp.adapter.prepare(dict(inputs)), FixedKeep([keep], prune_layer))

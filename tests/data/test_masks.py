@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glimpseprune.data.masks import (
-    boxes_to_grid_mask,
-    llava_box_mask,
-    mask_metrics,
-    normalize_boxes,
-    qwen_box_mask,
-    qwen_token_grid,
-)
+from glimpseprune.adapters.qwen2_5_vl import qwen_box_mask, qwen_token_grid
+from glimpseprune.data.masks import boxes_to_grid_mask, llava_box_mask, mask_metrics, normalize_boxes
 
 
 def cells(mask):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from glimpseprune.data import scenes
-from glimpseprune.data.masks import qwen_box_mask
+from glimpseprune.adapters.qwen2_5_vl import qwen_box_mask
 from glimpseprune.data.records import load_records
 from glimpseprune.data.scenes import (
     BORDER,

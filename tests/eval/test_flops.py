@@ -480,10 +480,12 @@ def test_scoring_formulas_match_the_attention_row_and_vit_scores():
     from transformers.models.clip.modeling_clip import CLIPEncoderLayer
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock, apply_rotary_pos_emb_vision
 
     from glimpseprune.adapters.base import FamilyAdapter
-    from glimpseprune.methods.visionzip import VisionZip, cls_attention, contextual_merge
+    from glimpseprune.adapters.llava import cls_attention
+    from glimpseprune.methods.visionzip import VisionZip, contextual_merge
+    from glimpseprune.vit_scoring import VitScoring, packed_block_scores
 
     torch.manual_seed(0)
     # FastV's row: D = 8, H = 2, H_kv = 1, d_h = 4 (TINY_LM), over 15 cached keys.
@@ -496,8 +498,10 @@ def test_scoring_formulas_match_the_attention_row_and_vit_scores():
 
     # VisionZip on a Qwen2.5-VL block (D_v = 4, 2 heads), one image of 4 tokens = 16 patches, full attention.
     blk = Qwen2_5_VLVisionBlock(Qwen2_5_VLVisionConfig(hidden_size=4, num_heads=2, intermediate_size=8))
-    adapter = types.SimpleNamespace(visual=types.SimpleNamespace(blocks=[blk, blk]),
-                                    pool_block_output=lambda x, grid: x.view(-1, 4, x.shape[-1]).mean(1))
+    pool = lambda x: x.view(-1, 4, x.shape[-1]).mean(1)  # noqa: E731
+    scores = lambda batch, block, max_elems: packed_block_scores(  # noqa: E731
+        blk, *batch.extras["vit_block_inputs"][block], apply_rotary_pos_emb_vision, pool, max_elems)
+    adapter = types.SimpleNamespace(vit_scoring=lambda: VitScoring(2, 1, (), False, scores))
     kwargs = {"position_embeddings": (torch.ones(16, 2), torch.zeros(16, 2)), "cu_seqlens": torch.tensor([0, 16])}
     batch = types.SimpleNamespace(extras={"vit_block_inputs": {1: (torch.randn(16, 4), kwargs)}, "image_grid_thw": None})
     zip_ = VisionZip(adapter, 1, 0.5, 0.5)

@@ -15,9 +15,11 @@ import textwrap
 import pytest
 import torch
 
+from glimpseprune.adapters import adapter_for
 from glimpseprune.engine import prefill
+from glimpseprune.layer_loop import DecoderSequence, LayerHooks, run_layers
 from glimpseprune.methods import get_method
-from glimpseprune.methods import budget as B
+from glimpseprune import budget as B
 from glimpseprune.methods.downsample import cells, choose_cell
 from glimpseprune.processing import build_inputs
 
@@ -223,21 +225,30 @@ def masked_last_row_attention(model, inputs, stages, layer_idx, replace0=None):
     if replace0 is not None:
         h = h.clone()
         h[0, image_mask[0].nonzero().squeeze(1)[replace0[0]]] = replace0[1]
-    cos_sin = lm.rotary_emb(h, pos)
+    cos, sin = lm.rotary_emb(h, pos)
     captured = {}
+
+    class Masks(LayerHooks):  # earlier cuts as masks only; stop once layer_idx has run
+        def before_layer(self, i, seq):
+            ok = torch.ones(n, dtype=torch.bool)
+            for cut, keep in stages:
+                if i >= cut:
+                    ok = torch.ones(n, dtype=torch.bool)
+                    ok[cols] = keep
+            allowed = torch.ones(n, n, dtype=torch.bool).tril() & ok[None, :]
+            mask = torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
+            seq.masks = {"full_attention": mask[None, None]}
+
+        def stop_after(self, i):
+            return i == layer_idx
+
     hook = lm.layers[layer_idx].self_attn.register_forward_hook(lambda m, a, o: captured.update(w=o[1]))
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            for i, layer in enumerate(lm.layers[: layer_idx + 1]):
-                ok = torch.ones(n, dtype=torch.bool)
-                for cut, keep in stages:
-                    if i >= cut:
-                        ok = torch.ones(n, dtype=torch.bool)
-                        ok[cols] = keep
-                allowed = torch.ones(n, n, dtype=torch.bool).tril() & ok[None, :]
-                mask = torch.zeros(n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
-                h = layer(h, attention_mask=mask[None, None], position_embeddings=cos_sin, position_ids=None)
+            text_row = torch.arange(n)[None, None]
+            seq = DecoderSequence(h, torch.cat([text_row, pos], dim=0), None, cos, sin)
+            run_layers(adapter_for(model), seq, Masks())
     finally:
         model.set_attn_implementation("sdpa")
         hook.remove()
@@ -516,7 +527,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
     torch.set_num_threads(2)
-    from glimpseprune.methods.visionzip import received_attention
+    from glimpseprune.vit_scoring import received_attention
     n, heads, d = 8192, 4, 16  # one 8192-patch full-attention segment with the tiny ViT's heads and width
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(n, heads, d, generator=g), torch.randn(n, heads, d, generator=g)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.methods import budget as B
+from glimpseprune import budget as B
 from glimpseprune.methods import get_method
 from glimpseprune.processing import build_inputs
-from glimpseprune.tiny import TinyLlavaSpec, tiny_llava
+from glimpseprune.testing.tiny import TinyLlavaSpec, tiny_llava
 
 from ..adapters.reference import reference_generate
 from .test_baselines import (QUESTION, merge_into_kept_by_loops, run, visionzip_by_loops,
@@ -111,7 +111,7 @@ def test_cls_attention_matches_stock_eager_attention_maps(llava, images, name):
 
 
 def test_cls_attention_helper_matches_every_layer(llava, images):
-    from glimpseprune.methods.visionzip import cls_attention
+    from glimpseprune.adapters.llava import cls_attention
 
     model, processor, gp = llava
     inputs = build_inputs(processor, [QUESTION, QUESTION], [[images["square"]], [images["tall"]]])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from glimpseprune.data.scenes import all_texts, generate_items, render_scene
-from glimpseprune.tiny import tiny_qwen2_5_vl
+from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 
 SMALL_VIP = {"vip_size": 32, "vip_cond_size": 32, "vip_heads": 2}
 MAX_PIXELS = 112 * 112  # 4 x 4 merged tokens per 448 px scene (fast; coarse masks are fine here)

@@ -29,7 +29,7 @@ def _setup(tiny_train_model, records, with_answer=True):
 def test_labels_mask_prompt_and_header(tiny_train_model, shapes_records):
     _, processor = tiny_train_model
     rec = shapes_records[0]
-    batch = Collator(processor, max_pixels=MAX_PIXELS)([rec])
+    batch = Collator(processor, "qwen2_5_vl", max_pixels=MAX_PIXELS)([rec])
     supervised = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
     text = processor.tokenizer.decode(supervised)
     assert text == rec["answer"].strip() + processor.tokenizer.eos_token

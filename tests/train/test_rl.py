@@ -10,7 +10,7 @@ from glimpseprune import GlimpsePrune
 from glimpseprune.engine import GenerationParams
 from glimpseprune.methods import FixedKeep
 from glimpseprune.processing import build_inputs
-from glimpseprune.tiny import tiny_qwen2_5_vl
+from glimpseprune.testing.tiny import tiny_qwen2_5_vl
 from glimpseprune.train.grpo import group_advantages, grpo_loss, k3_kl
 from glimpseprune.train.rl_forward import completion_logprobs, completion_mask, rollout, select_prompts
 from glimpseprune.train.rl_lora import add_lora, decoder_linear_names

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
 
 from ..config import GlimpsePruneConfig
+from ..layer_loop import LayerAdditions, layer_types
+from ..vit_scoring import VitScoring
 
 _REGISTRY: dict[str, type["FamilyAdapter"]] = {}
 
@@ -44,6 +45,20 @@ def adapter_for(model) -> "FamilyAdapter":
     if model_type not in _REGISTRY:
         raise ValueError(f"no GlimpsePrune adapter for model_type {model_type!r}; supported: {sorted(_REGISTRY)}")
     return _REGISTRY[model_type](model)
+
+
+def adapter_class(model_type: str) -> type["FamilyAdapter"]:
+    """The adapter class registered for a config's ``model_type`` (family facts that need no model, e.g. FLOPs)."""
+    _load_family_modules()
+    if model_type not in _REGISTRY:
+        raise ValueError(f"no GlimpsePrune adapter for model_type {model_type!r}; supported: {sorted(_REGISTRY)}")
+    return _REGISTRY[model_type]
+
+
+def reference_model_types() -> dict[str, str]:
+    """The published GlimpsePrune code's config ``model_type`` -> our family, for families that declare one."""
+    _load_family_modules()
+    return {cls.reference_model_type: cls.family for cls in _REGISTRY.values() if cls.reference_model_type}
 
 
 def supported_model_types() -> list[str]:
@@ -80,12 +95,16 @@ class PreparedBatch:
     images: list[list[ImageInfo]]  # per sample, in sequence order
     vit_features: list[torch.Tensor] | None = None  # per VIP layer: [T, D_v], all images of the batch in order
     source_index: torch.Tensor | None = None  # [bs, L]: column in the caller's input row of every position
+    # Residual additions after some layers, owned by visual columns (Qwen3-VL's DeepStack); None for most families.
+    layer_additions: LayerAdditions | None = None
     extras: dict = field(default_factory=dict)
 
 
 class FamilyAdapter:
     model_types: tuple[str, ...] = ()
     family: str = ""
+    reference_model_type: str | None = None  # the published GlimpsePrune code's model_type for this family
+    letterboxes_images: bool = False  # the processor pads every image to a centred square (drawing keep masks)
 
     def __init__(self, model):
         self.model = model
@@ -132,6 +151,32 @@ class FamilyAdapter:
     def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
         raise NotImplementedError
 
+    @classmethod
+    def offline_processor(cls, path):
+        """The checkpoint's processor assembled without what AutoProcessor needs but this install lacks
+        (torchvision), or None when the family has no such fallback."""
+        return None
+
+    @classmethod
+    def image_size_kwargs(cls, processor, min_pixels: int | None, max_pixels: int | None) -> dict:
+        """Processor keyword arguments that bound the image size in pixels (families with a dynamic grid)."""
+        return {}
+
+    @classmethod
+    def box_token_mask(cls, boxes, width: int, height: int, encoding, processor):
+        """Bool numpy mask over one image's visual-token grid (raster) covering pixel ``boxes`` of a
+        ``width x height`` image, as the processor in ``encoding`` laid it out (empty boxes: all False)."""
+        raise NotImplementedError(f"no box -> token-grid rule for family {cls.family!r}")
+
+    @classmethod
+    def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
+        """The fields of ``eval.flops.VisionDims`` for this family's ViT and projector, read from its config."""
+        raise NotImplementedError
+
+    def vit_scoring(self) -> VitScoring | None:
+        """The declared capability to score this family's ViT attention (VisionZip, VScan); None: not offered."""
+        return None
+
     # ---- shared machinery ------------------------------------------------------------------------------------
     def build_glimpse_config(self, overrides: dict, **family_defaults) -> GlimpsePruneConfig:
         """A GlimpsePruneConfig sized from the LLM's text config: family defaults, then the caller's overrides
@@ -156,15 +201,10 @@ class FamilyAdapter:
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)
 
-    def causal_mask(self, hidden, attention_mask, cache, position_ids, layer_idx: int | None = None):
-        return create_causal_mask(
-            config=self.text_config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            position_ids=self.mask_positions(position_ids),
-            layer_idx=layer_idx,
-        )
+    @property
+    def layer_types(self) -> list[str]:
+        """Each decoder layer's attention type (full / sliding / linear), from the text config."""
+        return layer_types(self.text_config)
 
     def run_layer(self, i: int, hidden, mask, cos_sin, position_ids, cache) -> torch.Tensor:
         return self.layers[i](

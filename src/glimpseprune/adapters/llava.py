@@ -14,10 +14,13 @@ encoder layer i-1), CLS dropped, no pooling, no reordering. The glimpse row uses
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..config import GlimpsePruneConfig, default_prune_layer
+from ..data.masks import llava_box_mask
+from ..vit_scoring import VitScoring
 from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
 from .qwen2_5_vl import capture_block_inputs
 
@@ -26,10 +29,30 @@ _PUBLISHED_PRUNE_LAYER = {32: 22, 40: 27}
 _PUBLISHED_VIT_LAYERS = {24: [23, 17, 11, 5]}
 
 
+def cls_attention(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLS attention of one CLIP encoder layer from that layer's INPUT ``hidden`` [n_img, 1 + P, D] (CLS first).
+
+    Returns (attention from the CLS query to each patch, mean over heads [n_img, P]; patch keys, head-concatenated
+    [n_img, P, D]). Only the CLS query row is computed (one row per image and head, against all 1 + P keys): the
+    same softmax as ``attentions[layer][:, :, 0, 1:]`` of the stock eager tower, without any attention map.
+    """
+    attn = layer.self_attn
+    x = layer.layer_norm1(hidden)
+    n, length, _ = x.shape
+    heads = attn.num_heads
+    q = attn.q_proj(x[:, :1]).view(n, heads, -1).float()  # [n, H, d]
+    k = attn.k_proj(x).view(n, length, heads, -1)  # [n, 1 + P, H, d]
+    logits = torch.einsum("nhd,nlhd->nhl", q, k.float()) * attn.scale
+    probs = torch.softmax(logits, dim=-1)[:, :, 1:].mean(1)
+    return probs, k[:, 1:].reshape(n, length - 1, -1)
+
+
 @register_adapter
 class LlavaAdapter(FamilyAdapter):
     model_types = ("llava",)
     family = "llava"
+    reference_model_type = "llava_llama_gp"
+    letterboxes_images = True  # LLaVA-1.5 pads each image to a centred square before resizing
 
     @property
     def vision_config(self):
@@ -80,6 +103,35 @@ class LlavaAdapter(FamilyAdapter):
             attention_logits=False,
         )
 
+    @classmethod
+    def box_token_mask(cls, boxes, width, height, encoding, processor):
+        # The fixed square grid of the letterboxed image: pixel_values [1, C, S, S], one token per patch.
+        side = encoding["pixel_values"].shape[-1]
+        patch = getattr(processor, "patch_size", None) or processor.image_processor.patch_size
+        grid = side // patch
+        if not boxes:
+            return np.zeros(grid * grid, bool)
+        return llava_box_mask(boxes, width, height, grid=grid)
+
+    @classmethod
+    def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
+        vc = config.vision_config
+        if vc.model_type != "clip_vision_model":
+            raise ValueError(f"LLaVA FLOPs support a CLIP vision tower only, got {vc.model_type!r}")
+        layers = config.vision_feature_layer
+        n_feature_layers = 1 if isinstance(layers, int) else len(layers)
+        return dict(
+            hidden=vc.hidden_size,
+            depth=vc.num_hidden_layers,  # the whole tower runs even though features come from layer -2
+            mlp=vc.intermediate_size,
+            gated_mlp=False,
+            patches_per_token=1,
+            patch_input=vc.num_channels * vc.patch_size**2,
+            projector=((vc.hidden_size * n_feature_layers, lm_hidden), (lm_hidden, lm_hidden)),
+            # The "default" strategy drops CLS after the ViT; "full" keeps it as an LLM token.
+            extra_tokens_per_image=1 if config.vision_feature_select_strategy == "default" else 0,
+        )
+
     # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------
     def rope(self, hidden, position_ids):
         return self.text_model.rotary_emb(hidden, position_ids)
@@ -91,6 +143,22 @@ class LlavaAdapter(FamilyAdapter):
         return apply_rotary_pos_emb(q, q, cos, sin)[0]
 
     # ---- vision --------------------------------------------------------------------------------------------
+    def vit_scoring(self) -> VitScoring:
+        return VitScoring(
+            depth=len(self.vision_layers),
+            default_block=self.feature_block(),  # the CLIP layer whose output LLaVA projects
+            windowed_blocks=(),  # CLIP has no window attention
+            cls_query=True,  # the CLS token's attention to each patch
+            token_scores=self.vit_token_scores,
+        )
+
+    def vit_token_scores(self, batch: PreparedBatch, block: int, max_elems: int):
+        """(CLS attention [T], key [T, D], None) per LLM visual token of the batch (patches, raster, batch order);
+        one CLS query row per image and head, so ``max_elems`` is not needed."""
+        hidden, _ = batch.extras["vit_block_inputs"][block]
+        probs, keys = cls_attention(self.vision_layers[block], hidden)
+        return probs.reshape(-1), keys.reshape(-1, keys.shape[-1]).float(), None
+
     def image_features(self, pixel_values, vit_layers, extras: dict | None = None):
         """(projected features [n_img · tokens_per_image, D], conditions: per VIP layer [n_img · h·w, D_v]).
 

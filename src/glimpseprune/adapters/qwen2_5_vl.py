@@ -7,18 +7,55 @@ conditions pooled from several ViT blocks, which run in *window order*.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 
+import numpy as np
 import torch
+from transformers import Qwen2_5_VLProcessor
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as modeling
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.vision_utils import get_vision_window_index
 
 from ..config import GlimpsePruneConfig, default_prune_layer
+from ..data.masks import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, boxes_to_grid_mask, normalize_boxes
+from ..vit_scoring import VitScoring, packed_block_scores
 from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
 
 # Published settings (docs/method.md §2, §17.2): K = reduce_layer + 1 per LLM depth.
 _PUBLISHED_PRUNE_LAYER = {28: 19, 36: 24}
 _PUBLISHED_VIT_LAYERS = {32: [31, 23, 15, 7]}
+
+
+def qwen_token_grid(
+    width: int,
+    height: int,
+    patch_size: int = 14,
+    merge_size: int = 2,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Merged-token grid ``(grid_h, grid_w)`` Qwen2-VL / Qwen2.5-VL produce for a ``width × height`` image.
+
+    Uses transformers' own ``smart_resize`` (factor ``patch_size * merge_size``), so it follows the processor
+    exactly; the number of ``<|image_pad|>`` tokens is ``grid_h * grid_w``.
+    """
+    factor = patch_size * merge_size
+    resized_h, resized_w = smart_resize(
+        height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return resized_h // factor, resized_w // factor
+
+
+def qwen_box_mask(boxes_px, width: int, height: int, **grid_kwargs) -> np.ndarray:
+    """Token mask on Qwen's merged grid for pixel boxes of a ``width × height`` image.
+
+    ``smart_resize`` is a plain (anisotropic) rescale with no padding or cropping, so a box normalised by the
+    *original* image size lands on the same fraction of the resized image. ``grid_kwargs`` go to
+    :func:`qwen_token_grid` (``patch_size``, ``merge_size``, ``min_pixels``, ``max_pixels``).
+    """
+    grid_h, grid_w = qwen_token_grid(width, height, **grid_kwargs)
+    return boxes_to_grid_mask(normalize_boxes(boxes_px, width, height), grid_h, grid_w)
 
 
 @contextmanager
@@ -56,10 +93,75 @@ def capture_block_inputs(blocks, indices: list[int]):
             h.remove()
 
 
+def merger_vision_dims(vc, *, width: int, mlp: int, gated: bool, out_width: int, window_patches: int | None,
+                       full_blocks) -> dict:
+    """FLOPs dims (``eval.flops.VisionDims`` fields) of a Qwen-style ViT with a 2x2 patch merger."""
+    merge = vc.spatial_merge_size**2
+    return dict(
+        hidden=width,
+        depth=vc.depth,
+        mlp=mlp,
+        gated_mlp=gated,
+        patches_per_token=merge,
+        patch_input=vc.in_channels * vc.temporal_patch_size * vc.patch_size**2,
+        # The merger: norm, then Linear(4·D_v -> 4·D_v), GELU, Linear(4·D_v -> LLM width).
+        projector=((merge * width, merge * width), (merge * width, out_width)),
+        window_patches=window_patches,
+        full_attention_blocks=tuple(full_blocks),
+    )
+
+
+class NoVideoProcessorMixin:
+    """Qwen-VL processors usable without torchvision, and thus without a video processor."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # Without torchvision the video-processor class mapping is a dummy; ``None`` must be accepted.
+        if argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save tokenizer, image processor and chat template; ``processing.load_processor`` reassembles them.
+
+        (The stock method iterates over every attribute and fails on the absent video processor.)
+        """
+        import os
+
+        os.makedirs(save_directory, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
+        self.image_processor.save_pretrained(save_directory)
+        if self.chat_template:
+            with open(os.path.join(save_directory, "chat_template.json"), "w") as f:
+                json.dump({"chat_template": self.chat_template}, f)
+        return [save_directory]
+
+
+class OfflineQwenProcessor(NoVideoProcessorMixin, Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without torchvision."""
+
+
+def assemble_offline_processor(processor_cls, path):
+    """The checkpoint's tokenizer, PIL image processor and chat template in ``processor_cls`` (no torchvision)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    template = getattr(tokenizer, "chat_template", None)
+    template_file = Path(path) / "chat_template.json"
+    if template is None and template_file.is_file():
+        template = json.loads(template_file.read_text())["chat_template"]
+    return processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=template)
+
+
 @register_adapter
 class Qwen2_5_VLAdapter(FamilyAdapter):
     model_types = ("qwen2_5_vl",)
     family = "qwen2_5_vl"
+    reference_model_type = "qwen2_5_vl_gp"
 
     @property
     def visual(self):
@@ -82,6 +184,50 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             vision_hidden_size=vision.hidden_size,
             vip_visual_layers=vit_layers,
             attention_logits=True,
+        )
+
+    offline_processor_class = OfflineQwenProcessor
+
+    @classmethod
+    def offline_processor(cls, path):
+        # AutoProcessor needs torchvision for the Qwen video processor; images work with the PIL processor alone.
+        return assemble_offline_processor(cls.offline_processor_class, path)
+
+    @classmethod
+    def image_size_kwargs(cls, processor, min_pixels, max_pixels) -> dict:
+        if not (min_pixels or max_pixels):
+            return {}
+        size = dict(processor.image_processor.size)
+        size = {k: v for k, v in size.items() if k in ("shortest_edge", "longest_edge") and v is not None}
+        if min_pixels:
+            size["shortest_edge"] = int(min_pixels)
+        if max_pixels:
+            size["longest_edge"] = int(max_pixels)
+        return {"size": size}
+
+    @classmethod
+    def box_token_mask(cls, boxes, width, height, encoding, processor):
+        # The dynamic grid is a plain rescale (no padding), so boxes normalised by the original size map directly.
+        merge = getattr(processor.image_processor, "merge_size", 2)
+        _, gh, gw = (int(x) for x in encoding["image_grid_thw"][0])
+        gh, gw = gh // merge, gw // merge
+        if not boxes:
+            return np.zeros(gh * gw, bool)
+        return boxes_to_grid_mask(normalize_boxes(boxes, width, height), gh, gw)
+
+    @classmethod
+    def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
+        # 3-matrix SiLU-gated MLP; windowed attention except in the full-attention blocks. window_size is in
+        # pixels, so one window holds (window_size / patch_size)^2 patches (8x8 = 64 for the released models).
+        vc = config.vision_config
+        return merger_vision_dims(
+            vc,
+            width=vc.hidden_size,
+            mlp=vc.intermediate_size,
+            gated=True,
+            out_width=vc.out_hidden_size,
+            window_patches=(vc.window_size // vc.patch_size) ** 2,
+            full_blocks=vc.fullatt_block_indexes,
         )
 
     # ---- positions -----------------------------------------------------------------------------------------
@@ -110,6 +256,26 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         return torch.cat([self.text_positions(attention_mask)[None], rope_pos], dim=0)
 
     # ---- vision --------------------------------------------------------------------------------------------
+    vision_rotary = staticmethod(modeling.apply_rotary_pos_emb_vision)  # the ViT's own rotary, for scoring
+
+    def vit_scoring(self) -> VitScoring:
+        vision = self.model.config.vision_config
+        full = sorted(getattr(vision, "fullatt_block_indexes", None) or [])  # Qwen2-VL: every block is full
+        depth = len(self.visual.blocks)
+        return VitScoring(
+            depth=depth,
+            default_block=full[-1] if full else depth - 1,  # the last block that sees the whole image
+            windowed_blocks=tuple(i for i in range(depth) if full and i not in full),
+            cls_query=False,  # no CLS token: a patch's score is the mean attention it receives
+            token_scores=self.vit_token_scores,
+        )
+
+    def vit_token_scores(self, batch: PreparedBatch, block: int, max_elems: int):
+        hidden, kwargs = batch.extras["vit_block_inputs"][block]
+        grid_thw = batch.extras["image_grid_thw"]
+        return packed_block_scores(self.visual.blocks[block], hidden, kwargs, self.vision_rotary,
+                                   lambda rows: self.pool_block_output(rows, grid_thw), max_elems)
+
     def pool_block_output(self, feat: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """[n_patches, D_v] in window order -> one vector per LLM visual token, in raster (placeholder) order."""
         unit = self.merge_size**2
@@ -173,9 +339,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         video_grid = inputs.get("video_grid_thw")
         if inputs.get("pixel_values_videos") is not None:
             # Video tokens pass through unpruned: they are embedded like stock and never enter visual_mask.
-            video_embeds = torch.cat(
-                self.model.model.get_video_features(inputs["pixel_values_videos"], video_grid, return_dict=True).pooler_output
-            )
+            video_embeds = self.video_features(inputs["pixel_values_videos"], video_grid, extras)
             video_mask = (input_ids == cfg.video_token_id) & attention_mask.bool()
             if int(video_mask.sum()) != video_embeds.shape[0]:
                 raise ValueError("the number of videos does not match the video placeholders")
@@ -184,7 +348,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         position_ids = self.position_ids(
             input_ids, attention_mask, mm_types, grid_thw, video_grid, inputs.get("second_per_grid_ts")
         )
-        return PreparedBatch(
+        batch = PreparedBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=embeds,
@@ -195,3 +359,13 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             source_index=source_index,
             extras=extras,
         )
+        batch.layer_additions = self.layer_additions(input_ids, attention_mask, extras)
+        return batch
+
+    def video_features(self, pixel_values_videos, video_grid_thw, extras: dict) -> torch.Tensor:
+        out = self.model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+        return torch.cat(out.pooler_output)
+
+    def layer_additions(self, input_ids, attention_mask, extras: dict):
+        """Per-layer residual additions owned by visual tokens (none on this family)."""
+        return None

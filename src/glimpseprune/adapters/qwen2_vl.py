@@ -10,17 +10,23 @@ one 2×2 merge unit (mean over each group of 4, no reordering); the ViT width is
 from __future__ import annotations
 
 import torch
+from transformers import Qwen2VLProcessor
 from transformers.models.qwen2_vl import modeling_qwen2_vl as modeling
 
 from ..config import GlimpsePruneConfig, default_prune_layer
 from .base import register_adapter
-from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .qwen2_5_vl import NoVideoProcessorMixin, Qwen2_5_VLAdapter, merger_vision_dims
+
+
+class OfflineQwen2VLProcessor(NoVideoProcessorMixin, Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` without torchvision."""
 
 
 @register_adapter
 class Qwen2VLAdapter(Qwen2_5_VLAdapter):
     model_types = ("qwen2_vl",)
     family = "qwen2_vl"
+    reference_model_type = "qwen2_vl_gp"
 
     def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
         text, vision = self.model.config.text_config, self.model.config.vision_config
@@ -34,6 +40,17 @@ class Qwen2VLAdapter(Qwen2_5_VLAdapter):
             vip_visual_layers=vit_layers,
             attention_logits=True,
         )
+
+    vision_rotary = staticmethod(modeling.apply_rotary_pos_emb_vision)
+    offline_processor_class = OfflineQwen2VLProcessor
+
+    @classmethod
+    def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
+        # Qwen2-VL's vision config calls its width embed_dim (its hidden_size is the LLM width); 2-matrix MLP,
+        # full attention in every block.
+        vc = config.vision_config
+        return merger_vision_dims(vc, width=vc.embed_dim, mlp=int(vc.embed_dim * vc.mlp_ratio), gated=False,
+                                  out_width=vc.hidden_size, window_patches=None, full_blocks=())
 
     def apply_rotary(self, q, cos, sin):
         return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]

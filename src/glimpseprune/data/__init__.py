@@ -12,8 +12,6 @@ from .masks import (
     llava_box_mask,
     mask_metrics,
     normalize_boxes,
-    qwen_box_mask,
-    qwen_token_grid,
 )
 from .records import DataReport, Record, load_records, parse_spec
 
@@ -30,8 +28,6 @@ __all__ = [
     "mask_metrics",
     "normalize_boxes",
     "parse_spec",
-    "qwen_box_mask",
-    "qwen_token_grid",
     *_SCENES_EXPORTS,
 ]
 

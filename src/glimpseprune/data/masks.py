@@ -1,4 +1,5 @@
-"""Box → visual-token masks, one function per preprocessing family (docs/method.md §11.3).
+"""Box → visual-token masks (docs/method.md §11.3). Qwen's dynamic grid lives with its adapter
+(``adapters.qwen2_5_vl.qwen_token_grid`` / ``qwen_box_mask``); the generic rasterisation and LLaVA's letterbox are here.
 
 Every mask is a flat numpy ``bool`` array of length ``h * w`` in raster order (row by row), the order of the
 VIP output. Boxes come in as pixel boxes ``[x1, y1, x2, y2]`` of the *original* image (or, for
@@ -26,8 +27,6 @@ __all__ = [
     "llava_box_mask",
     "mask_metrics",
     "normalize_boxes",
-    "qwen_box_mask",
-    "qwen_token_grid",
 ]
 
 # The released Qwen2.5-VL checkpoints ship ``min_pixels`` 56·56 and ``max_pixels`` 16,384·28² (up to 16,384
@@ -76,40 +75,6 @@ def boxes_to_grid_mask(norm_boxes, grid_h: int, grid_w: int) -> np.ndarray:
         r0, r1 = math.floor(y1 * grid_h), min(math.floor(y2 * grid_h), grid_h - 1)
         mask[r0 : r1 + 1, c0 : c1 + 1] = True
     return mask.reshape(-1)
-
-
-def qwen_token_grid(
-    width: int,
-    height: int,
-    patch_size: int = 14,
-    merge_size: int = 2,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = QWEN_MAX_PIXELS,
-) -> tuple[int, int]:
-    """Merged-token grid ``(grid_h, grid_w)`` Qwen2-VL / Qwen2.5-VL produce for a ``width × height`` image.
-
-    Uses transformers' own ``smart_resize`` (factor ``patch_size * merge_size``), so it follows the processor
-    exactly; the number of ``<|image_pad|>`` tokens is ``grid_h * grid_w``.
-    """
-    # Imported here: importing transformers takes seconds and nothing else in this module needs it.
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    factor = patch_size * merge_size
-    resized_h, resized_w = smart_resize(
-        height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    return resized_h // factor, resized_w // factor
-
-
-def qwen_box_mask(boxes_px, width: int, height: int, **grid_kwargs) -> np.ndarray:
-    """Token mask on Qwen's merged grid for pixel boxes of a ``width × height`` image.
-
-    ``smart_resize`` is a plain (anisotropic) rescale with no padding or cropping, so a box normalised by the
-    *original* image size lands on the same fraction of the resized image. ``grid_kwargs`` go to
-    :func:`qwen_token_grid` (``patch_size``, ``merge_size``, ``min_pixels``, ``max_pixels``).
-    """
-    grid_h, grid_w = qwen_token_grid(width, height, **grid_kwargs)
-    return boxes_to_grid_mask(normalize_boxes(boxes_px, width, height), grid_h, grid_w)
 
 
 def llava_box_mask(

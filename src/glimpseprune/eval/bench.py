@@ -199,8 +199,8 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
     not a benchmark.
     """
     from ..model import GlimpsePrune
-    from ..tiny import (TinyLlavaSpec, build_llava_processor, build_llava_tokenizer, build_qwen2_vl_processor,
-                        build_qwen_processor, build_qwen_tokenizer)
+    from ..testing.tiny import (TinyLlavaSpec, build_llava_processor, build_llava_tokenizer,  # config-only builds
+                                build_qwen2_vl_processor, build_qwen_processor, build_qwen_tokenizer)
 
     label, cfg = arch_config(name, overrides)
     device = torch.device(device)
@@ -269,7 +269,7 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
 
 def build_tiny(device: str | torch.device = "cpu", seed: int = 0):
     from ..model import GlimpsePrune
-    from ..tiny import tiny_qwen2_5_vl
+    from ..testing.tiny import tiny_qwen2_5_vl  # the explicit "tiny" benchmark model
 
     model, processor = tiny_qwen2_5_vl()
     return GlimpsePrune(model.to(device), processor).with_new_modules(seed=seed)

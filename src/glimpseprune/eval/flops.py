@@ -108,77 +108,19 @@ def _lm_dims(text_config) -> LMDims:
     )
 
 
-def _qwen_vision_dims(
-    vc, *, width: int, mlp: int, gated: bool, out_width: int, window_patches: int | None, full_blocks: Sequence[int]
-) -> VisionDims:
-    merge = vc.spatial_merge_size**2
-    return VisionDims(
-        hidden=width,
-        depth=vc.depth,
-        mlp=mlp,
-        gated_mlp=gated,
-        patches_per_token=merge,
-        patch_input=vc.in_channels * vc.temporal_patch_size * vc.patch_size**2,
-        # The merger: norm, then Linear(4·D_v -> 4·D_v), GELU, Linear(4·D_v -> LLM width).
-        projector=((merge * width, merge * width), (merge * width, out_width)),
-        window_patches=window_patches,
-        full_attention_blocks=tuple(full_blocks),
-    )
-
-
 def dims_from_hf_config(config, selected_layers: int = 1, vip_layers: int = 4) -> ModelDims:
-    """Build LLM, ViT and VIP dims from a ``Qwen2_5_VLConfig``, ``Qwen2VLConfig`` or ``LlavaConfig``.
+    """Build LLM, ViT and VIP dims from the config of any family with an adapter (the adapter knows its ViT).
 
     ``selected_layers`` is S, the number of LLM layers whose glimpse row feeds the VIP (1 in every release), so the
     VIP input width is S·H. ``vip_layers`` is the number of VIP blocks (= number of ViT condition layers).
     """
+    from ..adapters import adapter_class, supported_model_types
+
     model_type = getattr(config, "model_type", None)
-    if model_type not in ("qwen2_5_vl", "qwen2_vl", "llava"):
-        raise TypeError(
-            f"unsupported config (model_type={model_type!r}); expected Qwen2_5_VLConfig, Qwen2VLConfig or LlavaConfig"
-        )
+    if model_type not in supported_model_types():
+        raise TypeError(f"unsupported config (model_type={model_type!r}); supported: {supported_model_types()}")
     lm = _lm_dims(config.text_config)
-    vc = config.vision_config
-    if model_type == "qwen2_5_vl":
-        # 3-matrix SiLU-gated MLP; windowed attention except in the full-attention blocks. window_size is in
-        # pixels, so one window holds (window_size / patch_size)^2 patches (8x8 = 64 for the released models).
-        vision = _qwen_vision_dims(
-            vc,
-            width=vc.hidden_size,
-            mlp=vc.intermediate_size,
-            gated=True,
-            out_width=vc.out_hidden_size,
-            window_patches=(vc.window_size // vc.patch_size) ** 2,
-            full_blocks=vc.fullatt_block_indexes,
-        )
-    elif model_type == "qwen2_vl":
-        # Qwen2-VL's vision config calls its width embed_dim (its hidden_size is the LLM width); 2-matrix MLP,
-        # full attention in every block.
-        vision = _qwen_vision_dims(
-            vc,
-            width=vc.embed_dim,
-            mlp=int(vc.embed_dim * vc.mlp_ratio),
-            gated=False,
-            out_width=vc.hidden_size,
-            window_patches=None,
-            full_blocks=(),
-        )
-    else:  # llava
-        if vc.model_type != "clip_vision_model":
-            raise ValueError(f"LLaVA FLOPs support a CLIP vision tower only, got {vc.model_type!r}")
-        layers = config.vision_feature_layer
-        n_feature_layers = 1 if isinstance(layers, int) else len(layers)
-        vision = VisionDims(
-            hidden=vc.hidden_size,
-            depth=vc.num_hidden_layers,  # the whole tower runs even though features come from layer -2
-            mlp=vc.intermediate_size,
-            gated_mlp=False,
-            patches_per_token=1,
-            patch_input=vc.num_channels * vc.patch_size**2,
-            projector=((vc.hidden_size * n_feature_layers, lm.hidden), (lm.hidden, lm.hidden)),
-            # The "default" strategy drops CLS after the ViT; "full" keeps it as an LLM token.
-            extra_tokens_per_image=1 if config.vision_feature_select_strategy == "default" else 0,
-        )
+    vision = VisionDims(**adapter_class(model_type).flops_vision_dims(config, lm.hidden))
     vip = VIPDims(input_width=selected_layers * lm.heads, vision_width=vision.hidden, layers=vip_layers)
     return ModelDims(lm=lm, vision=vision, vip=vip)
 
@@ -383,47 +325,9 @@ def decode_flops(lm: LMDims, context_len: int, new_tokens: int) -> dict[str, int
 # Retention
 
 
-def layer_averaged_retention_schedule(stages: Sequence[tuple[int, float]], num_layers: int) -> float:
-    """Mean over all layers of the fraction of the original visual tokens present.
-
-    ``stages`` is a list of (layer, ratio): from 0-based layer ``layer`` on, until the next stage, ``ratio`` of the
-    original visual tokens are present. Layers before the first stage hold all of them. A method pruning before the
-    LLM is ``[(0, r)]``; GlimpsePrune is ``[(K, kept_ratio)]``; multi-stage methods (PyramidDrop, VScan) list several.
-    """
-    layers = [layer for layer, _ in stages]
-    if any(not 0 <= layer <= num_layers for layer in layers) or any(a >= b for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"stage layers must be strictly increasing within [0, {num_layers}], got {list(stages)}")
-    previous_layer, previous_ratio, covered = 0, 1.0, 0.0
-    for layer, ratio in stages:
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"stage ratios must be in [0, 1], got {ratio}")
-        covered += (layer - previous_layer) * previous_ratio
-        previous_layer, previous_ratio = layer, ratio
-    covered += (num_layers - previous_layer) * previous_ratio
-    return covered / num_layers
-
-
-def layer_averaged_retention(kept_ratio: float, K: int, L: int) -> float:
-    """GlimpsePrune's layer-averaged retention, (K + (L - K)·kept_ratio) / L: K layers see every visual token."""
-    return layer_averaged_retention_schedule([(K, kept_ratio)], L)
-
-
-def kept_ratio_for_layer_averaged(target: float, K: int, L: int) -> float:
-    """The kept ratio after layer K that gives a layer-averaged retention of ``target`` (inverse of the above).
-
-    Targets below K/L are unreachable: layers 0..K-1 always hold every visual token.
-    """
-    if not 0 < K < L:
-        raise ValueError(f"need 0 < K < L to prune anything, got K={K}, L={L}")
-    if target > 1.0:
-        raise ValueError(f"a retention above 1 is impossible, got {target}")
-    floor = K / L
-    if target < floor:
-        raise ValueError(
-            f"layer-averaged retention {target:.4f} is unreachable with K={K} of L={L} full layers: "
-            f"the first K layers keep every visual token, so the retention is at least K/L = {floor:.4f}"
-        )
-    return max(0.0, (target * L - K) / (L - K))
+# The retention arithmetic lives with every other budget rule (glimpseprune/budget.py); re-exported here for the
+# FLOPs reports that print it next to the FLOPs.
+from ..budget import kept_ratio_for_layer_averaged, layer_averaged_retention, layer_averaged_retention_schedule  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def resolve_method(model, method: str, budget: Budget, prune_layer: int | None =
     if method in ("none", None):
         return None
     if method == "glimpse":
-        from ..methods.budget import kept_ratio_for_retention
+        from ..budget import kept_ratio_for_retention
 
         if model.config is None:
             raise ValueError("no GlimpsePrune modules loaded: method 'glimpse' needs them")

@@ -25,5 +25,15 @@ def get_method(name: str, model, **options) -> PruneMethod:
 
 __all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method"]
 
-# Baselines (issue #7): each file registers itself with @register_method on import.
-from . import cdpruner, divprune, downsample, fastv, pyramiddrop, random, visionzip, vscan  # noqa: E402,F401
+
+
+def _load_method_modules() -> None:
+    """Import every module of this package: each baseline file registers itself, so a new baseline is one file."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load_method_modules()

@@ -12,7 +12,7 @@ Greedy MAP uses the fast incremental Cholesky update of Chen et al. (NeurIPS'18)
 time, no n×n kernel. S has rank ≤ D, so when no remaining token adds volume (gain ≤ 1e-10) the rest are filled by
 relevance. Scores: the marginal gain d_i² when picked (non-increasing), final d_i² for the others.
 
-Knobs: the common budget options (:mod:`.budget`; the cut is at layer 0), ``min_keep``, ``per_image``.
+Knobs: the common budget options (:mod:`glimpseprune.budget`; the cut is at layer 0), ``min_keep``, ``per_image``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction, top_k_mask
+from ..budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction, top_k_mask
 
 _EPS = 1e-10
 

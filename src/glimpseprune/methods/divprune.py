@@ -9,7 +9,7 @@ Ties go to the lowest index. Memory is O(n): the first step is computed in row c
 running min-distance vector, so no n×n matrix is ever held.
 
 Scores: a selected token's score is its min-distance when picked; an unselected one's is its final min-distance to
-the set (so the selection is the top-k of the scores). Knobs: the common budget options (:mod:`.budget`; the cut is
+the set (so the selection is the top-k of the scores). Knobs: the common budget options (:mod:`glimpseprune.budget`; the cut is
 at layer 0, so kept ratio = layer-averaged retention), ``min_keep``, ``per_image`` (run the greedy per image),
 ``chunk`` (rows per block in step 1, default 1024).
 """
@@ -20,7 +20,7 @@ import torch
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction
+from ..budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction
 
 
 def maxmin_greedy(features: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:

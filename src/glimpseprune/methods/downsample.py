@@ -14,7 +14,7 @@ token's position id - whose embedding becomes the mean of the cell's embeddings 
 
 Budget: s is chosen per image so that ceil(h/s)·ceil(w/s) is as close as possible to fraction·n (ties: the larger
 s, i.e. fewer tokens), so the kept count only approximates the budget (the reported ratio is the actual one);
-``cell=s`` fixes s instead. Knobs: ``cell``, the common budget options (:mod:`.budget`; cut at layer 0). Always
+``cell=s`` fixes s instead. Knobs: ``cell``, the common budget options (:mod:`glimpseprune.budget`; cut at layer 0). Always
 per image; ``per_image`` / ``min_keep`` are accepted and have no further effect (every image keeps ≥ 1 token).
 """
 
@@ -26,7 +26,7 @@ import torch
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import resolve_common, single_cut_fraction
+from ..budget import resolve_common, single_cut_fraction
 
 
 def cells(h: int, w: int, s: int) -> int:

@@ -5,7 +5,7 @@ at layer K−1 and drop the lowest; layers K.. run on the shorter sequence (hidd
 The attention row is recomputed as one query row from the cache (``SelectContext.last_token_row``), so any
 attention backend works (no eager layer, no attention map).
 
-Knobs: ``prune_layer`` = K (default 2, must be ≥ 1) and the common budget options (:mod:`.budget`). A
+Knobs: ``prune_layer`` = K (default 2, must be ≥ 1) and the common budget options (:mod:`glimpseprune.budget`). A
 layer-averaged budget is converted through K: on a 28-layer model, 11.1 % at K = 2 keeps (0.111·28 − 2)/26 ≈ 4.3 %;
 at 32 layers ≈ 5.2 %. The paper's own setting is K = 2, keep 50 % (``ratio=0.5``).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import group_sizes, resolve_common, single_cut_fraction, top_fraction
+from ..budget import group_sizes, resolve_common, single_cut_fraction, top_fraction
 
 
 class FastV(PruneMethod):

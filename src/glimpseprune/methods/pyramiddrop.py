@@ -9,7 +9,7 @@ Knobs:
   paper's default ×0.5 at 8/16/24 of 32 layers averages 46.9 %).
 - ``ratios``: λ per stage, each relative to the tokens present (the paper: 0.5 at every stage). Overrides the
   budget when given.
-- budget (:mod:`.budget`): a kept ratio r (after the last stage) -> λ = r^(1/S); a layer-averaged retention ->
+- budget (:mod:`glimpseprune.budget`): a kept ratio r (after the last stage) -> λ = r^(1/S); a layer-averaged retention ->
   the common λ that hits it (bisection, :func:`.budget.uniform_stage_ratio`).
 Counts at stage s are ``floor(λ_1⋯λ_s · n)`` of the ORIGINAL n (non-increasing), with ``min_keep``, ``per_image``.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import cumulative, given, group_sizes, resolve_common, top_fraction, uniform_stage_ratio
+from ..budget import cumulative, given, group_sizes, resolve_common, top_fraction, uniform_stage_ratio
 
 
 def default_layers(num_layers: int) -> list[int]:

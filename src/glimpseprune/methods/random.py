@@ -1,7 +1,7 @@
 """Random pruning: a uniform random subset of the visual tokens, seeded (the control of docs/method.md §14.4).
 
 Knobs: ``prune_layer`` (default 0 = before the LLM), ``seed`` (default 0), and the common budget options (see
-:mod:`.budget`): ``ratio``/``max_keep_ratio`` = kept fraction, or ``retention`` = layer-averaged retention
+:mod:`glimpseprune.budget`): ``ratio``/``max_keep_ratio`` = kept fraction, or ``retention`` = layer-averaged retention
 (converted through the cut layer), ``min_keep``, ``per_image``. The count is ``floor(fraction·n)`` like
 GlimpsePrune's cap, so "same count, same cut point" comparisons are exact.
 
@@ -23,7 +23,7 @@ import torch
 
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
-from .budget import group_sizes, resolve_common, single_cut_fraction, top_fraction, top_k_mask
+from ..budget import group_sizes, resolve_common, single_cut_fraction, top_fraction, top_k_mask
 
 
 def sample_generator(seed: int, token_ids: torch.Tensor) -> torch.Generator:

@@ -25,83 +25,33 @@ softmax), whatever the image size. CLIP: ONE query row (the CLS) against all key
 
 Knobs: ``block`` (default: Qwen the last full-attention ViT block; LLaVA the CLIP layer of ``vision_feature_layer``),
 ``dominant`` + ``contextual`` (explicit ratios per image, e.g. the reference's Qwen setting 0.061 + 0.05, LLaVA's
-54/576 + 10/576) OR a budget (:mod:`.budget`; cut at layer 0) split with ``contextual_share`` (default: the
+54/576 + 10/576) OR a budget (:mod:`glimpseprune.budget`; cut at layer 0) split with ``contextual_share`` (default: the
 reference's split, 0.05/0.111 ≈ 0.45 on Qwen, 10/64 on LLaVA where 54 + 10 = 64 is the published setting).
 Counts per image: k = floor(f·n) (≥ ``min_keep``), c = round(share·k), dominant = k − c. Always per image.
-Supported families: Qwen2.5-VL and Qwen2-VL (ViT blocks with ``norm1`` / ``attn.qkv`` and rotary
-``position_embeddings``) and LLaVA-1.5 (CLIP encoder layers with ``layer_norm1`` / ``self_attn.q_proj, k_proj``
-and a leading CLS token; both ``vision_feature_select_strategy`` values).
+Supported families: those whose adapter declares ViT scoring (``adapter.vit_scoring()``, see ``vit_scoring.py``):
+today Qwen2.5-VL, Qwen2-VL (received attention) and LLaVA-1.5 (CLS attention; both
+``vision_feature_select_strategy`` values). Others are refused with a clear error.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
 from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
-from .budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
+from ..budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
 
 DEFAULT_SHARE = 0.05 / 0.111  # Qwen reference: 0.061 dominant + 0.05 contextual
 CLIP_SHARE = 10 / 64  # LLaVA reference: 54 dominant + 10 contextual
 
 
-def is_clip(adapter) -> bool:
-    """True for families whose ViT is CLIP with a CLS token (LLaVA): scored by CLS attention."""
-    return hasattr(adapter, "vision_layers")
-
-
-def vit_depth(adapter) -> int:
-    return len(adapter.vision_layers) if is_clip(adapter) else len(adapter.visual.blocks)
-
-
-def cls_attention(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS attention of one CLIP encoder layer from that layer's INPUT ``hidden`` [n_img, 1 + P, D] (CLS first).
-
-    Returns (attention from the CLS query to each patch, mean over heads [n_img, P]; patch keys, head-concatenated
-    [n_img, P, D]). Only the CLS query row is computed (one row per image and head, against all 1 + P keys): the
-    same softmax as ``attentions[layer][:, :, 0, 1:]`` of the stock eager tower, without any attention map.
-    """
-    attn = layer.self_attn
-    x = layer.layer_norm1(hidden)
-    n, length, _ = x.shape
-    heads = attn.num_heads
-    q = attn.q_proj(x[:, :1]).view(n, heads, -1).float()  # [n, H, d]
-    k = attn.k_proj(x).view(n, length, heads, -1)  # [n, 1 + P, H, d]
-    logits = torch.einsum("nhd,nlhd->nhl", q, k.float()) * attn.scale
-    probs = torch.softmax(logits, dim=-1)[:, :, 1:].mean(1)
-    return probs, k[:, 1:].reshape(n, length - 1, -1)
-
-
-def clip_token_scores(adapter, batch, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CLS attention [T], key [T, D]) per LLM visual token of the batch (patches, raster, images in batch order)."""
-    hidden, _ = batch.extras["vit_block_inputs"][block]
-    probs, keys = cls_attention(adapter.vision_layers[block], hidden)
-    return probs.reshape(-1), keys.reshape(-1, keys.shape[-1]).float()
-
-
-def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
-                       max_elems: int = 2**22) -> torch.Tensor:
-    """Mean attention each token receives, [n]: q, k [n, H, d] (post-RoPE); attention within cu_seqlens segments.
-
-    Queries are processed in chunks so that at most ``max_elems`` logits (H × rows × segment length) exist at once.
-    """
-    n, heads, _ = q.shape
-    out = torch.zeros(n, dtype=torch.float32, device=q.device)
-    bounds = cu_seqlens.tolist()
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        m = e - s
-        if m == 0:
-            continue
-        keys = k[s:e].transpose(0, 1).float()  # [H, m, d]
-        rows = max(1, max_elems // (heads * m))
-        for r in range(s, e, rows):
-            logits = torch.matmul(q[r:min(e, r + rows)].transpose(0, 1).float(), keys.transpose(1, 2)) * scale
-            out[s:e] += torch.softmax(logits, dim=-1).sum((0, 1))
-            del logits
-        out[s:e] /= heads * m
-    return out
+def scoring_of(adapter, name: str):
+    """The family's declared ViT-scoring capability, or a clear refusal."""
+    scoring = adapter.vit_scoring()
+    if scoring is None:
+        raise ValueError(f"{name} scores ViT attention; the {adapter.family!r} adapter declares no ViT scoring")
+    return scoring
 
 
 def nearest(queries: torch.Tensor, targets: torch.Tensor, rows: int = 4096) -> torch.Tensor:
@@ -158,22 +108,9 @@ class VisionZip(PruneMethod):
         return k - c, c
 
     def token_scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(attention score [T], key [T, H·d]) per LLM visual token of the batch, raster order.
-
-        LLaVA: CLS attention; Qwen: received attention."""
-        if is_clip(self.adapter):
-            return clip_token_scores(self.adapter, batch, self.block)
-        hidden, kwargs = batch.extras["vit_block_inputs"][self.block]
-        grid_thw = batch.extras["image_grid_thw"]
-        blk = self.adapter.visual.blocks[self.block]
-        attn = blk.attn
-        n = hidden.shape[0]
-        q, k, _ = attn.qkv(blk.norm1(hidden)).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        cos, sin = kwargs["position_embeddings"]
-        q_rot, k_rot = apply_rotary_pos_emb_vision(q, k, cos, sin)
-        patch = received_attention(q_rot, k_rot, kwargs["cu_seqlens"], attn.scaling, self.max_elems)
-        scores = self.adapter.pool_block_output(patch[:, None], grid_thw)[:, 0]
-        keys = self.adapter.pool_block_output(k.reshape(n, -1).float(), grid_thw)
+        """(attention score [T], key [T, H·d]) per LLM visual token of the batch, raster order: what the family's
+        declared ViT scoring gives (CLS attention on CLIP, received attention on ViTs without CLS)."""
+        scores, keys, _ = scoring_of(self.adapter, "visionzip").token_scores(batch, self.block, self.max_elems)
         return scores, keys
 
     def select(self, ctx: SelectContext) -> Selection:
@@ -203,24 +140,6 @@ class VisionZip(PruneMethod):
         return Selection(keep=keep, scores=split_by_sample(scores, batch), replace=replace)
 
 
-def default_block(vision_config) -> int:
-    full = list(getattr(vision_config, "fullatt_block_indexes", None) or [])
-    depth = getattr(vision_config, "depth", None) or vision_config.num_hidden_layers
-    return max(full) if full else depth - 1
-
-
-def check_family(adapter, name: str) -> None:
-    if is_clip(adapter):
-        return
-    if not hasattr(adapter, "visual") or not hasattr(adapter.visual.blocks[0], "norm1"):
-        raise ValueError(f"{name} supports the Qwen-VL and LLaVA (CLIP) families only, not {adapter.family!r}")
-
-
-def family_default_block(adapter, vision_config) -> int:
-    """LLaVA: the CLIP layer LLaVA takes its features from; Qwen: the last full-attention ViT block."""
-    return adapter.feature_block() if is_clip(adapter) else default_block(vision_config)
-
-
 @register_method("visionzip")
 def build(model, prune_layer=None, block=None, dominant=None, contextual=None, contextual_share=None,
           max_elems: int = 2**22, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
@@ -228,12 +147,11 @@ def build(model, prune_layer=None, block=None, dominant=None, contextual=None, c
     if prune_layer not in (None, 0):
         raise ValueError(f"visionzip prunes before the LLM (layer 0); got prune_layer={prune_layer}")
     adapter = model.adapter
-    check_family(adapter, "visionzip")
+    scoring = scoring_of(adapter, "visionzip")
     if contextual_share is None:
-        contextual_share = CLIP_SHARE if is_clip(adapter) else DEFAULT_SHARE
-    vcfg = model.model.config.vision_config
-    block = family_default_block(adapter, vcfg) if block is None else int(block)
-    depth = vit_depth(adapter)
+        contextual_share = CLIP_SHARE if scoring.cls_query else DEFAULT_SHARE
+    block = scoring.default_block if block is None else int(block)
+    depth = scoring.depth
     if not 0 <= block < depth:
         raise ValueError(f"visionzip: ViT block {block} out of range (0..{depth - 1})")
     if (dominant is None) != (contextual is None):

@@ -34,7 +34,7 @@ LLaVA-1.5 (CLIP, which has a CLS token), each part mapped to its CLIP form:
 ViT attention is scored as in :mod:`.visionzip`: from captured block inputs, in query chunks (bounded memory) on
 Qwen, as one CLS query row per image on CLIP; the ViT is never re-run and ``output_attentions`` never set.
 Supported families: Qwen2.5-VL, Qwen2-VL, LLaVA-1.5 (CLIP).
-Budget (:mod:`.budget`): a layer-averaged retention t -> vision_ratio = :func:`.budget.first_stage_ratio` (on Qwen
+Budget (:mod:`glimpseprune.budget`): a layer-averaged retention t -> vision_ratio = :func:`.budget.first_stage_ratio` (on Qwen
 28 layers, 11.1 % -> 0.167 then ×0.333 at layer 14, the reference setting of docs/method.md §16.3); a kept ratio r after
 the last stage -> vision_ratio = min(1, r/llm_ratio). Or give ``vision_ratio`` (and ``llm_ratio``) explicitly.
 Counts: stage 1 keeps floor(vision_ratio·n_image) per image; stage 2 floor(vision_ratio·llm_ratio·n) of the ORIGINAL
@@ -46,33 +46,12 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
 from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
-from .budget import (first_stage_ratio, group_sizes, keep_count, resolve_common, top_fraction, top_k_mask)
-from .visionzip import (check_family, clip_token_scores, family_default_block, is_clip, nearest, received_attention,
-                        vit_depth)
-
-
-def vit_block_scores(adapter, batch, block: int, max_elems: int):
-    """Per LLM visual token of the batch (raster): (received attention [T], pre-RoPE key [T, H·d], segment id [T])."""
-    hidden, kwargs = batch.extras["vit_block_inputs"][block]
-    grid_thw = batch.extras["image_grid_thw"]
-    blk = adapter.visual.blocks[block]
-    attn = blk.attn
-    n = hidden.shape[0]
-    q, k, _ = attn.qkv(blk.norm1(hidden)).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    cos, sin = kwargs["position_embeddings"]
-    q_rot, k_rot = apply_rotary_pos_emb_vision(q, k, cos, sin)
-    cu = kwargs["cu_seqlens"]
-    patch = received_attention(q_rot, k_rot, cu, attn.scaling, max_elems)
-    lengths = (cu[1:] - cu[:-1]).long()
-    segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=hidden.device), lengths).float()
-    pool = adapter.pool_block_output
-    return (pool(patch[:, None], grid_thw)[:, 0], pool(k.reshape(n, -1).float(), grid_thw),
-            pool(segment[:, None], grid_thw)[:, 0].round().long())
+from ..budget import (first_stage_ratio, group_sizes, keep_count, resolve_common, top_fraction, top_k_mask)
+from .visionzip import nearest, scoring_of
 
 
 def local_order_scores(scores: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
@@ -146,18 +125,14 @@ class VScan(PruneMethod):
         batch = ctx.batch
         if not any(batch.images):
             return Selection(keep=[torch.zeros(0, dtype=torch.bool, device=ctx.hidden.device) for _ in batch.images])
-        if is_clip(self.adapter):  # CLS attention; no windowed CLIP layer: square windows on the token grid
-            g_scores, keys = clip_token_scores(self.adapter, batch, self.global_block)
-            l_scores = g_scores
-            if self.local_block != self.global_block:
-                l_scores = clip_token_scores(self.adapter, batch, self.local_block)[0]
-            windows = grid_windows(batch, self.local_window, g_scores.device)
-        elif self.local_block == self.global_block:  # no windowed ViT block: square windows on the token grid
-            g_scores, keys, _ = vit_block_scores(self.adapter, batch, self.global_block, self.max_elems)
-            l_scores, windows = g_scores, grid_windows(batch, self.local_window, g_scores.device)
+        token_scores = scoring_of(self.adapter, "vscan").token_scores
+        g_scores, keys, _ = token_scores(batch, self.global_block, self.max_elems)
+        if self.local_block == self.global_block:
+            l_scores, windows = g_scores, None
         else:
-            g_scores, keys, _ = vit_block_scores(self.adapter, batch, self.global_block, self.max_elems)
-            l_scores, _, windows = vit_block_scores(self.adapter, batch, self.local_block, self.max_elems)
+            l_scores, _, windows = token_scores(batch, self.local_block, self.max_elems)
+        if windows is None:  # no ViT windows to scan within (CLIP, or no windowed block): squares of the token grid
+            windows = grid_windows(batch, self.local_window, g_scores.device)
         keep, replace, scores = [], [], []
         parts = [split_by_sample(t, batch) for t in (g_scores, keys, l_scores, windows)]
         for b, (gs, kb, ls, wb) in enumerate(zip(*parts)):
@@ -197,7 +172,7 @@ def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio:
           max_elems: int = 2**22, ratio=None,
           retention=None, threshold=None, max_keep_ratio=..., min_keep=None, per_image=None) -> VScan:
     adapter = model.adapter
-    check_family(adapter, "vscan")
+    scoring = scoring_of(adapter, "vscan")
     L = adapter.num_layers
     if prune_layer is not None and llm_layer is not None and int(prune_layer) != int(llm_layer):
         raise ValueError("vscan: prune_layer and llm_layer both name the LLM-stage layer; give one")
@@ -206,12 +181,10 @@ def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio:
         raise ValueError(f"vscan: the LLM-stage layer must be in [1, {L}), got {layer}")
     if not 0 < llm_ratio <= 1 or not 0 <= local_share <= 1:
         raise ValueError(f"vscan: need 0 < llm_ratio <= 1 and 0 <= local_share <= 1, got {llm_ratio}, {local_share}")
-    vcfg = model.model.config.vision_config
-    depth = vit_depth(adapter)
-    g = family_default_block(adapter, vcfg) if global_block is None else int(global_block)
-    full = set(getattr(vcfg, "fullatt_block_indexes", None) or [])
+    depth = scoring.depth
+    g = scoring.default_block if global_block is None else int(global_block)
     if local_block is None:
-        windowed = [i for i in range(g) if full and i not in full]
+        windowed = [i for i in scoring.windowed_blocks if i < g]
         local_block = windowed[-1] if windowed else g
     lb = int(local_block)
     if not (0 <= g < depth and 0 <= lb < depth):

@@ -90,7 +90,7 @@ def build_model(tokenizer, spec: MiniModelSpec, seed: int):
 def build_tokenizer_processor(examples: list[Example], cfg, synthetic: bool):
     """Tokenizer trained on the examples' texts and the processor around it; ``cfg`` is the pretraining config
     (``lowercase_prob``, ``role_tokens``, ``tokenizer_vocab_size``, pixels, patch size, ``prompt_order``)."""
-    from ..tiny import build_qwen_processor, build_qwen_tokenizer
+    from ..offline_processors import build_qwen_processor, build_qwen_tokenizer
 
     questions = {ex.question for ex in examples}
     if cfg.lowercase_prob:
@@ -111,7 +111,7 @@ def build_tokenizer_processor(examples: list[Example], cfg, synthetic: bool):
 
 
 def chat_template(prompt_order: str) -> str:
-    from ..tiny import QWEN_CHAT_TEMPLATE, QWEN_TEXT_FIRST_CHAT_TEMPLATE
+    from ..offline_processors import QWEN_CHAT_TEMPLATE, QWEN_TEXT_FIRST_CHAT_TEMPLATE
 
     templates = {"image_first": QWEN_CHAT_TEMPLATE, "text_first": QWEN_TEXT_FIRST_CHAT_TEMPLATE}
     if prompt_order not in templates:

@@ -8,7 +8,7 @@ with ``method="none"``, ``method="glimpse"`` and the **same-K random control** (
 layer with GlimpsePrune's per-sample kept counts on the same batch, seeded: ``--random-seed``), all through
 ``GlimpsePrune.generate`` in batches of ``--batch-size``; exact match against ``short_answer``
 (:func:`glimpseprune.eval.scorers.exact_match`), the kept ratio of the visual tokens, and the token-level IoU of
-the kept mask against the ground-truth boxes (:func:`glimpseprune.data.masks.qwen_box_mask` /
+the kept mask against the ground-truth boxes (:func:`glimpseprune.adapters.qwen2_5_vl.qwen_box_mask` /
 :func:`~glimpseprune.data.masks.mask_metrics`).
 
 The summary states GlimpsePrune's accuracy as a margin over the control with the exact paired test
@@ -45,7 +45,8 @@ def evaluate(model, examples, batch_size: int = 8, max_new_tokens: int = 4, prog
     base model (they do not depend on the modules); the unpruned pass is then skipped and no times are measured."""
     import numpy as np
 
-    from ..data.masks import mask_metrics, qwen_box_mask
+    from ..adapters.qwen2_5_vl import qwen_box_mask
+    from ..data.masks import mask_metrics
     from ..eval.bench import flops_for
     from ..eval.scorers import exact_match
     from ..methods.random import same_count_control

@@ -12,7 +12,7 @@ What it does, in order:
    same items and pixels as ``python -m glimpseprune.data.scenes`` writes, without the disk. Validation: the
    benchmark's val split (``n_val`` items), or ``val_data``.
 2. **Tokenizer.** A byte-level BPE trained on the records' questions and answers, wrapped as a real
-   ``Qwen2Tokenizer`` with Qwen's special tokens and chat layout (:func:`glimpseprune.tiny.build_qwen_tokenizer`).
+   ``Qwen2Tokenizer`` with Qwen's special tokens and chat layout (:func:`glimpseprune.offline_processors.build_qwen_tokenizer`).
 3. **Model.** A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` from ``model`` (sizes below).
 4. **Training.** Sequence = chat prompt with the image + the answer + ``<|im_end|>``; the language-model loss is on
    the answer tokens only. For glimpse-shapes records (they carry their ``scene``) three things are added, all

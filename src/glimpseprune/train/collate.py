@@ -14,14 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..data.masks import boxes_to_grid_mask, llava_box_mask, normalize_boxes
+from ..adapters import adapter_class
 from ..processing import load_image, user_message
 from .forward import IGNORE_INDEX
-
-QWEN_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 
 
 def _get(record, key: str, default=None):
@@ -33,10 +30,9 @@ def _get(record, key: str, default=None):
 @dataclass
 class Collator:
     processor: Any
-    family: str = "qwen2_5_vl"
+    family: str  # the model's ``model_type``: its adapter knows the image sizing and the box -> token-grid rule
     min_pixels: int | None = None
     max_pixels: int | None = None
-    llava_grid: int = 24
     with_answer: bool = True  # False: prompt only (validation through the inference engine)
 
     @property
@@ -44,15 +40,7 @@ class Collator:
         return getattr(self.processor, "tokenizer", self.processor)
 
     def _image_kwargs(self) -> dict:
-        if self.family in QWEN_FAMILIES and (self.min_pixels or self.max_pixels):
-            size = dict(self.processor.image_processor.size)
-            size = {k: v for k, v in size.items() if k in ("shortest_edge", "longest_edge") and v is not None}
-            if self.min_pixels:
-                size["shortest_edge"] = int(self.min_pixels)
-            if self.max_pixels:
-                size["longest_edge"] = int(self.max_pixels)
-            return {"size": size}
-        return {}
+        return adapter_class(self.family).image_size_kwargs(self.processor, self.min_pixels, self.max_pixels)
 
     def encode(self, record) -> dict:
         image = load_image(_get(record, "image"))
@@ -79,16 +67,7 @@ class Collator:
             boxes = _get(record, "bboxs") or []
         width = _get(record, "width") or image_size[0]
         height = _get(record, "height") or image_size[1]
-        if self.family in QWEN_FAMILIES:
-            merge = getattr(self.processor.image_processor, "merge_size", 2)
-            _, gh, gw = (int(x) for x in enc["image_grid_thw"][0])
-            gh, gw = gh // merge, gw // merge
-            mask = boxes_to_grid_mask(normalize_boxes(boxes, width, height), gh, gw) if boxes else np.zeros(gh * gw, bool)
-        elif self.family == "llava":
-            g = self.llava_grid
-            mask = llava_box_mask(boxes, width, height, grid=g) if boxes else np.zeros(g * g, bool)
-        else:
-            raise ValueError(f"no box-mask rule for family {self.family!r}")
+        mask = adapter_class(self.family).box_token_mask(boxes, width, height, enc, self.processor)
         return torch.from_numpy(mask.copy()), bool(boxes)
 
     def __call__(self, records: list) -> dict:

@@ -13,8 +13,8 @@ One pass over prompt + answer, no KV cache, every one of the L layers:
     VIP(rows[visual columns], ViT features) -> one keep logit per visual token
     LM loss = next-token CE over the answer tokens
 
-The engine's prefill is inference-only (it cuts the sequence at K); this loop reuses the same adapter pieces
-(``run_layer``, ``rope``, ``causal_mask``, ``attention_row``) and never prunes. Nothing is stored on any module.
+The engine's prefill is inference-only (it cuts the sequence at K); this pass runs the same layer loop
+(``layer_loop.run_layers``) with its own hooks and never prunes. Nothing is stored on any module.
 
 Options beyond the published recipe:
 
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters.base import FamilyAdapter, PreparedBatch
+from ..layer_loop import DecoderSequence, LayerHooks, run_layers
 
 IGNORE_INDEX = -100
 
@@ -130,6 +131,32 @@ def float_mask(
     return out[:, None]
 
 
+def explicit_masks(
+    adapter: FamilyAdapter,
+    attention_mask: torch.Tensor,
+    dtype: torch.dtype,
+    isolate: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
+) -> dict:
+    """``float_mask`` for every layer type of the model: full layers get it as is, sliding-window layers with the
+    window applied as the stock sliding mask does (key index > query index - window). Recurrent (linear) layers
+    have no attention mask to carry the isolation or the bias, so they are refused."""
+    full = float_mask(attention_mask, dtype, isolate, key_bias)
+    masks = {}
+    for kind in set(adapter.layer_types):
+        if kind == "full_attention":
+            masks[kind] = full
+        elif kind == "sliding_attention":
+            length = attention_mask.shape[1]
+            q = torch.arange(length, device=full.device)
+            outside = (q[None, :] <= q[:, None] - adapter.text_config.sliding_window)  # [L, L] keys too far back
+            outside &= ~torch.eye(length, dtype=torch.bool, device=full.device)  # keep float_mask's no-empty-row rule
+            masks[kind] = full.masked_fill(outside, torch.finfo(dtype).min)
+        else:
+            raise ValueError(f"isolate_glimpse / box-free soft keep need attention masks; {kind!r} layers have none")
+    return masks
+
+
 @dataclass
 class TrainForward:
     vip_logits: torch.Tensor  # [T] keep logits over every visual token of the batch (samples, images, in order)
@@ -154,6 +181,56 @@ def answer_logits(adapter: FamilyAdapter, hidden: torch.Tensor, predictors: torc
     """Float32 logits [A, V] at the selected columns only (the vocabulary projection is the big tensor)."""
     h = adapter.text_model.norm(hidden[predictors])
     return adapter.lm_head(h).float()
+
+
+class _TrainingHooks(LayerHooks):
+    """The training forward's hooks on the one layer loop: glimpse injection at every layer, a cache only at K-1
+    (to read the glimpse's attention row there), the VIP's scores right after it, the soft-keep bias from K."""
+
+    def __init__(self, adapter, batch, layout, vip, prune_layer, attention_logits, slot_vectors, gmask, isolate,
+                 keep_bias_fn, grids, tokens, stop_at_vip):
+        self.adapter, self.batch, self.layout, self.vip = adapter, batch, layout, vip
+        self.prune_layer, self.attention_logits = prune_layer, attention_logits
+        self.slot_vectors, self.gmask, self.isolate, self.keep_bias_fn = slot_vectors, gmask, isolate, keep_bias_fn
+        self.grids, self.tokens, self.stop_at_vip = grids, tokens, stop_at_vip
+        self.vip_logits = None
+
+    def before_layer(self, i, seq):
+        if i > 0 and i in self.slot_vectors:
+            seq.hidden = torch.where(self.gmask, seq.hidden + self.slot_vectors[i], seq.hidden)
+        if i == self.prune_layer and self.keep_bias_fn is not None:
+            bias = self.keep_bias_fn(self.vip_logits, self.tokens, self.layout)
+            seq.masks = explicit_masks(self.adapter, seq.attention_mask, seq.hidden.dtype, self.isolate, bias)
+        seq.cache = self.adapter.new_cache() if i == self.prune_layer - 1 else None
+
+    def after_layer(self, i, seq, layer_input):
+        if i != self.prune_layer - 1:
+            return
+        layout = self.layout
+        g = layout.read
+        rows_ar = torch.arange(g.shape[0], device=g.device)
+        new_len = layout.source.shape[1]
+        # The glimpse reads only the prompt (and earlier glimpse tokens): never the answer after it.
+        visible = seq.attention_mask.bool() & (torch.arange(new_len, device=g.device)[None] <= g[:, None])
+        rows = self.adapter.attention_row(
+            i,
+            layer_input[rows_ar, g][:, None],
+            seq.cos[rows_ar, g][:, None],
+            seq.sin[rows_ar, g][:, None],
+            seq.cache.layers[i].keys,
+            visible,
+            log_softmax=not self.attention_logits,
+        )  # [bs, H, L+n]
+        visual = rows.transpose(1, 2)[layout.visual_mask]  # [T, H]
+        flat_grids = [grid for per in self.grids for grid in per]
+        if visual.shape[0]:
+            self.vip_logits = self.vip(visual, self.batch.vit_features, flat_grids)
+        else:
+            self.vip_logits = visual.new_zeros(0, dtype=torch.float32)
+        seq.cache = None
+
+    def stop_after(self, i):
+        return self.stop_at_vip and i == self.prune_layer - 1
 
 
 def training_forward(
@@ -194,41 +271,18 @@ def training_forward(
     cos, sin = adapter.rope(h, pos)
     explicit = isolate_glimpse or keep_bias_fn is not None
     isolate = layout.is_glimpse if isolate_glimpse else None
-    mask = float_mask(am, dtype, isolate) if explicit else adapter.causal_mask(h, am, None, pos)
+    masks = explicit_masks(adapter, am, dtype, isolate) if explicit else None
+    source = torch.where(layout.is_glimpse, torch.full_like(layout.source, -1), layout.source)
+    seq = DecoderSequence(h, pos, am, cos, sin, None, source, batch.layer_additions, masks)
 
-    rows_ar = torch.arange(bs, device=h.device)
     grids = [[im.grid for im in images] for images in batch.images]
     tokens = [sum(im.num_tokens for im in images) for images in batch.images]
-    vip_logits = None
-    for i in range(adapter.num_layers):
-        if i > 0 and i in slot_vectors:
-            h = torch.where(gmask, h + slot_vectors[i], h)
-        if i == prune_layer and keep_bias_fn is not None:
-            mask = float_mask(am, dtype, isolate, keep_bias_fn(vip_logits, tokens, layout))
-        layer_input = h
-        cache = adapter.new_cache() if i == prune_layer - 1 else None
-        h = adapter.run_layer(i, h, mask, (cos, sin), pos, cache)
-        if i == prune_layer - 1:
-            g = layout.read
-            # The glimpse reads only the prompt (and earlier glimpse tokens): never the answer after it.
-            visible = am.bool() & (torch.arange(new_len, device=h.device)[None] <= g[:, None])
-            rows = adapter.attention_row(
-                i,
-                layer_input[rows_ar, g][:, None],
-                cos[rows_ar, g][:, None],
-                sin[rows_ar, g][:, None],
-                cache.layers[i].keys,
-                visible,
-                log_softmax=not attention_logits,
-            )  # [bs, H, L+n]
-            visual = rows.transpose(1, 2)[layout.visual_mask]  # [T, H]
-            flat_grids = [grid for per in grids for grid in per]
-            if visual.shape[0]:
-                vip_logits = vip(visual, batch.vit_features, flat_grids)
-            else:
-                vip_logits = visual.new_zeros(0, dtype=torch.float32)
-            if not (compute_lm or return_answer_logits or keep_bias_fn is not None):
-                break
+    hooks = _TrainingHooks(
+        adapter, batch, layout, vip, prune_layer, attention_logits, slot_vectors, gmask, isolate, keep_bias_fn,
+        grids, tokens, stop_at_vip=not (compute_lm or return_answer_logits or keep_bias_fn is not None),
+    )
+    run_layers(adapter, seq, hooks)
+    vip_logits, h = hooks.vip_logits, seq.hidden
 
     lm_loss, logits = None, None
     if (compute_lm or return_answer_logits) and layout.labels is not None:
@@ -263,8 +317,6 @@ def reference_answer_logits(adapter: FamilyAdapter, batch: PreparedBatch, labels
     if batch.source_index is not None:
         labels = labels.gather(1, batch.source_index)
     h, pos, am = batch.inputs_embeds, batch.position_ids, batch.attention_mask
-    cos_sin = adapter.rope(h, pos)
-    mask = adapter.causal_mask(h, am, None, pos)
-    for i in range(adapter.num_layers):
-        h = adapter.run_layer(i, h, mask, cos_sin, pos, None)
-    return answer_logits(adapter, h, answer_predictors(labels))
+    cos, sin = adapter.rope(h, pos)
+    seq = run_layers(adapter, DecoderSequence(h, pos, am, cos, sin, additions=batch.layer_additions))
+    return answer_logits(adapter, seq.hidden, answer_predictors(labels))

@@ -175,7 +175,7 @@ def build_model(cfg: TrainConfig, device):
     """(base model, processor) frozen, in eval mode."""
     if cfg.model == "tiny":
         from ..data.scenes import all_texts
-        from ..tiny import tiny_qwen2_5_vl
+        from ..testing.tiny import tiny_qwen2_5_vl  # the explicit "tiny" option
 
         model, processor = tiny_qwen2_5_vl(corpus=all_texts())
     else:

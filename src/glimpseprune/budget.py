@@ -1,4 +1,6 @@
-"""Budgets for the baselines, on both axes (docs/method.md §15.1, §16.1).
+"""Budgets, the one home: kept-ratio caps, layer-averaged retention, cut schedules and the conversions between
+them, token counts and top-k (docs/method.md §15.1). Used by the keep policy (policy.py), the baselines (methods/), the
+prune state's retention report (prune_state.py) and the eval/FLOPs reports.
 
 A baseline can be asked for
 
@@ -101,10 +103,51 @@ def resolve_common(
 # ---- retention of schedules ------------------------------------------------------------------------------------
 
 
+def layer_averaged_retention_schedule(stages: Sequence[tuple[int, float]], num_layers: int) -> float:
+    """Mean over all layers of the fraction of the original visual tokens present.
+
+    ``stages`` is a list of (layer, ratio): from 0-based layer ``layer`` on, until the next stage, ``ratio`` of the
+    original visual tokens are present. Layers before the first stage hold all of them. A method pruning before the
+    LLM is ``[(0, r)]``; GlimpsePrune is ``[(K, kept_ratio)]``; multi-stage methods (PyramidDrop, VScan) list several.
+    """
+    layers = [layer for layer, _ in stages]
+    if any(not 0 <= layer <= num_layers for layer in layers) or any(a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"stage layers must be strictly increasing within [0, {num_layers}], got {list(stages)}")
+    previous_layer, previous_ratio, covered = 0, 1.0, 0.0
+    for layer, ratio in stages:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"stage ratios must be in [0, 1], got {ratio}")
+        covered += (layer - previous_layer) * previous_ratio
+        previous_layer, previous_ratio = layer, ratio
+    covered += (num_layers - previous_layer) * previous_ratio
+    return covered / num_layers
+
+
+def layer_averaged_retention(kept_ratio: float, K: int, L: int) -> float:
+    """GlimpsePrune's layer-averaged retention, (K + (L - K)·kept_ratio) / L: K layers see every visual token."""
+    return layer_averaged_retention_schedule([(K, kept_ratio)], L)
+
+
+def kept_ratio_for_layer_averaged(target: float, K: int, L: int) -> float:
+    """The kept ratio after layer K that gives a layer-averaged retention of ``target`` (inverse of the above).
+
+    Targets below K/L are unreachable: layers 0..K-1 always hold every visual token.
+    """
+    if not 0 < K < L:
+        raise ValueError(f"need 0 < K < L to prune anything, got K={K}, L={L}")
+    if target > 1.0:
+        raise ValueError(f"a retention above 1 is impossible, got {target}")
+    floor = K / L
+    if target < floor:
+        raise ValueError(
+            f"layer-averaged retention {target:.4f} is unreachable with K={K} of L={L} full layers: "
+            f"the first K layers keep every visual token, so the retention is at least K/L = {floor:.4f}"
+        )
+    return max(0.0, (target * L - K) / (L - K))
+
+
 def schedule_retention(stages: Sequence[tuple[int, float]], num_layers: int) -> float:
     """Layer-averaged retention of a cut schedule [(layer, fraction of the original tokens present from then on)]."""
-    from ..eval.flops import layer_averaged_retention_schedule
-
     return layer_averaged_retention_schedule(list(stages), num_layers)
 
 

@@ -1,10 +1,8 @@
-"""Offline construction of tiny vision-language models, tokenizers and processors.
+"""Offline construction of tiny random vision-language models for the test-suite (a testing module: library
+components never import it; recipes reach it only through their explicit "tiny" options).
 
-Nothing here touches the network: the tokenizer is a byte-level BPE trained in a fraction of a second on a small
-corpus, models are randomly initialised from small configs, and processors are assembled by hand (transformers'
-``AutoProcessor`` needs torchvision for Qwen2.5-VL, which is not usable with the CPU torch build we pin).
-
-Used by the test-suite, the benchmarks, and as the clearly-labelled fallback model of the CLI.
+Nothing here touches the network: models are randomly initialised from small configs, with the offline
+tokenizers and processors of ``glimpseprune.offline_processors``.
 """
 
 from __future__ import annotations
@@ -13,140 +11,20 @@ import json
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessorPil,
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessorPil
+
+from ..offline_processors import (  # noqa: F401  (re-exported for the tests)
+    DEFAULT_CORPUS,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIAL_TOKENS,
+    QWEN_TEXT_FIRST_CHAT_TEMPLATE,
+    build_qwen2_vl_processor,
+    build_qwen_processor,
+    build_qwen_tokenizer,
+    train_bpe,
 )
-
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-# A chat template with the same token layout as Qwen2.5-VL's (minus the default system turn, which only costs
-# tokens on a tiny model). Real checkpoints ship their own template and never use this one.
-QWEN_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# The same layout with the question *before* the image(s) in each user turn (text items first, then images). Under
-# causal attention, image tokens can then read the question and mark themselves as relevant; the embedded mini
-# model is trained and shipped with it (its saved chat template), so every code path that formats prompts through
-# ``apply_chat_template`` uses the order the model was trained with.
-QWEN_TEXT_FIRST_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] != 'image' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-DEFAULT_CORPUS = [
-    "what colour is the shape in the image?",
-    "is there a red circle? yes no",
-    "the answer is yes or no.",
-    "describe the picture in one word.",
-    "how many squares are there? one two three four",
-    "what shape is the green object? circle square triangle star",
-    "red green blue yellow purple orange white black",
-]
-
-
-def train_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int = 400) -> Tokenizer:
-    """Train a byte-level BPE on ``corpus``; every byte is in the alphabet, so any text can be encoded."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(corpus * 4, trainer)
-    return bpe
-
-
-def build_qwen_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> Qwen2Tokenizer:
-    """A real ``Qwen2Tokenizer`` over a locally trained vocabulary, with Qwen's special tokens."""
-    bpe = train_bpe(corpus or DEFAULT_CORPUS, QWEN_SPECIAL_TOKENS, vocab_size)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tok = Qwen2Tokenizer(
-        vocab=model["vocab"],
-        merges=merges,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
-    tok.padding_side = "left"
-    return tok
-
-
-class NoVideoProcessorMixin:
-    """Qwen-VL processors usable without torchvision, and thus without a video processor."""
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        # Without torchvision the video-processor class mapping is a dummy; ``None`` must be accepted.
-        if argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save tokenizer, image processor and chat template; ``processing.load_processor`` reassembles them.
-
-        (The stock method iterates over every attribute and fails on the absent video processor.)
-        """
-        import os
-
-        os.makedirs(save_directory, exist_ok=True)
-        self.tokenizer.save_pretrained(save_directory)
-        self.image_processor.save_pretrained(save_directory)
-        if self.chat_template:
-            with open(os.path.join(save_directory, "chat_template.json"), "w") as f:
-                json.dump({"chat_template": self.chat_template}, f)
-        return [save_directory]
-
-
-class OfflineQwenProcessor(NoVideoProcessorMixin, Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without torchvision."""
-
-
-class OfflineQwen2VLProcessor(NoVideoProcessorMixin, Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` without torchvision."""
-
-
-def build_qwen_processor(
-    tokenizer: Qwen2Tokenizer,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 28 * 28 * 1280,
-    patch_size: int = 14,
-    chat_template: str | None = QWEN_CHAT_TEMPLATE,
-) -> OfflineQwenProcessor:
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch_size,
-        merge_size=2,
-        temporal_patch_size=2,
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-    )
-    return OfflineQwenProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=chat_template
-    )
+from ..adapters.qwen2_5_vl import OfflineQwenProcessor  # noqa: F401
+from ..adapters.qwen2_vl import OfflineQwen2VLProcessor  # noqa: F401
 
 
 @dataclass
@@ -164,9 +42,11 @@ class TinyQwenSpec:
     # Larger than transformers' 0.02: a tiny model initialised at 0.02 repeats one token forever, which would make
     # token-for-token equality tests vacuous. At 0.2 greedy outputs vary from step to step.
     initializer_range: float = 0.2
+    # Extra LLM config fields, e.g. (("use_sliding_window", True), ("sliding_window", 12), ("layer_types", [...])).
+    text_overrides: tuple = ()
 
 
-def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
+def _qwen_text_config(tokenizer, spec: "TinyQwenSpec", rope_extra: dict | None = None) -> dict:
     """The LLM half of a tiny Qwen-VL config (shared by Qwen2.5-VL and Qwen2-VL)."""
     h = spec.hidden_size
     head_dim = h // spec.num_heads
@@ -181,18 +61,20 @@ def _qwen_text_config(tokenizer, spec: "TinyQwenSpec") -> dict:
         num_attention_heads=spec.num_heads,
         num_key_value_heads=spec.num_kv_heads,
         max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, **(rope_extra or {})},
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        **dict(spec.text_overrides),
     )
 
 
-def _build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vision_config: dict):
+def _build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vision_config: dict,
+                       text_extra: dict | None = None, rope_extra: dict | None = None):
     """Assemble and seed-initialise a tiny Qwen-VL model (shared by Qwen2.5-VL and Qwen2-VL)."""
     ids = tokenizer.convert_tokens_to_ids
     cfg = config_cls(
-        text_config=_qwen_text_config(tokenizer, spec),
+        text_config={**_qwen_text_config(tokenizer, spec, rope_extra), **(text_extra or {})},
         vision_config=vision_config,
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
@@ -258,23 +140,63 @@ def build_tiny_qwen2_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = N
     return _build_qwen_family(Qwen2VLConfig, Qwen2VLForConditionalGeneration, tokenizer, spec, vision_config)
 
 
-def build_qwen2_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 14, min_pixels: int = 56 * 56,
-                             max_pixels: int = 28 * 28 * 1280):
-    """``Qwen2VLProcessor`` without torchvision (no video processor), same chat layout as the Qwen2.5-VL one."""
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-    )
-    return OfflineQwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
-    )
-
-
 def tiny_qwen2_vl(spec: TinyQwenSpec | None = None, corpus: list[str] | None = None):
     """(model, processor) for a tiny random Qwen2-VL, fully offline."""
     tok = build_qwen_tokenizer(corpus)
     patch = (spec or TinyQwenSpec()).patch_size
     return build_tiny_qwen2_vl(tok, spec), build_qwen2_vl_processor(tok, patch_size=patch)
+
+
+# ---- Qwen3-VL -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyQwen3Spec(TinyQwenSpec):
+    patch_size: int = 16
+    deepstack: tuple[int, ...] = (0, 1, 2)  # ViT blocks whose merged features are added after LLM layers 0, 1, 2
+
+
+def build_tiny_qwen3_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwen3Spec | None = None):
+    """A randomly initialised ``Qwen3VLForConditionalGeneration``: DeepStack after the first len(deepstack) LLM
+    layers, interleaved mRoPE, Qwen3 q/k norms."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    spec = spec or TinyQwen3Spec()
+    vision_config = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        patch_size=spec.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=spec.hidden_size,
+        num_position_embeddings=64,  # an 8 x 8 learned grid, bilinearly resampled to every image
+        deepstack_visual_indexes=list(spec.deepstack),
+    )
+    extra = dict(head_dim=spec.hidden_size // spec.num_heads)
+    return _build_qwen_family(Qwen3VLConfig, Qwen3VLForConditionalGeneration, tokenizer, spec, vision_config,
+                              text_extra=extra, rope_extra={"mrope_interleaved": True})
+
+
+def build_qwen3_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 16, min_pixels: int = 64 * 64,
+                             max_pixels: int = 32 * 32 * 1280):
+    from ..adapters.qwen3_vl import OfflineQwen3VLProcessor
+
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+    )
+    return OfflineQwen3VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
+    )
+
+
+def tiny_qwen3_vl(spec: TinyQwen3Spec | None = None, corpus: list[str] | None = None):
+    """(model, processor) for a tiny random Qwen3-VL, fully offline."""
+    spec = spec or TinyQwen3Spec()
+    tok = build_qwen_tokenizer(corpus)
+    return build_tiny_qwen3_vl(tok, spec), build_qwen3_vl_processor(tok, patch_size=spec.patch_size)
 
 
 # ---- LLaVA-1.5 ----------------------------------------------------------------------------------------------------

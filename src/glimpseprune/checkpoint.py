@@ -12,10 +12,13 @@ import json
 import os
 from pathlib import Path
 
+import pickle
+
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, GlimpsePruneConfig
+from .errors import ConfigError, UnsafeFileError, read_json
 from .modules import VIP, GlimpseToken
 
 WEIGHTS_NAME = "glimpse.safetensors"
@@ -93,7 +96,7 @@ def load_modules(
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}")
-        state = load_file(str(weights))
+        state = load_weights(weights)
     elif (directory / REFERENCE_WEIGHTS).is_file() and (directory / "config.json").is_file():
         config, state = import_reference(directory, expected)
     else:
@@ -106,6 +109,28 @@ def load_modules(
     glimpse, vip = build_modules(config)
     load_state(glimpse, vip, state)
     return config, glimpse, vip
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a ``ConfigError`` naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ConfigError(f"unreadable safetensors file (truncated or corrupt?): {err}", path) from None
+
+
+def torch_load_tensors(path: str | os.PathLike, what: str):
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A pickle that asks for anything else
+    (a function to call, an object to build) is refused before it runs, and reported as ``UnsafeFileError``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
+        raise UnsafeFileError(f"refused to load {what}: it is not a plain tensor file ({first})", path) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise ConfigError(f"unreadable {what} (truncated or not a torch file?): {err}", path) from None
 
 
 def load_state(glimpse: GlimpseToken, vip: VIP, state: dict[str, torch.Tensor]) -> None:
@@ -161,7 +186,7 @@ def import_reference(
     if raw.get("anchor_positions"):
         raise ValueError("anchor_positions are not supported")
 
-    weights = torch.load(directory / REFERENCE_WEIGHTS, map_location="cpu", weights_only=True)
+    weights = torch_load_tensors(directory / REFERENCE_WEIGHTS, "GlimpsePrune reference weights")
     if not isinstance(weights, dict) or set(weights) != {"attn_fuser", "learnable_embeddings", "le_proj", "le_norm"}:
         keys = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
         raise ValueError(f"{REFERENCE_WEIGHTS}: expected keys attn_fuser, learnable_embeddings, le_proj, le_norm; got {keys}")

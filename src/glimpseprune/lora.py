@@ -24,9 +24,13 @@ def load_adapter_weights(directory) -> dict[str, torch.Tensor]:
     directory = resolve_directory(directory, ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"])
     st, pt = os.path.join(directory, "adapter_model.safetensors"), os.path.join(directory, "adapter_model.bin")
     if os.path.isfile(st):
-        return load_file(st), json.load(open(os.path.join(directory, "adapter_config.json")))
+        from .checkpoint import load_weights
+
+        return load_weights(st), json.load(open(os.path.join(directory, "adapter_config.json")))
     if os.path.isfile(pt):
-        return torch.load(pt, map_location="cpu", weights_only=True), json.load(open(os.path.join(directory, "adapter_config.json")))
+        from .checkpoint import torch_load_tensors
+
+        return torch_load_tensors(pt, "LoRA adapter weights"), json.load(open(os.path.join(directory, "adapter_config.json")))
     raise FileNotFoundError(f"no adapter_model.safetensors / adapter_model.bin in {directory}")
 
 

@@ -396,6 +396,24 @@ class Stage1Trainer:
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
+    def _drop_logged_after(self, step: int) -> None:
+        """Keep ``log.jsonl`` one record per step: the steps after the checkpoint are redone, so their records (and
+        a line torn by the kill) go; the file is replaced atomically."""
+        path = self.output_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+
     def _raw_optimizer(self):
         return getattr(self.optimizer, "optimizer", self.optimizer)
 
@@ -408,6 +426,7 @@ class Stage1Trainer:
             if ckpt is not None:
                 self.load(ckpt)
                 if acc.is_main_process:
+                    self._drop_logged_after(self.step)
                     print(f"[train] resumed from {ckpt} at step {self.step}", flush=True)
         self.module.train()
         if cfg.val_every and not self.val_records and acc.is_main_process:

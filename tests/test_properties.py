@@ -1,5 +1,5 @@
-"""Property-based tests (hypothesis), bounded in time: the keep policy against an obviously correct reference, and
-input building over arbitrary question text (control strings included)."""
+"""Property-based tests (hypothesis), bounded in time: the keep policy (on keep logits) against an obviously correct
+reference, and input building over arbitrary question text (control strings included)."""
 
 import math
 from collections import Counter
@@ -17,14 +17,17 @@ from glimpseprune.tiny import tiny_llava, tiny_qwen2_5_vl
 BOUNDED = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def reference_group(probs: list[float], policy: KeepPolicy) -> list[bool]:
-    """Threshold, then cap to the top floor(r*n), then floor to the top min_keep; ranks by (-p, index)."""
-    n = len(probs)
-    rank = sorted(range(n), key=lambda i: (-probs[i], i))
-    keep = [p > policy.threshold for p in probs]
+def reference_group(logits: list[float], policy: KeepPolicy) -> list[bool]:
+    """sigmoid(z) > t (float64, exact enough on this grid); if kept/n > r keep the top int(r*n); then floor to the top
+    min_keep; ranks by (-z, index)."""
+    n = len(logits)
+    if n == 0:
+        return []
+    rank = sorted(range(n), key=lambda i: (-logits[i], i))
+    keep = [1.0 / (1.0 + math.exp(-z)) > policy.threshold for z in logits]
     if policy.max_keep_ratio is not None:
-        cap = math.floor(policy.max_keep_ratio * n)
-        if sum(keep) > cap:
+        if sum(keep) / n > policy.max_keep_ratio:
+            cap = int(policy.max_keep_ratio * n)
             keep = [False] * n
             for i in rank[:cap]:
                 keep[i] = True
@@ -35,14 +38,15 @@ def reference_group(probs: list[float], policy: KeepPolicy) -> list[bool]:
     return keep
 
 
-# scores on a coarse grid, so ties (and the tie rule) are common
-probs_st = st.lists(st.integers(0, 8).map(lambda k: k / 8), min_size=0, max_size=40)
+# keep logits on a coarse grid, so ties (and the tie rule) are common
+probs_st = st.lists(st.integers(-8, 8).map(lambda k: k / 2), min_size=0, max_size=40)
 
 
 @st.composite
 def policy_case(draw):
     probs = draw(probs_st)
-    cuts = sorted(draw(st.lists(st.integers(0, len(probs)), max_size=3)))
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(probs) - 1)), max_size=3, unique=True)))
+    cuts = [c for c in cuts if 0 < c < len(probs)]  # every image has at least one token
     bounds = [0, *cuts, len(probs)]
     sizes = [b - a for a, b in zip(bounds, bounds[1:])]
     policy = KeepPolicy(
@@ -72,8 +76,9 @@ def test_keep_policy_matches_reference(case):
     for n in groups:  # the bounds a user relies on, per group
         kept = sum(got[start:start + n])
         assert kept >= min(policy.min_keep, n)
-        if policy.max_keep_ratio is not None:
-            assert kept <= max(math.floor(policy.max_keep_ratio * n), min(policy.min_keep, n))
+        if policy.max_keep_ratio is not None and n:
+            assert kept / n <= policy.max_keep_ratio or kept <= max(int(policy.max_keep_ratio * n),
+                                                                      min(policy.min_keep, n))
         start += n
 
 

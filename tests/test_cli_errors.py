@@ -134,3 +134,19 @@ def test_debug_shows_the_traceback(glimpse_copy, capsys):
 
 def test_unexpected_errors_keep_their_traceback():
     assert describe(KeyError("x")) is None and describe(ZeroDivisionError()) is None
+
+
+def test_other_subcommands_share_the_boundary(tmp_path, capsys):
+    bad = tmp_path / "train.json"
+    bad.write_text('{"model": "tiny",')
+    code = main(["train", "--config", str(bad)])
+    assert_one_line(code, capsys.readouterr().err.strip(), "not valid JSON", str(bad))
+    bad.write_text("[1, 2]")
+    code = main(["train", "--config", str(bad)])
+    assert_one_line(code, capsys.readouterr().err.strip(), "must be a mapping", str(bad))
+    code = main(["train", "--config", str(tmp_path / "missing.json")])
+    assert_one_line(code, capsys.readouterr().err.strip(), "missing.json")
+    from glimpseprune.train.cli import main as train_main  # the `python -m` entry used under accelerate launch
+
+    assert train_main(["--config", str(bad)]) == 2
+    assert "glimpseprune train: error: " in capsys.readouterr().err

@@ -185,35 +185,13 @@ def _unavailable(name: str, err: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The error boundary: a known failure (``errors.describe``) prints ``glimpseprune: error: <problem>`` and
+    """The error boundary (``errors.run_guarded``): a known failure prints ``glimpseprune: error: <problem>`` and
     exits 2; ``--debug`` (anywhere on the line) or GLIMPSEPRUNE_DEBUG=1 shows the traceback instead."""
-    import os
+    from .errors import debug_requested, run_guarded
 
-    from .errors import describe
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("GLIMPSEPRUNE_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("glimpseprune: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit as err:  # a subcommand's own "raise SystemExit('message')"
-        if isinstance(err.code, str):
-            message = err.code.removeprefix("error: ")
-            print(f"glimpseprune: error: {message}", file=sys.stderr)
-            return 2
-        raise
-    except Exception as err:
-        message = describe(err)
-        if message is None or debug:
-            raise
-        print(f"glimpseprune: error: {message}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: args.func(args), debug)
 
 
 if __name__ == "__main__":

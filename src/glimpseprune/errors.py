@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 
@@ -88,3 +89,33 @@ def describe(err: BaseException) -> str | None:
     if isinstance(err, (ValueError, OSError)):
         return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return None
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """(--debug given anywhere on the line or GLIMPSEPRUNE_DEBUG=1, argv without it)."""
+    debug = "--debug" in argv or os.environ.get("GLIMPSEPRUNE_DEBUG", "") not in ("", "0")
+    return debug, [a for a in argv if a != "--debug"]
+
+
+def run_guarded(call, debug: bool = False, prog: str = "glimpseprune") -> int:
+    """The CLI's error boundary: ``call()``'s known failures print ``<prog>: error: <problem>`` on stderr and give
+    exit code 2 (130 for Ctrl-C); with ``debug`` they raise with their traceback. Unknown exceptions (bugs) always
+    keep their traceback."""
+    try:
+        return int(call() or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as err:  # a subcommand's own "raise SystemExit('message')"
+        if isinstance(err.code, str) and not debug:
+            print(f"{prog}: error: {err.code.removeprefix('error: ')}", file=sys.stderr)
+            return 2
+        raise
+    except Exception as err:
+        message = describe(err)
+        if message is None or debug:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2

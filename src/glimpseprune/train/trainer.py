@@ -89,13 +89,19 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
-        text = Path(path).read_text()
+        from ..errors import ConfigError, read_json
+
         if str(path).endswith((".yaml", ".yml")):
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as err:
+                raise ConfigError(f"training config is not valid YAML: {err}", path) from None
         else:
-            data = json.loads(text)
+            data = read_json(path, "training config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config must be a mapping, got {type(data).__name__}", path)
         data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys
         for item in overrides or []:
             key, sep, value = item.partition("=")

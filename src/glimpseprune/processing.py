@@ -97,6 +97,45 @@ def user_message(question: str, num_images: int = 1) -> list[dict]:
 _QUESTION_SLOT = "\ue000glimpseprune-question\ue001"
 
 
+def encode_prompt(processor, question: str, images: list, **processor_kwargs) -> tuple[dict, dict]:
+    """One chat prompt (user turn with ``images`` then ``question``, generation prompt added) as
+    (per-token tensors [L] such as input_ids / attention_mask / mm_token_type_ids, image tensors such as
+    pixel_values / image_grid_thw). The question is tokenised with special-token parsing off."""
+    import torch
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    user_message(question)  # the question's own checks
+    prompt = processor.apply_chat_template(user_message(_QUESTION_SLOT, len(images)), add_generation_prompt=True,
+                                           tokenize=False)
+    if prompt.count(_QUESTION_SLOT) != 1:
+        raise ValueError("the chat template must place the question text exactly once")
+    head, tail = prompt.split(_QUESTION_SLOT)
+    # Whitespace before the question belongs to its first word for byte-level BPE ("USER: what" -> "Ġwhat"):
+    # tokenise it with the question so ordinary prompts get exactly the ids of the whole string.
+    lead = head[len(head.rstrip(" ")):]
+    head = head[:len(head) - len(lead)]
+    kwargs = dict(text=[head], return_tensors="pt", **processor_kwargs)
+    if images:
+        kwargs["images"] = list(images)
+    part = processor(**kwargs)
+    n = part["input_ids"].shape[1]
+    per_token = {k: v[0] for k, v in part.items() if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (1, n)}
+    image_part = {k: v for k, v in part.items() if k not in per_token}
+    text = encode_user_text(tokenizer, lead + question)
+    text += tokenizer(tail, add_special_tokens=False)["input_ids"]
+    added = torch.tensor(text, dtype=per_token["input_ids"].dtype)
+    for key, value in per_token.items():
+        fill = 1 if key == "attention_mask" else 0
+        extra = added if key == "input_ids" else torch.full((len(text), *value.shape[1:]), fill, dtype=value.dtype)
+        per_token[key] = torch.cat([value, extra])
+    return per_token, image_part
+
+
+def encode_user_text(tokenizer, text: str) -> list[int]:
+    """Token ids of text a user (or a dataset) wrote: control strings such as ``<|im_end|>`` stay characters."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def build_inputs(processor, questions: list[str], images: list[list], device=None):
     """Processor inputs for a batch: one chat prompt per question, each with its own list of images (may be empty).
 
@@ -121,31 +160,9 @@ def build_inputs(processor, questions: list[str], images: list[list], device=Non
     tokenizer = getattr(processor, "tokenizer", processor)
     rows, image_parts = [], []
     for question, imgs in zip(questions, images):
-        user_message(question)  # the question's own checks
-        prompt = processor.apply_chat_template(user_message(_QUESTION_SLOT, len(imgs)), add_generation_prompt=True,
-                                               tokenize=False)
-        if prompt.count(_QUESTION_SLOT) != 1:
-            raise ValueError("the chat template must place the question text exactly once")
-        head, tail = prompt.split(_QUESTION_SLOT)
-        # Whitespace before the question belongs to its first word for byte-level BPE ("USER: what" -> "Ġwhat"):
-        # tokenise it with the question so ordinary prompts get exactly the ids of the whole string.
-        lead = head[len(head.rstrip(" ")):]
-        head = head[:len(head) - len(lead)]
-        kwargs = dict(text=[head], return_tensors="pt")
-        if imgs:
-            kwargs["images"] = [load_image(im) for im in imgs]
-        part = processor(**kwargs)
-        n = part["input_ids"].shape[1]
-        per_token = {k: v[0] for k, v in part.items() if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (1, n)}
-        image_parts.append({k: v for k, v in part.items() if k not in per_token})
-        text = tokenizer(lead + question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        text += tokenizer(tail, add_special_tokens=False)["input_ids"]
-        added = torch.tensor(text, dtype=per_token["input_ids"].dtype)
-        for key, value in per_token.items():
-            fill = added if key == "input_ids" else torch.full((len(text), *value.shape[1:]), 1 if key ==
-                                                               "attention_mask" else 0, dtype=value.dtype)
-            per_token[key] = torch.cat([value, fill])
+        per_token, image_part = encode_prompt(processor, question, [load_image(im) for im in imgs])
         rows.append(per_token)
+        image_parts.append(image_part)
     length = max(r["input_ids"].shape[0] for r in rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     data = {}
@@ -157,7 +174,7 @@ def build_inputs(processor, questions: list[str], images: list[list], device=Non
             pad = torch.full((length - value.shape[0], *value.shape[1:]), fill, dtype=value.dtype)
             padded.append(torch.cat([pad, value]))
         data[key] = torch.stack(padded)
-    for key in {k for part in image_parts for k in part}:
+    for key in dict.fromkeys(k for part in image_parts for k in part):
         values = [part[key] for part in image_parts if key in part]
         data[key] = torch.cat(values) if torch.is_tensor(values[0]) else [x for v in values for x in v]
     inputs = BatchFeature(data=data)

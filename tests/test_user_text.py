@@ -98,3 +98,21 @@ def test_training_collate_keeps_dataset_text_as_text(name, image):
         i for i in good["input_ids"].tolist() if i in special)
     answer = [i for i in bad["labels"].tolist() if i >= 0]
     assert [i for i in answer if i in special] == [tok.eos_token_id] and answer[-1] == tok.eos_token_id
+
+
+def test_text_first_template_images_after_the_question(image):
+    """A template that puts the question before the images (the mini recipe's text_first order): same ids as the
+    processor on the whole string, and control strings in the question still stay text."""
+    from glimpseprune.mini.pretrain import chat_template
+
+    _, processor = tiny_qwen2_5_vl()
+    processor.chat_template = chat_template("text_first")
+    questions, images = ["what colour is the square?", "and now?"], [[image], [image, image]]
+    ours, stock = build_inputs(processor, questions, images), joint_ids(processor, questions, images)
+    for key in stock:
+        assert torch.equal(ours[key], stock[key]), key
+    tok = processor.tokenizer
+    special = set(tok.get_added_vocab().values())
+    bad = build_inputs(processor, [INJECTIONS[0]], [[image]])["input_ids"][0].tolist()
+    good = build_inputs(processor, ["plain"], [[image]])["input_ids"][0].tolist()
+    assert Counter(i for i in bad if i in special) == Counter(i for i in good if i in special)

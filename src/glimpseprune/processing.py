@@ -114,21 +114,39 @@ def encode_prompt(processor, question: str, images: list, **processor_kwargs) ->
     # tokenise it with the question so ordinary prompts get exactly the ids of the whole string.
     lead = head[len(head.rstrip(" ")):]
     head = head[:len(head) - len(lead)]
-    kwargs = dict(text=[head], return_tensors="pt", **processor_kwargs)
+    # The images sit in the head (image first, the usual order) or in the tail (a text-first template).
+    image_token = getattr(processor, "image_token", None)
+    n_head = head.count(image_token) if image_token and images else len(images)
+    per_token, image_part = _encode_piece(processor, head, list(images[:n_head]), True, processor_kwargs)
+    text = torch.tensor(encode_user_text(tokenizer, lead + question), dtype=per_token["input_ids"].dtype)
+    tail_tokens, tail_images = _encode_piece(processor, tail, list(images[n_head:]), False, processor_kwargs)
+    pieces = [per_token, {"input_ids": text}, tail_tokens]
+    for key in dict.fromkeys([*per_token, *tail_tokens]):
+        like = per_token.get(key, tail_tokens.get(key))
+        fill = 1 if key == "attention_mask" else 0  # a key a piece lacks (e.g. mm_token_type_ids): plain text
+        per_token[key] = torch.cat([
+            piece[key] if key in piece
+            else torch.full((len(piece["input_ids"]), *like.shape[1:]), fill, dtype=like.dtype)
+            for piece in pieces
+        ])
+    for key, value in tail_images.items():
+        image_part[key] = torch.cat([image_part[key], value]) if key in image_part else value
+    return per_token, image_part
+
+
+def _encode_piece(processor, text: str, images: list, first: bool, processor_kwargs: dict) -> tuple[dict, dict]:
+    """A piece of the template (no user text) through the processor: (per-token tensors [L], image tensors)."""
+    import torch
+
+    kwargs = dict(text=[text], return_tensors="pt", **processor_kwargs)
+    if not first:
+        kwargs["add_special_tokens"] = False  # no second BOS in the middle of a prompt
     if images:
-        kwargs["images"] = list(images)
+        kwargs["images"] = images
     part = processor(**kwargs)
     n = part["input_ids"].shape[1]
     per_token = {k: v[0] for k, v in part.items() if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (1, n)}
-    image_part = {k: v for k, v in part.items() if k not in per_token}
-    text = encode_user_text(tokenizer, lead + question)
-    text += tokenizer(tail, add_special_tokens=False)["input_ids"]
-    added = torch.tensor(text, dtype=per_token["input_ids"].dtype)
-    for key, value in per_token.items():
-        fill = 1 if key == "attention_mask" else 0
-        extra = added if key == "input_ids" else torch.full((len(text), *value.shape[1:]), fill, dtype=value.dtype)
-        per_token[key] = torch.cat([value, extra])
-    return per_token, image_part
+    return per_token, {k: v for k, v in part.items() if k not in per_token}
 
 
 def encode_user_text(tokenizer, text: str) -> list[int]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from glimpseprune import assets
+from glimpseprune.state_io import load_state, state_exists
 
 MINI = assets.MINI_DIR
 shipped = pytest.mark.skipif(not (MINI / "base" / "config.json").is_file(), reason="mini assets not built")
@@ -144,7 +145,7 @@ def test_pretrain_recipe_runs_and_resumes(tmp_path):
     # max_minutes=0: stop (with a checkpoint) after the first step, as an interrupted run would.
     first = pretrain(_tiny_recipe(tmp_path / "run", max_minutes=0), log=logs.append)
     assert not first["done"] and first["step"] == 1
-    assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
+    assert state_exists(tmp_path / "run" / "checkpoint" / "state")
     assert not (tmp_path / "run" / "final").exists()
     second = pretrain(_tiny_recipe(tmp_path / "run"), log=logs.append)
     assert any("resuming" in line and "step 1" in line for line in logs)
@@ -185,7 +186,7 @@ def test_pretrain_options_text_first_relevance_aligned_curriculum(tmp_path):
     extra = dict(prompt_order="text_first", relevance_weight=1.0, relevance_loss="softmax", relevance_layer=1,
                  aux_aligned=True, extra_turns=0, warmup_pixels={"max_pixels": 3136, "steps": 1})
     first = pretrain(_tiny_recipe(tmp_path / "run", max_minutes=0, **extra), log=lambda _: None)
-    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    state = load_state(tmp_path / "run" / "checkpoint" / "state")
     assert first["step"] == 1 and {"rel_head", "rel_null", "aux_scale"} <= set(state)
     second = pretrain(_tiny_recipe(tmp_path / "run", **extra), log=lambda _: None)
     assert second["done"]
@@ -343,7 +344,7 @@ def test_diagnose_reports_on_a_checkpoint(tmp_path, capsys):
     from glimpseprune.mini import diagnose
     from glimpseprune.mini.pretrain import pretrain
 
-    pretrain(_tiny_recipe(tmp_path / "run", max_minutes=0), log=lambda _: None)  # leaves checkpoint/ with state.pt
+    pretrain(_tiny_recipe(tmp_path / "run", max_minutes=0), log=lambda _: None)  # leaves checkpoint/ with state.json
     ckpt = tmp_path / "run" / "checkpoint"
     assert diagnose.main([str(ckpt), "--n", "4", "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
+
+import pickle
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_NAME, GlimpsePruneConfig
+from .config import CONFIG_NAME, GlimpsePruneConfig, check_same_base
+from .errors import ConfigError, GlimpsePruneError, UnsafeFileError, read_json
 from .modules import VIP, GlimpseToken
 
 WEIGHTS_NAME = "glimpse.safetensors"
@@ -99,9 +103,16 @@ def load_modules(
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}")
-        state = load_file(str(weights))
+        state = load_weights(weights)
+        weights_source = weights
     elif (directory / REFERENCE_WEIGHTS).is_file() and (directory / "config.json").is_file():
-        config, state = import_reference(directory, expected)
+        try:
+            config, state = import_reference(directory, expected)
+        except GlimpsePruneError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as err:  # a field of the wrong type or shape
+            raise ConfigError(f"cannot import the reference checkpoint: {err}", directory / "config.json") from None
+        weights_source = directory / REFERENCE_WEIGHTS
     else:
         raise FileNotFoundError(
             f"{directory} holds no GlimpsePrune modules: expected {CONFIG_NAME} + {WEIGHTS_NAME}, "
@@ -109,20 +120,62 @@ def load_modules(
         )
     if expected is not None:
         check_compatible(config, expected)
+        if config.base_model is None and expected.base_model is not None:
+            # a config written before the base record existed: check its ViT layers against this base now
+            try:
+                config = replace(config, base_model=expected.base_model)
+            except ValueError as err:
+                raise ConfigError(str(err), directory / CONFIG_NAME) from None
     glimpse, vip = build_modules(config)
-    load_state(glimpse, vip, state)
+    load_state(glimpse, vip, state, source=weights_source)
     return config, glimpse, vip
 
 
-def load_state(glimpse: GlimpseToken, vip: VIP, state: dict[str, torch.Tensor]) -> None:
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a ``ConfigError`` naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ConfigError(f"unreadable safetensors file (truncated or corrupt?): {err}", path) from None
+
+
+def check_float_tensor(tensor: torch.Tensor, key: str, source=None) -> None:
+    if not tensor.dtype.is_floating_point:
+        raise ConfigError(f"weight {key} has dtype {tensor.dtype}; expected a floating-point dtype", source)
+    if not bool(torch.isfinite(tensor).all()):
+        raise ConfigError(f"weight {key} holds NaN or infinite values", source)
+
+
+def torch_load_tensors(path: str | os.PathLike, what: str):
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A pickle that asks for anything else
+    (a function to call, an object to build) is refused before it runs, and reported as ``UnsafeFileError``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "disallowed content"
+        raise UnsafeFileError(f"refused to load {what}: it is not a plain tensor file ({first})", path) from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise ConfigError(f"unreadable {what} (truncated or not a torch file?): {err}", path) from None
+
+
+def load_state(glimpse: GlimpseToken, vip: VIP, state: dict[str, torch.Tensor], source=None) -> None:
+    """Copy checked weights in: every key present, shapes equal, floating dtype, all values finite (a NaN VIP would
+    otherwise fail mid-generation; int weights would silently keep one token). ``source`` names the file."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ConfigError("GlimpsePrune weights must map names to tensors", source)
     wanted = modules_state_dict(glimpse, vip)
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(wanted))
     if missing or unexpected:
-        raise ValueError(f"GlimpsePrune weights do not match the config: missing {missing}, unexpected {unexpected}")
+        raise ConfigError(f"GlimpsePrune weights do not match the config: missing {missing}, unexpected {unexpected}",
+                          source)
     for key, ref in wanted.items():
         if tuple(state[key].shape) != tuple(ref.shape):
-            raise ValueError(f"shape mismatch for {key}: file {tuple(state[key].shape)}, expected {tuple(ref.shape)}")
+            raise ConfigError(f"shape mismatch for {key}: file {tuple(state[key].shape)}, expected {tuple(ref.shape)}",
+                              source)
+        check_float_tensor(state[key], key, source)
     split = {"glimpse": {}, "vip": {}}
     for key, value in state.items():
         owner, name = key.split(".", 1)
@@ -132,12 +185,8 @@ def load_state(glimpse: GlimpseToken, vip: VIP, state: dict[str, torch.Tensor]) 
 
 
 def check_compatible(config: GlimpsePruneConfig, base: GlimpsePruneConfig) -> None:
-    for name in ("family", "hidden_size", "num_heads", "vision_hidden_size", "num_layers"):
-        if getattr(config, name) != getattr(base, name):
-            raise ValueError(
-                f"these GlimpsePrune modules were made for {name}={getattr(config, name)!r}, "
-                f"but the base model has {name}={getattr(base, name)!r}"
-            )
+    """Modules made for another family or shape are refused (family, LLM width/heads/depth, ViT width/depth)."""
+    check_same_base(config, base)
 
 
 # ---- the reference format ---------------------------------------------------------------------------------------
@@ -146,7 +195,9 @@ def check_compatible(config: GlimpsePruneConfig, base: GlimpsePruneConfig) -> No
 def import_reference(
     directory: Path, expected: GlimpsePruneConfig | None = None
 ) -> tuple[GlimpsePruneConfig, dict[str, torch.Tensor]]:
-    raw = json.loads((directory / "config.json").read_text())
+    raw = read_json(directory / "config.json", "reference config")
+    if not isinstance(raw, dict):
+        raise ConfigError("reference config must be a JSON object", directory / "config.json")
     model_type = raw.get("model_type")
     if model_type not in reference_model_types():
         raise ValueError(f"not a GlimpsePrune reference config: model_type {model_type!r}")
@@ -167,7 +218,7 @@ def import_reference(
     if raw.get("anchor_positions"):
         raise ValueError("anchor_positions are not supported")
 
-    weights = torch.load(directory / REFERENCE_WEIGHTS, map_location="cpu", weights_only=True)
+    weights = torch_load_tensors(directory / REFERENCE_WEIGHTS, "GlimpsePrune reference weights")
     if not isinstance(weights, dict) or set(weights) != {"attn_fuser", "learnable_embeddings", "le_proj", "le_norm"}:
         keys = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
         raise ValueError(f"{REFERENCE_WEIGHTS}: expected keys attn_fuser, learnable_embeddings, le_proj, le_norm; got {keys}")

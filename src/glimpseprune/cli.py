@@ -52,14 +52,23 @@ def load_model(args):
     """The model named on the command line, or the embedded default. Returns (GlimpsePrune, description)."""
     import torch
 
+    from .errors import UserError
     from .model import GlimpsePrune
 
     from .cli_placement import placement_kwargs
 
     placement = placement_kwargs(args)  # --device-map: a split model instead of one device
     device = None if placement else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is not None:
+        check_device(device)
+    dtype = parse_dtype(args.dtype)
+    if not args.model:
+        # the embedded model runs in float32; refuse options that would otherwise be silently ignored
+        if args.lora:
+            raise UserError("--lora needs --model (the embedded mini model has no GlimpsePrune+ adapter)")
+        if args.dtype != "auto":
+            raise UserError("--dtype needs --model (the embedded mini model always runs in float32)")
     if args.model:
-        dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
         model = GlimpsePrune.from_pretrained(args.model, args.glimpse, dtype=dtype, device=device, adapter=args.lora,
                                              **placement)
         return model, args.model
@@ -68,9 +77,46 @@ def load_model(args):
     return assets.default_model(device=device, glimpse=args.glimpse, **placement)
 
 
+def parse_dtype(name: str):
+    """'auto' or a floating torch dtype name; anything else is a clear error (never silently ignored)."""
+    import torch
+
+    from .errors import UserError
+
+    allowed = ("auto", "float32", "float16", "bfloat16")
+    if name not in allowed:
+        raise UserError(f"--dtype must be one of {', '.join(allowed)}, got {name!r}")
+    return name if name == "auto" else getattr(torch, name)
+
+
+def check_device(device: str) -> None:
+    """A device that exists here, before any weights are read."""
+    import torch
+
+    from .errors import UserError
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(f"invalid --device {device!r}: {err}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is usable on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+
+
 def cmd_answer(args) -> int:
+    from .errors import UserError
     from .processing import load_image
     from .viz import draw_kept_tokens
+
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory; give a .png file path ('' to skip the drawing)")
+    if args.question is not None and not args.question.strip():
+        raise UserError("--question is empty; ask something (or leave --question out for the built-in example)")
 
     model, description = load_model(args)
     images = [load_image(p) for p in args.image] if args.image else []
@@ -81,7 +127,7 @@ def cmd_answer(args) -> int:
         print("no --image given: using a built-in example scene")
     question = args.question or ("what colour is the triangle?" if not args.image else None)
     if not question:
-        raise SystemExit("error: --question is required")
+        raise UserError("--question is required with --image")
     text, out = model.answer(
         images, question, method=args.method, max_new_tokens=args.max_new_tokens, **policy_kwargs(args)
     )
@@ -148,12 +194,13 @@ def _unavailable(name: str, err: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The error boundary (``errors.run_guarded``): a known failure prints ``glimpseprune: error: <problem>`` and
+    exits 2; ``--debug`` (anywhere on the line) or GLIMPSEPRUNE_DEBUG=1 shows the traceback instead."""
+    from .errors import debug_requested, run_guarded
+
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, NotADirectoryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: args.func(args), debug)
 
 
 if __name__ == "__main__":

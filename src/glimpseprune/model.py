@@ -27,6 +27,33 @@ _MODEL_INPUT_KEYS = (
 )
 
 
+def check_generate_arguments(num_layers: int, keep_masks=None, prune_layer=None, inputs: dict | None = None) -> None:
+    """Type checks at the API boundary, so a wrong argument is a clear error, never a silently different run:
+    ``prune_layer=2.5`` or ``True`` is not a layer, a float keep mask is not a decision, NaN pixels are not an image."""
+    from .errors import UserError
+
+    if prune_layer is not None:
+        if isinstance(prune_layer, bool) or not isinstance(prune_layer, int):
+            raise UserError(f"prune_layer must be an integer layer index, got {prune_layer!r} "
+                            f"({type(prune_layer).__name__})")
+        if not 0 <= prune_layer < num_layers:
+            raise UserError(f"prune_layer must be in [0, {num_layers - 1}] for this {num_layers}-layer model, "
+                            f"got {prune_layer}")
+    if keep_masks is not None:
+        if torch.is_tensor(keep_masks) and keep_masks.dim() == 1:
+            raise UserError("keep_masks must be a list with one boolean mask per sample, got a single 1-D tensor")
+        if not isinstance(keep_masks, (list, tuple)) and not (torch.is_tensor(keep_masks) and keep_masks.dim() == 2):
+            raise UserError(f"keep_masks must be a list of boolean masks, got {type(keep_masks).__name__}")
+        for i, mask in enumerate(keep_masks):
+            dtype = mask.dtype if torch.is_tensor(mask) else torch.as_tensor(mask).dtype
+            if dtype != torch.bool:
+                raise UserError(f"keep_masks[{i}] must be boolean (True = keep), got dtype {dtype}; "
+                                "a float or integer mask is ambiguous")
+    for key, value in (inputs or {}).items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{key} contains NaN or infinite values: the image inputs are corrupt")
+
+
 @dataclass
 class GenerateOutput:
     sequences: torch.Tensor  # [bs, L_in + T]: the caller's input ids followed by the generated ids (like HF)
@@ -155,6 +182,11 @@ class GlimpsePrune:
     def method(self, method="glimpse", keep_masks=None, prune_layer=None, **policy_kwargs) -> PruneMethod | None:
         if isinstance(method, PruneMethod):
             return method
+        check_generate_arguments(self.adapter.num_layers, keep_masks, prune_layer)
+        if method is not None and not isinstance(method, str):
+            from .errors import UserError
+
+            raise UserError(f"method must be a name (str), a PruneMethod or None, got {type(method).__name__}")
         if keep_masks is not None:
             layer = prune_layer if prune_layer is not None else (self.config.prune_layer if self.config else None)
             if layer is None:
@@ -194,6 +226,7 @@ class GlimpsePrune:
             raise TypeError(f"unexpected arguments to generate: {sorted(kwargs)}")
         if "input_ids" not in inputs:
             raise ValueError("generate needs input_ids (pass the processor's output: model.generate(**inputs))")
+        check_generate_arguments(self.adapter.num_layers, keep_masks, prune_layer, inputs)
         policy_kwargs = dict(threshold=threshold, max_keep_ratio=max_keep_ratio, min_keep=min_keep, per_image=per_image)
         chosen = self.method(method, keep_masks, prune_layer, **policy_kwargs)
         device = execution_device(self.model, self.model.get_input_embeddings())
@@ -214,8 +247,15 @@ class GlimpsePrune:
         """One question about zero or more images -> (answer text, full output)."""
         from .processing import build_inputs
 
+        from .errors import UserError
+
         if self.processor is None:
             raise ValueError("this model has no processor; build inputs yourself and call generate")
+        if not isinstance(question, str):
+            raise UserError(f"question must be a string, got {type(question).__name__}")
+        if not isinstance(images, (list, tuple)):
+            raise UserError(f"images must be a list (of paths or PIL images), got {type(images).__name__}; "
+                            "wrap a single image in a list")
         inputs = build_inputs(self.processor, [question], [list(images)])
         out = self.generate(**inputs, **kwargs)
         text = self.processor.batch_decode(out.generated, skip_special_tokens=True)[0]

@@ -1,11 +1,23 @@
-"""Inputs: images that may be odd (grayscale, RGBA, tiny, huge, truncated, not images), prompts, processors."""
+"""Inputs: images that may be odd (grayscale, RGBA, tiny, huge, truncated, rotated by EXIF, multi-frame, not
+images), prompts whose user text stays text, processors.
+
+Images are read as a person sees them: the EXIF orientation is applied; a multi-frame GIF/TIFF/WebP uses its first
+frame, with a warning; float images with NaN/inf values are refused. Tensors and arrays are refused with a hint
+(their channel order and value range are ambiguous): pass a path or a ``PIL.Image``.
+
+User text never becomes control tokens: the question is tokenised on its own with special-token parsing off, so a
+typed ``<|im_end|>`` or ``<image>`` is plain characters, never the chat template's or the image's token.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
 
 MAX_ASPECT_RATIO = 200  # Qwen's smart_resize refuses more; say so before the processor fails deep inside
 
@@ -14,6 +26,10 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """An RGB ``PIL.Image`` from a path or an image, or a clear error saying what is wrong with the input."""
     if isinstance(source, Image.Image):
         image = source
+    elif not isinstance(source, (str, os.PathLike)):
+        kind = type(source).__module__.split(".")[0] + "." + type(source).__name__
+        raise UserError(f"an image must be a file path or a PIL.Image, got {kind}; convert arrays with "
+                        "PIL.Image.fromarray(uint8 HxWx3 array) (a tensor's layout and value range are ambiguous)")
     else:
         path = Path(source)
         if not path.exists():
@@ -29,6 +45,13 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
             raise ValueError(f"{path} is too large to decode safely ({err}); downscale it first") from err
         except (OSError, SyntaxError) as err:
             raise ValueError(f"{path} could not be decoded (truncated or corrupt?): {err}") from err
+    if getattr(image, "n_frames", 1) > 1:  # PIL's attribute for animated/multi-page formats
+        warnings.warn(f"{getattr(image, 'filename', '') or 'image'} has {image.n_frames} frames; using the first",
+                      stacklevel=2)
+        image.seek(0)
+        image = image.copy()  # the first frame alone
+    # As displayed: a phone photo stored sideways with EXIF orientation 6 is upright after this.
+    image = ImageOps.exif_transpose(image)
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image has no pixels ({image.width}x{image.height})")
     ratio = max(image.width, image.height) / min(image.width, image.height)
@@ -37,10 +60,10 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
             f"image aspect ratio {ratio:.0f}:1 exceeds {MAX_ASPECT_RATIO}:1 ({image.width}x{image.height}); "
             "crop or pad it first"
         )
-    return to_rgb(image)
+    return to_rgb(image, name=str(source) if not isinstance(source, Image.Image) else None)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, name: str | None = None) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -54,6 +77,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         import numpy as np
 
         arr = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise UserError(f"{name or getattr(image, 'filename', '') or 'image'} (mode {image.mode}) contains NaN or "
+                            "infinite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
         arr = np.zeros_like(arr) if hi == lo else (arr - lo) / (hi - lo) * 255.0
         return Image.fromarray(arr.astype("uint8"), mode="L").convert("RGB")
@@ -67,24 +93,109 @@ def user_message(question: str, num_images: int = 1) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+# Stands for the question while the chat template is rendered: private-use characters no template emits.
+_QUESTION_SLOT = "\ue000glimpseprune-question\ue001"
+
+
+def encode_prompt(processor, question: str, images: list, **processor_kwargs) -> tuple[dict, dict]:
+    """One chat prompt (user turn with ``images`` then ``question``, generation prompt added) as
+    (per-token tensors [L] such as input_ids / attention_mask / mm_token_type_ids, image tensors such as
+    pixel_values / image_grid_thw). The question is tokenised with special-token parsing off."""
+    import torch
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    user_message(question)  # the question's own checks
+    prompt = processor.apply_chat_template(user_message(_QUESTION_SLOT, len(images)), add_generation_prompt=True,
+                                           tokenize=False)
+    if prompt.count(_QUESTION_SLOT) != 1:
+        raise ValueError("the chat template must place the question text exactly once")
+    head, tail = prompt.split(_QUESTION_SLOT)
+    # Whitespace before the question belongs to its first word for byte-level BPE ("USER: what" -> "Ġwhat"):
+    # tokenise it with the question so ordinary prompts get exactly the ids of the whole string.
+    lead = head[len(head.rstrip(" ")):]
+    head = head[:len(head) - len(lead)]
+    # The images sit in the head (image first, the usual order) or in the tail (a text-first template).
+    image_token = getattr(processor, "image_token", None)
+    n_head = head.count(image_token) if image_token and images else len(images)
+    per_token, image_part = _encode_piece(processor, head, list(images[:n_head]), True, processor_kwargs)
+    text = torch.tensor(encode_user_text(tokenizer, lead + question), dtype=per_token["input_ids"].dtype)
+    tail_tokens, tail_images = _encode_piece(processor, tail, list(images[n_head:]), False, processor_kwargs)
+    pieces = [per_token, {"input_ids": text}, tail_tokens]
+    for key in dict.fromkeys([*per_token, *tail_tokens]):
+        like = per_token.get(key, tail_tokens.get(key))
+        fill = 1 if key == "attention_mask" else 0  # a key a piece lacks (e.g. mm_token_type_ids): plain text
+        per_token[key] = torch.cat([
+            piece[key] if key in piece
+            else torch.full((len(piece["input_ids"]), *like.shape[1:]), fill, dtype=like.dtype)
+            for piece in pieces
+        ])
+    for key, value in tail_images.items():
+        image_part[key] = torch.cat([image_part[key], value]) if key in image_part else value
+    return per_token, image_part
+
+
+def _encode_piece(processor, text: str, images: list, first: bool, processor_kwargs: dict) -> tuple[dict, dict]:
+    """A piece of the template (no user text) through the processor: (per-token tensors [L], image tensors)."""
+    import torch
+
+    kwargs = dict(text=[text], return_tensors="pt", **processor_kwargs)
+    if not first:
+        kwargs["add_special_tokens"] = False  # no second BOS in the middle of a prompt
+    if images:
+        kwargs["images"] = images
+    part = processor(**kwargs)
+    n = part["input_ids"].shape[1]
+    per_token = {k: v[0] for k, v in part.items() if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (1, n)}
+    return per_token, {k: v for k, v in part.items() if k not in per_token}
+
+
+def encode_user_text(tokenizer, text: str) -> list[int]:
+    """Token ids of text a user (or a dataset) wrote: control strings such as ``<|im_end|>`` stay characters."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def build_inputs(processor, questions: list[str], images: list[list], device=None):
     """Processor inputs for a batch: one chat prompt per question, each with its own list of images (may be empty).
 
-    Padding is on the left, which is what generation needs.
+    Each prompt is three pieces: the template up to the question (with its images, through the processor), the
+    question (tokenised with special-token parsing off: user text stays text) and the template's tail. Padding is
+    on the left, which is what generation needs.
     """
+    if isinstance(questions, str) or not isinstance(questions, (list, tuple)):
+        raise UserError(f"questions must be a list of strings, got {type(questions).__name__}"
+                        + ("; wrap a single question in a list" if isinstance(questions, str) else ""))
+    if isinstance(images, (str, os.PathLike, Image.Image)) or not isinstance(images, (list, tuple)):
+        raise UserError(f"images must be a list with one list of images per question, got {type(images).__name__}")
     if len(questions) != len(images):
         raise ValueError(f"{len(questions)} questions but {len(images)} image lists")
-    prompts = [
-        processor.apply_chat_template(user_message(q, len(imgs)), add_generation_prompt=True, tokenize=False)
-        for q, imgs in zip(questions, images)
-    ]
-    flat = [load_image(im) for imgs in images for im in imgs]
+    for i, imgs in enumerate(images):
+        if not isinstance(imgs, (list, tuple)):
+            raise UserError(f"images[{i}] must be a list of images (paths or PIL images), got {type(imgs).__name__}"
+                            + ("; a path string is not a list of images" if isinstance(imgs, str) else ""))
+    import torch
+    from transformers import BatchFeature
+
     tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"
-    kwargs = dict(text=prompts, return_tensors="pt", padding=True)
-    if flat:
-        kwargs["images"] = flat
-    inputs = processor(**kwargs)
+    rows, image_parts = [], []
+    for question, imgs in zip(questions, images):
+        per_token, image_part = encode_prompt(processor, question, [load_image(im) for im in imgs])
+        rows.append(per_token)
+        image_parts.append(image_part)
+    length = max(r["input_ids"].shape[0] for r in rows)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = {}
+    for key in rows[0]:
+        padded = []
+        for r in rows:  # left padding: generation continues from the last column
+            value = r[key]
+            fill = pad_id if key == "input_ids" else 0
+            pad = torch.full((length - value.shape[0], *value.shape[1:]), fill, dtype=value.dtype)
+            padded.append(torch.cat([pad, value]))
+        data[key] = torch.stack(padded)
+    for key in dict.fromkeys(k for part in image_parts for k in part):
+        values = [part[key] for part in image_parts if key in part]
+        data[key] = torch.cat(values) if torch.is_tensor(values[0]) else [x for v in values for x in v]
+    inputs = BatchFeature(data=data)
     return inputs.to(device) if device is not None else inputs
 
 

@@ -91,15 +91,23 @@ def test_judge_scores_summary_metadata_and_resume(gp, tmp_path):
     assert all(set(r["scores"]) == {"exact_match"} for r in plain_result.rows)
 
 
-def test_malformed_judge_reply_scores_zero_and_is_counted(gp, tmp_path):
+def test_malformed_judge_reply_is_a_failure_not_a_zero_and_is_retried_on_resume(gp, tmp_path):
     data = write_dataset(tmp_path / "data", ["x"] * 5)
     with JudgeStub(reply=lambda n: "I would rate this highly." if n == 0 else REPLY) as stub:
         result = run_evaluation(gp, config(tmp_path, data, judge=judge_spec(stub, tmp_path)))
         assert len(stub.bodies) == 5
-    scores = sorted(r["scores"]["judge"] for r in result.rows)
-    assert scores == [0.0, 0.75, 0.75, 0.75, 0.75]
+    scores = [r["scores"]["judge"] for r in result.rows]
+    assert sorted(s for s in scores if s is not None) == [0.75] * 4 and scores.count(None) == 1
+    failed = next(r for r in result.rows if r["scores"]["judge"] is None)
+    assert "score" in failed["failures"]["judge"] and failed["scores"]["exact_match"] is not None
     assert result.summary["judge"]["stats"] == {"requests": 5, "cache_hits": 0, "malformed": 1, "errors": 0}
-    assert result.summary["groups"][0]["datasets"]["toy"]["scores"]["judge"] == pytest.approx(0.6)
+    # the mean is over the items that have a verdict: the failure is not averaged in as a 0
+    assert result.summary["groups"][0]["datasets"]["toy"]["scores"]["judge"] == pytest.approx(0.75)
+    with JudgeStub() as stub:  # resume: only the failed item is evaluated (and judged) again
+        again = run_evaluation(gp, config(tmp_path, data, judge=judge_spec(stub, tmp_path)))
+        assert len(stub.bodies) == 1
+    assert again.new_samples == 1 and again.skipped_samples == 4
+    assert [r["scores"]["judge"] for r in again.rows] == [0.75] * 5 and not any("failures" in r for r in again.rows)
 
 
 def test_judge_scorer_without_judge_fails_before_work(gp, tmp_path):

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+from glimpseprune.state_io import load_state, state_exists
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,9 +31,9 @@ def test_two_cpu_processes(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "process 0/2" in out and "process 1/2" in out, out[-3000:]
-    state = torch.load(tmp_path / "checkpoint-1" / "trainer_state.pt", weights_only=False)
+    state = load_state(tmp_path / "checkpoint-1" / "trainer_state")
     assert state["world_size"] == 2 and state["step"] == 1
-    assert (tmp_path / "checkpoint-1" / "rng_state_1.pt").is_file()
+    assert state_exists(tmp_path / "checkpoint-1" / "rng_state_1")
     assert (tmp_path / "final" / "glimpse.safetensors").is_file()
     assert "keep_ratio_median" in (tmp_path / "validation.json").read_text()
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from glimpseprune.state_io import load_state
 from glimpseprune.train.boxfree import budget_shift, exact_budget_logits
 from glimpseprune.train.trainer import STATE_NAME, Stage1Trainer, TrainConfig, find_checkpoint
 from glimpseprune.train.validate import validate
@@ -184,7 +185,7 @@ def test_kill_and_resume_is_exact(tmp_path, tiny_train_model, shapes_records, va
 
     killed = _trainer(tmp_path / "run", tiny_train_model, records, val, **kw)
     killed.train(stop_at=2)  # checkpoint-2 written, then the process "dies" before step 3
-    saved_state = torch.load(tmp_path / "run" / "checkpoint-2" / STATE_NAME, weights_only=False)
+    saved_state = load_state(tmp_path / "run" / "checkpoint-2" / STATE_NAME)
     _assert_same_state(saved_state["optimizer"], _opt_state(killed))
     assert find_checkpoint(tmp_path / "run").name == "checkpoint-2"
 

@@ -9,6 +9,7 @@ and decoding are the same for every family whose layers follow the transformers 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache
@@ -100,6 +101,17 @@ class PreparedBatch:
     extras: dict = field(default_factory=dict)
 
 
+def hub_identity(name_or_path: str) -> tuple[str | None, str | None]:
+    """(name, revision) of a base model: a hub cache folder ``.../models--owner--name/snapshots/<commit>`` gives
+    ``("owner/name", commit)``; anything else is its own name, revision unknown."""
+    if not name_or_path:
+        return None, None
+    parts = Path(name_or_path).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/"), parts[-1]
+    return name_or_path, None
+
+
 class FamilyAdapter:
     model_types: tuple[str, ...] = ()
     family: str = ""
@@ -177,6 +189,33 @@ class FamilyAdapter:
         """The declared capability to score this family's ViT attention (VisionZip, VScan); None: not offered."""
         return None
 
+    @property
+    def vision_depth(self) -> int | None:
+        """Blocks of the vision tower; None where a family does not say (its VIP layer indices are then unchecked)."""
+        return None
+
+    def vit_layer_range(self) -> tuple[int, int] | None:
+        """Valid ``vip_visual_layers`` indices as [low, high): block outputs 0..depth-1 unless a family differs."""
+        return None if self.vision_depth is None else (0, self.vision_depth)
+
+    def base_record(self, vision_hidden_size: int) -> dict:
+        """What ``glimpse_config.json`` records about the base model, checked when modules are attached again."""
+        config, text = self.model.config, self.text_config
+        span = self.vit_layer_range()
+        name, revision = hub_identity(str(config.name_or_path))
+        return dict(
+            name_or_path=name,
+            revision=revision,
+            family=self.family,
+            model_type=config.model_type,
+            hidden_size=text.hidden_size,
+            num_layers=text.num_hidden_layers,
+            num_heads=text.num_attention_heads,
+            vision_hidden_size=vision_hidden_size,
+            vision_depth=self.vision_depth,
+            vit_layer_range=None if span is None else list(span),
+        )
+
     # ---- shared machinery ------------------------------------------------------------------------------------
     def build_glimpse_config(self, overrides: dict, **family_defaults) -> GlimpsePruneConfig:
         """A GlimpsePruneConfig sized from the LLM's text config: family defaults, then the caller's overrides
@@ -191,6 +230,8 @@ class FamilyAdapter:
         )
         fields.update(family_defaults)
         fields.update(overrides)
+        if "base_model" not in overrides:
+            fields["base_model"] = self.base_record(fields["vision_hidden_size"])
         return GlimpsePruneConfig(**fields)
 
     @staticmethod

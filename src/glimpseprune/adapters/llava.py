@@ -87,6 +87,15 @@ class LlavaAdapter(FamilyAdapter):
         n = self.vision_config.num_hidden_layers + 1  # hidden_states has depth + 1 entries
         return layer % n
 
+    @property
+    def vision_depth(self) -> int:
+        return self.vision_config.num_hidden_layers
+
+    def vit_layer_range(self) -> tuple[int, int]:
+        # VIP conditions index CLIP's hidden_states (depth + 1 entries, 0 = embeddings), negative from the end
+        n = self.vision_depth + 1
+        return (-n, n)
+
     def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
         text, vision = self.model.config.text_config, self.vision_config
         vit_layers = _PUBLISHED_VIT_LAYERS.get(vision.num_hidden_layers)

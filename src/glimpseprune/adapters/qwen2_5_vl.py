@@ -171,6 +171,10 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
     def merge_size(self) -> int:
         return self.model.config.vision_config.spatial_merge_size
 
+    @property
+    def vision_depth(self) -> int:
+        return self.model.config.vision_config.depth
+
     def default_glimpse_config(self, **overrides) -> GlimpsePruneConfig:
         text, vision = self.model.config.text_config, self.model.config.vision_config
         depth = vision.depth

@@ -15,9 +15,12 @@ Rules this module enforces (docs/method.md §14.1 and §18, rows 7 and 8):
 * **Never a training reward.** Do not use the same judge (model and prompt) as a reward for RL: the GlimpsePrune+
   reference did, and a policy optimised against its evaluator learns the evaluator, which inflates its scores.
 
-Failures never raise: a malformed reply or an HTTP error (after retries) scores 0 with ``ok=False`` and is counted
-in :attr:`LLMJudge.stats`, so one bad request does not abort a 9,000-item evaluation, and the counts show whether
-the run is trustworthy.
+Failures are failures, never a score: a malformed reply, an HTTP error or a timeout (after retries) gives a result
+with ``ok=False`` (``score`` 0 there means nothing) and is counted in :attr:`LLMJudge.stats`; the runner's scorer
+raises :class:`JudgeFailure`, so the evaluation stores the row's judge score as missing with the error, keeps going
+(one bad request does not abort a 9,000-item evaluation) and asks again on resume. Neither failures nor replies
+without a score are cached. Every attempt has an overall ``deadline`` (connect + send + whole reply): the socket
+``timeout`` alone bounds each read, so a server trickling a byte at a time would otherwise hold a run forever.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import os
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
+import http.client
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +66,16 @@ def parse_score(reply: str) -> float | None:
     if match is None:
         return None
     return min(1.0, max(0.0, float(match.group(1))))
+
+
+class JudgeFailure(Exception):
+    """The judge gave no verdict (HTTP error, timeout, deadline, reply without a score): not a score of 0."""
+
+
+class _HTTPStatus(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"HTTP {code}: {reason}")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ class LLMJudge:
         api_key: str | None = None,
         api_key_env: str | None = None,
         timeout: float = 30,
+        deadline: float = 120,
         max_retries: int = 2,
         prompt_version: str = "v1",
         max_tokens: int = 32,
@@ -113,11 +128,14 @@ class LLMJudge:
                 raise ValueError(f"environment variable {api_key_env!r} holding the judge API key is not set")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not deadline > 0 or not timeout > 0:
+            raise ValueError(f"timeout and deadline must be positive seconds, got {timeout} and {deadline}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.prompt_version = prompt_version
         self.template = load_prompt(prompt_version)
         self.timeout = timeout
+        self.deadline = deadline
         self.max_retries = max_retries
         self.max_tokens = max_tokens
         self.seed = seed
@@ -157,22 +175,28 @@ class LLMJudge:
             if raw is None:
                 self._count("errors")
                 return JudgeResult(score=0.0, raw="", cached=False, ok=False, error=error)
-            self._store(key, raw)
         value = parse_score(raw)
         if value is None:
             self._count("malformed")
             return JudgeResult(score=0.0, raw=raw, cached=cached, ok=False, error="no 'score: <number>' in reply")
+        if not cached:
+            self._store(key, raw)  # only verdicts: a reply without a score is asked again next time
         return JudgeResult(score=value, raw=raw, cached=cached, ok=True)
 
     def as_scorer(self):
-        """A scorer ``f(prediction, references, question="") -> float``, the maximum over the references.
+        """A scorer ``f(prediction, references, question="") -> float``, the maximum over the references; raises
+        :class:`JudgeFailure` when any verdict is missing.
 
         It has the shape of the string scorers plus a ``question`` keyword; its ``needs_question`` attribute tells a
         runner to pass it, and ``metadata`` carries the judge's identity for the results file.
         """
 
         def judge_scorer(prediction: str, references: str | list[str], question: str = "") -> float:
-            return max(self.score(question, ref, prediction).score for ref in _as_list(references))
+            results = [self.score(question, ref, prediction) for ref in _as_list(references)]
+            failed = [r.error for r in results if not r.ok]
+            if failed:  # a missing verdict could have been the maximum: the item has no judge score
+                raise JudgeFailure(failed[0])
+            return max(r.score for r in results)
 
         judge_scorer.needs_question = True
         judge_scorer.metadata = self.metadata
@@ -213,13 +237,12 @@ class LLMJudge:
             self._count("requests")
             try:
                 return self._post(prompt), None
-            except urllib.error.HTTPError as e:
-                e.close()
-                error = f"HTTP {e.code}: {e.reason}"
+            except _HTTPStatus as e:
+                error = str(e)
                 if e.code < 500 and e.code != 429:
                     break
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as e:  # network, timeout, bad JSON/shape
-                error = f"{type(e).__name__}: {e}"
+            except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException) as e:
+                error = f"{type(e).__name__}: {e}"  # network, timeout, deadline, bad JSON/shape
         return None, error
 
     def _post(self, prompt: str) -> str:
@@ -234,11 +257,41 @@ class LLMJudge:
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(
-            f"{self.base_url}/chat/completions", data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.load(response)
+        url = urllib.parse.urlsplit(f"{self.base_url}/chat/completions")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"judge URL must be http(s)://host[:port]/..., got {self.base_url!r}")
+        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = kind(url.hostname, url.port, timeout=self.timeout)
+        expired = threading.Event()
+
+        def cut() -> None:  # the deadline: shutting the socket down wakes a read blocked in another thread
+            expired.set()
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.deadline, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            path = url.path + (f"?{url.query}" if url.query else "")
+            conn.request("POST", path, body=json.dumps(body).encode("utf-8"), headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            if expired.is_set():
+                raise TimeoutError(f"no complete reply within the {self.deadline:g} s deadline")
+            if response.status >= 400:
+                raise _HTTPStatus(response.status, response.reason)
+        except (OSError, http.client.HTTPException) as err:
+            if expired.is_set():
+                raise TimeoutError(f"no complete reply within the {self.deadline:g} s deadline") from err
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+        payload = json.loads(data)
         content = payload["choices"][0]["message"]["content"]
         if not isinstance(content, str):
             raise TypeError(f"reply content is {type(content).__name__}, not text")

@@ -150,6 +150,7 @@ class JudgeSpec:
     api_key_env: str | None = None
     prompt_version: str = "v1"
     timeout: float = 30
+    deadline: float = 120  # overall seconds per request attempt (the timeout bounds each socket read only)
     max_retries: int = 2
 
     def hash_key(self) -> dict:
@@ -160,7 +161,8 @@ class JudgeSpec:
 
         cache_dir = self.cache_dir if self.cache_dir is not None else str(Path(output_dir) / "judge_cache")
         return LLMJudge(self.base_url, self.model, cache_dir=cache_dir, api_key_env=self.api_key_env,
-                        timeout=self.timeout, max_retries=self.max_retries, prompt_version=self.prompt_version)
+                        timeout=self.timeout, deadline=self.deadline, max_retries=self.max_retries,
+                        prompt_version=self.prompt_version)
 
 
 @dataclass
@@ -288,17 +290,56 @@ def check_datasets_exist(specs: list[str]) -> None:
 # ---- per-sample work -----------------------------------------------------------------------------------------
 
 
+# What summarize() and the resume need from a stored row, with the types they rely on.
+_ROW_FIELDS = {"id": (str, int), "method": str, "budget": str, "task": str, "answer": str, "scores": dict,
+               "kept_ratio": (int, float), "visual_tokens_total": int, "visual_tokens_kept": int}
+
+
+def check_row(row, path: Path, line_no: int) -> None:
+    """A stored prediction row has the fields and types the summary reads; anything else names file and line."""
+    from ..errors import ConfigError
+
+    where = f"{path}:{line_no}"
+    if not isinstance(row, dict):
+        raise ConfigError(f"predictions file line {line_no} is a JSON {type(row).__name__}, not a row object", where)
+    missing = [k for k in _ROW_FIELDS if k not in row]
+    if missing:
+        raise ConfigError(f"predictions file line {line_no} lacks {missing}; not a row this runner wrote "
+                          "(delete the line or the file to evaluate those items again)", where)
+    for key, kind in _ROW_FIELDS.items():
+        value = row[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(f"predictions file line {line_no}: {key} is {value!r}", where)
+    for name, value in row["scores"].items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"predictions file line {line_no}: score {name!r} is {value!r}", where)
+
+
 def read_done(path: Path) -> dict[str, dict]:
-    """Records already in a predictions file, by id. A torn last line (killed run) is ignored."""
+    """Rows already in a predictions file, by id, each checked (``check_row``). A torn row (killed run) is ignored;
+    any other undecodable line is an error naming the file and line. Rows with a scorer failure (the LLM
+    judge gave no verdict) are not done: their items are evaluated again, and the newer row wins."""
+    from ..errors import ConfigError
+
     done = {}
     if not path.is_file():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"predictions file is not UTF-8 text ({err})", path) from None
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as err:
+            if line.startswith('{"id": ') and not line.rstrip().endswith("}"):
+                continue  # a row cut short by a kill mid-write (rows start with their id); appends go on below it
+            raise ConfigError(f"predictions file line {i + 1} is not valid JSON ({err.msg})", f"{path}:{i + 1}") from None
+        check_row(row, path, i + 1)
+        if row.get("failures"):
+            done.pop(str(row["id"]), None)
             continue
         done[str(row["id"])] = row
     return done
@@ -338,6 +379,19 @@ def _score(fn, prediction: str, refs: list[str], question: str) -> float:
     if getattr(fn, "needs_question", False):
         return float(fn(prediction, refs, question=question))
     return float(fn(prediction, refs))
+
+
+def _scores(scorers: dict, prediction: str, refs: list[str], question: str) -> tuple[dict, dict]:
+    """(name -> score, name -> error): a judge that gave no verdict stores None and its error, never a 0."""
+    from .judge import JudgeFailure
+
+    scores, failures = {}, {}
+    for name, fn in scorers.items():
+        try:
+            scores[name] = _score(fn, prediction, refs, question)
+        except JudgeFailure as err:
+            scores[name], failures[name] = None, str(err)
+    return scores, failures
 
 
 def build_scorers(config: EvalConfig):
@@ -391,6 +445,7 @@ def evaluate_batch(model, records: list[Record], method: str, budget: Budget, co
         prediction = text.strip()
         refs = references_for(record)
         retention = state.sample_retention(b)  # every cut stage, so multi-stage baselines are counted right
+        scores, failures = _scores(scorers, prediction, refs, record.question)
         rows.append({
             "id": record.id,
             "dataset": record.dataset or dataset,
@@ -401,7 +456,7 @@ def evaluate_batch(model, records: list[Record], method: str, budget: Budget, co
             "answer": prediction,
             "reference": record.answer,
             "references": refs,
-            "scores": {name: _score(fn, prediction, refs, record.question) for name, fn in scorers.items()},
+            "scores": scores,
             "visual_tokens_total": sample.total,
             "visual_tokens_kept": sample.kept,
             "kept_ratio": sample.ratio,
@@ -418,6 +473,8 @@ def evaluate_batch(model, records: list[Record], method: str, budget: Budget, co
             "batch_prefill_seconds": out.prefill_seconds,
             "batch_decode_seconds": out.decode_seconds,
         })
+        if failures:  # only then: rows without failures stay exactly as before
+            rows[-1]["failures"] = failures
     return rows
 
 

@@ -128,17 +128,21 @@ def attention_on_boxes(model, processor, val, seed: int = 0) -> dict:
 
 
 def probe_accuracy(directory, model, processor, val) -> dict | None:
-    """Object-cell accuracy of the checkpoint's dense probe (None without ``state.pt``)."""
+    """Object-cell accuracy of the checkpoint's dense probe (None without ``state.json``)."""
     import torch
     from torch import nn
 
     from .pretrain_data import Collator
     from .probes import N_COLOURS, N_SHAPES, rms_normalised
 
-    state_file = Path(directory) / "state.pt"
-    if not state_file.is_file():
+    from ..state_io import load_state, refuse_pickle, state_exists
+
+    stem = Path(directory) / "state"
+    if not state_exists(stem):
+        if (Path(directory) / "state.pt").is_file():
+            raise refuse_pickle(Path(directory) / "state.pt", "pretrain state")  # older versions pickled it
         return None
-    state = torch.load(state_file, weights_only=False)
+    state = load_state(stem)
     head = nn.Linear(model.config.text_config.hidden_size, N_COLOURS + 2 * N_SHAPES)
     head.load_state_dict(state["aux_head"])
     batch = Collator(processor)(val)

@@ -352,6 +352,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     from transformers import AutoModelForImageTextToText
 
     from ..processing import load_processor
+    from ..state_io import load_state, refuse_pickle, save_state, state_exists
 
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -363,10 +364,12 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     probes = TrainingProbes.create(cfg.model.text_hidden)
     aux_head, rel_head, rel_null, aux_scale = probes.aux_head, probes.rel_head, probes.rel_null, probes.aux_scale
     state = None
-    if cfg.resume and (ckpt / "state.pt").is_file():
+    if cfg.resume and (ckpt / "state.pt").is_file() and not state_exists(ckpt / "state"):
+        raise refuse_pickle(ckpt / "state.pt", "pretrain state")  # older versions pickled it: never unpickled
+    if cfg.resume and state_exists(ckpt / "state"):
         model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.float32)
         processor = load_processor(ckpt, model.config.model_type)
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        state = load_state(ckpt / "state")  # safetensors + JSON: a planted checkpoint cannot run code
         aux_head.load_state_dict(state["aux_head"])
         if "rel_head" in state:
             rel_head.load_state_dict(state["rel_head"])
@@ -407,10 +410,10 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         tmp = out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_model(model, processor, tmp)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        save_state({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "aux_head": aux_head.state_dict(), "rel_head": rel_head.state_dict(), "rel_null": rel_null.detach(),
                     "aux_scale": aux_scale.detach(), "elapsed": elapsed, "history": history,
-                    "config": cfg.to_dict()}, tmp / "state.pt")
+                    "config": cfg.to_dict()}, tmp / "state")
         shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)
 

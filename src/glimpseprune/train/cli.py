@@ -43,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..errors import debug_requested, run_guarded
+
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="glimpseprune train", description=__doc__)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: run(args), debug, prog="glimpseprune train")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..adapters import adapter_class
-from ..processing import load_image, user_message
+from ..processing import encode_prompt, encode_user_text, load_image
 from .forward import IGNORE_INDEX
 
 
@@ -44,15 +44,14 @@ class Collator:
 
     def encode(self, record) -> dict:
         image = load_image(_get(record, "image"))
-        prompt = self.processor.apply_chat_template(
-            user_message(_get(record, "question")), add_generation_prompt=True, tokenize=False
-        )
-        enc = self.processor(text=[prompt], images=[image], return_tensors="pt", **self._image_kwargs())
-        ids = enc["input_ids"][0]
+        # dataset text is user text: its control strings stay characters (processing.encode_prompt)
+        per_token, enc = encode_prompt(self.processor, _get(record, "question"), [image], **self._image_kwargs())
+        ids = per_token["input_ids"]
         labels = torch.full_like(ids, IGNORE_INDEX)
         if self.with_answer:
-            answer = str(_get(record, "answer")).strip() + (self.tokenizer.eos_token or "")
-            ans = torch.tensor(self.tokenizer(answer, add_special_tokens=False)["input_ids"], dtype=ids.dtype)
+            answer = encode_user_text(self.tokenizer, str(_get(record, "answer")).strip())
+            eos = self.tokenizer.eos_token_id
+            ans = torch.tensor(answer + ([eos] if eos is not None else []), dtype=ids.dtype)
             ids = torch.cat([ids, ans])
             labels = torch.cat([labels, ans])
         out = {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"]}

@@ -7,7 +7,9 @@
 - Data order is ours: a seeded permutation per epoch, sharded by rank (remainder dropped so ranks stay in step).
   That makes resume exact: a checkpoint at optimiser step s skips s·grad_accum micro-batches of the epoch.
 - Checkpoints: ``<output_dir>/checkpoint-<step>/`` = ``glimpse_config.json`` + ``glimpse.safetensors`` (the
-  inference format, via ``save_modules``) + ``trainer_state.pt`` (optimiser, scheduler, step, per-rank RNG).
+  inference format, via ``save_modules``) + ``trainer_state.{json,safetensors}`` (optimiser, scheduler, step) and
+  ``rng_state_<rank>.{json,safetensors}`` (per-rank RNG), written by ``state_io`` without pickle: a checkpoint
+  folder from elsewhere cannot run code on resume. Old pickled ``.pt`` states are refused, never unpickled.
   The final modules go to ``<output_dir>/final/``. ``resume="auto"`` picks the newest complete checkpoint.
 """
 
@@ -28,13 +30,15 @@ from torch import nn
 from ..checkpoint import save_modules
 from ..config import GlimpsePruneConfig
 from ..policy import KeepPolicy
+from ..state_io import load_state, refuse_pickle, save_state, state_exists
 from .boxfree import BoxFreeConfig, boxfree_losses
 from .collate import Collator, model_inputs
 from .forward import training_forward
 from .losses import loc_loss, mask_stats
 from .validate import validate
 
-STATE_NAME = "trainer_state.pt"
+STATE_NAME = "trainer_state.json"  # + trainer_state.safetensors; the JSON is written last (marks completion)
+LEGACY_STATE_NAME = "trainer_state.pt"  # pickled by older versions: refused, never loaded
 
 
 @dataclass
@@ -85,13 +89,19 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
-        text = Path(path).read_text()
+        from ..errors import ConfigError, read_json
+
         if str(path).endswith((".yaml", ".yml")):
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as err:
+                raise ConfigError(f"training config is not valid YAML: {err}", path) from None
         else:
-            data = json.loads(text)
+            data = read_json(path, "training config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"training config must be a mapping, got {type(data).__name__}", path)
         data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys
         for item in overrides or []:
             key, sep, value = item.partition("=")
@@ -261,9 +271,25 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[in
     return perm[rank * per_rank:(rank + 1) * per_rank]
 
 
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(path.name.split("-", 1)[1])
+    except ValueError:
+        return -1
+
+
 def find_checkpoint(output_dir: Path) -> Path | None:
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    """The newest complete checkpoint; an old pickled one newer than it is refused rather than skipped (skipping it
+    would silently restart the run)."""
+    candidates = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) >= 0]
+    done = [p for p in candidates if state_exists(p / STATE_NAME)]
+    legacy = [p for p in candidates if (p / LEGACY_STATE_NAME).is_file() and p not in done]
+    newest = max(done, key=_checkpoint_step) if done else None
+    if legacy:
+        old = max(legacy, key=_checkpoint_step)
+        if newest is None or _checkpoint_step(old) > _checkpoint_step(newest):
+            raise refuse_pickle(old / LEGACY_STATE_NAME, "trainer state")
+    return newest
 
 
 class Stage1Trainer:
@@ -322,7 +348,7 @@ class Stage1Trainer:
             directory.mkdir(parents=True, exist_ok=True)
             save_modules(directory, self.gp_config, self.module.glimpse, self.module.vip)
         self.acc.wait_for_everyone()
-        torch.save(rng, directory / f"rng_state_{self.acc.process_index}.pt")
+        save_state(rng, directory / f"rng_state_{self.acc.process_index}")
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             state = {
@@ -332,8 +358,7 @@ class Stage1Trainer:
                 "config": self.cfg.to_dict(),
                 "world_size": self.acc.num_processes,
             }
-            torch.save(state, directory / (STATE_NAME + ".tmp"))
-            os.replace(directory / (STATE_NAME + ".tmp"), directory / STATE_NAME)  # complete only once written
+            save_state(state, directory / STATE_NAME)  # complete only once its JSON is renamed into place
             self._prune_checkpoints()
         self.acc.wait_for_everyone()
         return directory
@@ -342,34 +367,58 @@ class Stage1Trainer:
         keep = self.cfg.keep_checkpoints
         if not keep:
             return
-        done = sorted((p for p in self.output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()),
-                      key=lambda p: int(p.name.split("-")[1]))
+        done = sorted((p for p in self.output_dir.glob("checkpoint-*")
+                       if _checkpoint_step(p) >= 0 and state_exists(p / STATE_NAME)), key=_checkpoint_step)
         import shutil
 
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
     def load(self, directory: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        from ..checkpoint import WEIGHTS_NAME, load_state
+        from ..checkpoint import WEIGHTS_NAME, load_weights
+        from ..checkpoint import load_state as load_modules_state
 
         directory = Path(directory)
-        load_state(self.module.glimpse, self.module.vip, load_file(str(directory / WEIGHTS_NAME)))
-        state = torch.load(directory / STATE_NAME, map_location="cpu", weights_only=False)
+        if not state_exists(directory / STATE_NAME):
+            if (directory / LEGACY_STATE_NAME).is_file():
+                raise refuse_pickle(directory / LEGACY_STATE_NAME, "trainer state")
+            raise FileNotFoundError(2, "no trainer state (trainer_state.json + .safetensors) in checkpoint",
+                                    str(directory))
+        load_modules_state(self.module.glimpse, self.module.vip, load_weights(directory / WEIGHTS_NAME))
+        state = load_state(directory / STATE_NAME)
         if state.get("world_size", 1) != self.acc.num_processes:
             print(f"[train] warning: checkpoint written by {state.get('world_size')} processes, resuming on "
                   f"{self.acc.num_processes}: the data order changes", flush=True)
         self._raw_optimizer().load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        rng_file = directory / f"rng_state_{self.acc.process_index}.pt"
-        if rng_file.is_file():
-            rng = torch.load(rng_file, weights_only=False)
+        rng_file = directory / f"rng_state_{self.acc.process_index}"
+        if (directory / f"rng_state_{self.acc.process_index}.pt").is_file() and not state_exists(rng_file):
+            raise refuse_pickle(directory / f"rng_state_{self.acc.process_index}.pt", "RNG state")
+        if state_exists(rng_file):
+            rng = load_state(rng_file)
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _drop_logged_after(self, step: int) -> None:
+        """Keep ``log.jsonl`` one record per step: the steps after the checkpoint are redone, so their records (and
+        a line torn by the kill) go; the file is replaced atomically."""
+        path = self.output_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
 
     def _raw_optimizer(self):
         return getattr(self.optimizer, "optimizer", self.optimizer)
@@ -383,6 +432,7 @@ class Stage1Trainer:
             if ckpt is not None:
                 self.load(ckpt)
                 if acc.is_main_process:
+                    self._drop_logged_after(self.step)
                     print(f"[train] resumed from {ckpt} at step {self.step}", flush=True)
         self.module.train()
         if cfg.val_every and not self.val_records and acc.is_main_process:

@@ -21,12 +21,14 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=6, help="number of test scenes (default 6)")
-    parser.add_argument("--out", default="glimpseprune_demo", help="output folder (default ./glimpseprune_demo)")
-    parser.add_argument("--seed", type=int, default=0, help="benchmark seed of the scenes (default 0)")
-    parser.add_argument("--offset", type=int, default=0, help="start at this test item (default 0)")
+    from .cli import add_deprecated_alias, add_quiet_argument
     from .data.scenes import LAYOUTS
 
+    parser.add_argument("--n", type=int, default=6, help="number of test scenes")
+    parser.add_argument("--output", default="glimpseprune_demo", help="output folder")
+    add_deprecated_alias(parser, "--out", "--output", dest="output")
+    parser.add_argument("--seed", type=int, default=0, help="benchmark seed of the scenes")
+    parser.add_argument("--offset", type=int, default=0, help="start at this test item")
     parser.add_argument("--layout", default="default", choices=sorted(LAYOUTS),
                         help="scene layout: default (3-6 objects, what the mini model trained on) or dense "
                              "(12-14 objects, where question-blind pruners lose the referenced object)")
@@ -34,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--glimpse", help="GlimpsePrune modules folder (default: the embedded ones)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_quiet_argument(parser)
 
 
 def _png_b64(image) -> str:
@@ -55,15 +58,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--n must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .cli import progress_bars
+
     t_start = time.perf_counter()
-    if args.model:
-        model = GlimpsePrune.from_pretrained(args.model, args.glimpse, device="cpu")
-        description = args.model
-    else:
-        model, description = assets.default_model(device="cpu", glimpse=args.glimpse)
+    with progress_bars(not args.quiet):
+        if args.model:
+            model = GlimpsePrune.from_pretrained(args.model, args.glimpse, device="cpu")
+            description = args.model
+        else:
+            model, description = assets.default_model(device="cpu", glimpse=args.glimpse)
     if model.glimpse is None:
         raise ValueError("the model has no GlimpsePrune modules: pass --glimpse")
-    out_dir = Path(args.out)
+    out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = generate_items(args.offset + args.n, seed=args.seed, split="test", layout=args.layout)[args.offset:]
     # One untimed warm-up call, so the first scene's timings are not the interpreter's first-call costs.

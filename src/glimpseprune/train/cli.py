@@ -14,7 +14,9 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config (JSON or YAML), see configs/train/")
+    parser.add_argument("--config", required=True,
+                        help="training config (JSON or YAML): a file, or a shipped name such as "
+                             "train/tiny_offline.json (list them: glimpseprune configs)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--no-validate", action="store_true", help="skip the held-out pass after training")
 
@@ -24,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from .trainer import Stage1Trainer, TrainConfig
     from .validate import validate
 
-    cfg = TrainConfig.from_file(args.config, args.overrides)
+    from ..shipped_configs import resolve
+
+    cfg = TrainConfig.from_file(resolve(args.config), args.overrides)
     trainer = Stage1Trainer(cfg)
     acc = trainer.acc
     print(f"[train] process {acc.process_index}/{acc.num_processes} on {acc.device}: "

@@ -23,7 +23,7 @@ def test_top_level_help_lists_every_subcommand_with_its_full_summary(capsys):
     for name, (_module, _add, _run, summary) in SUBCOMMANDS.items():
         assert f" {name} " in text
         assert " ".join(summary.split()) in text  # the whole sentence, not a docstring cut mid-line
-    assert {"answer", "demo", "eval", "bench", "train", "pretrain-mini", "configs"} <= set(SUBCOMMANDS)
+    assert {"answer", "demo", "ui", "eval", "bench", "train", "pretrain-mini", "configs"} <= set(SUBCOMMANDS)
     assert "glimpseprune.assets.default_model()" in text
 
 
@@ -35,19 +35,21 @@ def test_version(capsys):
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = ("import sys, time; t = time.perf_counter()\n"
+    # CPU seconds (process_time), not wall time: a loaded shared machine must not fail the test
+    code = ("import sys, time; t = time.process_time()\n"
             "from glimpseprune.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('SECONDS', time.perf_counter() - t, 'TORCH', 'torch' in sys.modules, 'TRANSFORMERS', "
+            "print('SECONDS', time.process_time() - t, 'TORCH', 'torch' in sys.modules, 'TRANSFORMERS', "
             "'transformers' in sys.modules)")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     wall = time.perf_counter() - start
     words = out.split()
     assert words[words.index("TORCH") + 1] == "False" and words[words.index("TRANSFORMERS") + 1] == "False"
-    # in-process cost of building and printing the help; generous bound for a loaded CI machine (measured ~0.03 s)
-    assert float(words[words.index("SECONDS") + 1]) < 1.0
-    assert wall < 10.0  # whole interpreter start included
+    # in-process CPU cost of importing the CLI and printing the help (measured 0.03 s); importing torch alone
+    # costs over 1 s of CPU, so this bound also catches a heavy import sneaking in
+    assert float(words[words.index("SECONDS") + 1]) < 0.5
+    assert wall < 20.0  # whole interpreter start included, generous for a loaded machine
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
@@ -58,7 +60,8 @@ def test_every_subcommand_help_works_and_shows_defaults(capsys, name):
     expected_default = {"answer": "--max-new-tokens MAX_NEW_TOKENS default: 64",
                         "demo": "number of test scenes (default: 6)",
                         "eval": "(default: exact_match)", "bench": "--batch-sizes BATCH_SIZES default: 1,8,32",
-                        "pretrain-mini": None, "train": None, "configs": None}[name]
+                        "pretrain-mini": None, "train": None, "configs": None,
+                        "ui": "--port PORT default: 7860"}[name]
     if expected_default:
         assert expected_default in text
 

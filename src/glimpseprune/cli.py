@@ -20,6 +20,8 @@ SUBCOMMANDS = {
                "answer a question about images with pruning; print kept tokens and timings, draw the kept tokens"),
     "demo": ("glimpseprune.demo", "add_arguments", "run",
              "unpruned vs GlimpsePrune on benchmark scenes, written as a self-contained HTML report"),
+    "ui": ("glimpseprune.ui", "add_arguments", "run",
+           "browser demo (Gradio, extra [ui]): your image or a benchmark scene, both answers, kept tokens"),
     "eval": ("glimpseprune.eval.cli", "add_eval_arguments", "run_eval",
              "accuracy of methods x budgets on record / benchmark files, with paired tests and resume"),
     "bench": ("glimpseprune.eval.cli", "add_bench_arguments", "run_bench",
@@ -33,7 +35,7 @@ SUBCOMMANDS = {
 }
 
 EPILOG = """\
-With no --model, answer / demo / eval / bench use the embedded mini model (a 2 M-parameter Qwen2.5-VL that only
+With no --model, answer / demo / ui / eval / bench use the embedded mini model (a 2 M-parameter Qwen2.5-VL that only
 knows glimpse-shapes scenes); in Python: glimpseprune.assets.default_model().
 Examples:
   glimpseprune demo                                   # HTML report in ./glimpseprune_demo

@@ -23,7 +23,12 @@ def get_method(name: str, model, **options) -> PruneMethod:
     return _REGISTRY[name](model, **options)
 
 
-__all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method"]
+def method_names() -> list[str]:
+    """The registered baselines' names, sorted (``glimpse`` and ``none`` are built in)."""
+    return sorted(_REGISTRY)
+
+
+__all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method", "method_names"]
 
 # Baselines (issue #7): each file registers itself with @register_method on import.
 from . import cdpruner, divprune, downsample, fastv, pyramiddrop, random, visionzip, vscan  # noqa: E402,F401

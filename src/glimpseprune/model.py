@@ -116,11 +116,47 @@ class GlimpsePrune:
             g, v = build_modules(config)
         return GlimpsePrune(self.model, self.processor, config, g, v)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Save the GlimpsePrune modules (not the base model) as safetensors + glimpse_config.json."""
+    def save_pretrained(self, directory: str | os.PathLike, *, training: dict | None = None,
+                        metrics: dict | None = None, repo_id: str | None = None) -> Path:
+        """Save the GlimpsePrune modules (not the base model) as safetensors + glimpse_config.json, with a model card
+        (README.md: base model, K, VIP size, and the ``training`` facts / measured ``metrics`` when given)."""
+        from .hub import write_model_card
+
         if self.glimpse is None:
             raise ValueError("this model has no GlimpsePrune modules to save")
-        return save_modules(directory, self.config, self.glimpse, self.vip)
+        directory = save_modules(directory, self.config, self.glimpse, self.vip)
+        write_model_card(directory, self.config, self.glimpse, self.vip, base_model=self.base_model_name,
+                         training=training, metrics=metrics, repo_id=repo_id)
+        return directory
+
+    def push_to_hub(self, repo_id: str, *, training: dict | None = None, metrics: dict | None = None, **kwargs):
+        """Upload the modules and their card to the Hugging Face hub (``huggingface_hub``; ``kwargs``: token, private,
+        commit_message, revision, api). Returns the commit info."""
+        from .hub import push_modules
+
+        return push_modules(self, repo_id, training=training, metrics=metrics, **kwargs)
+
+    @property
+    def base_model_name(self) -> str | None:
+        """Where the base model was loaded from (hub id or folder), as transformers recorded it; None if unknown."""
+        return self.model.config.name_or_path or None
+
+    # ---- device and dtype, like a transformers model --------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, *args, **kwargs) -> "GlimpsePrune":
+        """Move / cast the base model and the modules together (``torch.nn.Module.to`` arguments); returns self."""
+        self.model.to(*args, **kwargs)
+        if self.glimpse is not None:
+            self.glimpse.to(*args, **kwargs)
+            self.vip.to(*args, **kwargs)
+        return self
 
     # ---- inference -------------------------------------------------------------------------------------------
     def policy(self, threshold=None, max_keep_ratio=..., min_keep=None, per_image=None) -> KeepPolicy:

@@ -255,7 +255,10 @@ def decode(
     input_ids: torch.Tensor,
     params: GenerationParams,
     generator: torch.Generator | None = None,
+    on_token=None,
 ) -> Decoded:
+    """Greedy / sampled decoding on the pruned cache. ``on_token(ids [bs])`` is called with every step's tokens as
+    soon as they are chosen (how ``generate(streamer=...)`` streams)."""
     device = pre.logits.device
     _sync(device)
     start = time.perf_counter()
@@ -283,6 +286,8 @@ def decode(
         if eos is not None and params.pad_token_id is not None:
             token = torch.where(unfinished, token, torch.full_like(token, params.pad_token_id))
         out.append(token)
+        if on_token is not None:
+            on_token(token)
         history = torch.cat([history, token[:, None]], dim=1)
         if eos is not None:
             unfinished &= ~torch.isin(token, eos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -202,10 +203,18 @@ class GlimpsePrune:
         min_keep: int | None = None,
         per_image: bool | None = None,
         generator: torch.Generator | None = None,
+        generation_config=None,
+        streamer=None,
         **kwargs,
     ) -> GenerateOutput:
         """Generate with pruning. ``kwargs``: processor outputs (input_ids, pixel_values, ...) and generation
-        options (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id, ...)."""
+        options (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id, ...).
+
+        Like transformers' ``generate``: ``generation_config`` (a ``transformers.GenerationConfig``) replaces the
+        model's own, and keyword options override it; ``streamer`` (e.g. ``TextStreamer`` /
+        ``TextIteratorStreamer``) gets ``put(input_ids)``, then ``put(tokens)`` at every step, then ``end()``.
+        Greedy decoding and sampling only: beam search (``num_beams`` > 1) and several sequences per prompt are
+        refused with an error."""
         gen = {k: kwargs.pop(k) for k in list(kwargs) if k in _GENERATION_KEYS}
         inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_INPUT_KEYS}
         if kwargs:
@@ -216,10 +225,25 @@ class GlimpsePrune:
         chosen = self.method(method, keep_masks, prune_layer, **policy_kwargs)
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        params = GenerationParams.resolve(self.model.generation_config, **gen)
+        if generation_config is not None:
+            beams = {k: getattr(generation_config, k, 1) or 1 for k in ("num_beams", "num_return_sequences")}
+            if any(v != 1 for v in beams.values()):
+                raise ValueError(f"unsupported generation options in generation_config: {beams} (GlimpsePrune "
+                                 "decodes greedily or by sampling; beam search is not supported)")
+            # transformers' precedence: keyword options > the given config > the model's own config (for the
+            # fields the given config leaves unset, e.g. eos_token_id)
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.update(**self.model.generation_config.to_dict(), defaults_only=True,
+                                     allow_custom_entries=True)
+        params = GenerationParams.resolve(generation_config or self.model.generation_config, **gen)
         batch = self.adapter.prepare(inputs, chosen.vit_layers if chosen is not None else None)
         pre = prefill(self.adapter, batch, chosen)
-        dec = decode(self.adapter, pre, batch.input_ids, params, generator)
+        if streamer is not None:
+            streamer.put(inputs["input_ids"].cpu())
+        on_token = (lambda tokens: streamer.put(tokens.cpu())) if streamer is not None else None
+        dec = decode(self.adapter, pre, batch.input_ids, params, generator, on_token=on_token)
+        if streamer is not None:
+            streamer.end()
         return GenerateOutput(
             sequences=torch.cat([inputs["input_ids"], dec.tokens], dim=1),
             pruning=pre.pruning,

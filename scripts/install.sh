@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv with everything the project needs (CPU torch pinned first, so pip never pulls a CUDA wheel).
-# Idempotent: re-running only installs what is missing. Usage: scripts/install.sh [extras], default "test,eval,ui".
+# Idempotent: re-running only installs what is missing. Usage: scripts/install.sh [extras], default "test,eval,ui,tensorboard".
 # With the ui extra it also installs Debian's chromium (as root, via apt-get) for the browser test of
 # `glimpseprune ui` (tests/test_ui.py): Playwright drives that system browser, it downloads none of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-test,eval,ui}"
+extras="${1:-test,eval,ui,tensorboard}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -82,6 +82,9 @@ class TrainConfig:
     resume: str | None = "auto"  # "auto", a checkpoint folder, or None
     progress: bool = True
     num_workers: int = 0
+    # accelerate experiment trackers for the logged metrics, e.g. "tensorboard" (event files under
+    # <output_dir>/trackers/) or ["tensorboard", "wandb"]; None: log.jsonl only
+    report_to: str | list[str] | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
@@ -261,6 +264,11 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[in
     return perm[rank * per_rank:(rank + 1) * per_rank]
 
 
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """The run's config as trackers accept it (TensorBoard hparams: numbers, strings and booleans only)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in asdict(cfg).items()}
+
+
 def find_checkpoint(output_dir: Path) -> Path | None:
     done = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()]
     return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
@@ -275,7 +283,9 @@ class Stage1Trainer:
         # does not depend on accelerate's internal micro-step counter (which restarts at 0 after a resume).
         # cpu=True without CUDA: under `accelerate launch --multi_gpu` (torchrun) the processes then join a gloo
         # group (accelerate's own --cpu launcher starts a single process unless mpirun is used).
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+                                              log_with=cfg.report_to or None,
+                                              project_dir=str(Path(cfg.output_dir) / "trackers"))
         self.output_dir = Path(cfg.output_dir)
         if self.acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -385,6 +395,8 @@ class Stage1Trainer:
                 if acc.is_main_process:
                     print(f"[train] resumed from {ckpt} at step {self.step}", flush=True)
         self.module.train()
+        if cfg.report_to:
+            acc.init_trackers("stage1", config=_tracker_config(cfg))
         if cfg.val_every and not self.val_records and acc.is_main_process:
             print("[train] warning: val_every is set but there are no validation records: no held-out passes",
                   flush=True)
@@ -469,8 +481,15 @@ class Stage1Trainer:
                 f.write(json.dumps(record) + "\n")
             if not self.cfg.progress:
                 print(f"[train] {json.dumps(record)}", flush=True)
+            self._track(record)
         self.acc.wait_for_everyone()
         return record
+
+    def _track(self, record: dict) -> None:
+        """The numbers of a log.jsonl record to the accelerate trackers (``report_to``), at its optimiser step."""
+        if self.cfg.report_to:
+            self.acc.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                          and not isinstance(v, bool)}, step=record["step"])
 
     def _scalars(self, parts: dict, batch: dict) -> dict:
         out = {k: float(v.detach()) for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
@@ -494,3 +513,4 @@ class Stage1Trainer:
                 f.write(json.dumps(record) + "\n")
             if not self.cfg.progress:
                 print(f"[train] {json.dumps(record)}", flush=True)
+            self._track(record)

@@ -91,7 +91,7 @@ def test_bench_defaults_to_the_mini_model_and_quiet_silences_weight_loading(tmp_
         pytest.fail("the embedded mini model is missing from this install")
     out = tmp_path / "bench"
     assert main(["bench", "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--new-tokens", "2",
-                 "--image-size", "224x224", "--no-plots", "--output", str(out), "--device", "cpu"]) == 0
+                 "--image-size", "224x224", "--no-plots", "--memory", "off", "--output", str(out), "--device", "cpu"]) == 0
     captured = capfd.readouterr()
     assert "mini:" in (out / "bench.json").read_text()  # the run hash names the embedded mini model
     assert "Loading weights" in captured.err  # transformers' bar is on by default...

@@ -55,9 +55,16 @@ def server(mini_model):
     _require("gradio")
     from glimpseprune.ui import build_app
 
-    model, description = mini_model
+    import torch
+
     from glimpseprune.ui import offline_theme
 
+    model, description = mini_model
+    # One intra-op thread per request: with several, two requests answered at once share torch's thread pool and
+    # the float reduction order can change, which can flip a token whose VIP score sits at the threshold (seen: 10
+    # vs 11 kept). With one, concurrent answers must equal sequential ones exactly, which is what is tested here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     app = build_app(model, description, max_new_tokens=4)
     port = _free_port()
     app.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
@@ -66,6 +73,7 @@ def server(mini_model):
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+        torch.set_num_threads(threads)
 
 
 def _expected(model, image, question, method="glimpse", budget=1.0):

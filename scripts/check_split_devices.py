@@ -27,7 +27,7 @@ def main() -> int:
     from glimpseprune import GlimpsePrune
     from glimpseprune.methods import get_method
     from glimpseprune.processing import build_inputs
-    from glimpseprune.tiny import tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+    from glimpseprune.testing.tiny import tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
 
     images = [Image.new("RGB", (308, 196), (200, 40, 40)), Image.new("RGB", (168, 280), (40, 40, 200))]
     questions = ["is there a red circle?", "what colour is the shape in the image?"]

@@ -11,7 +11,7 @@ from glimpseprune.adapters.base import hub_identity
 from glimpseprune.checkpoint import load_modules
 from glimpseprune.config import GlimpsePruneConfig
 from glimpseprune.errors import ConfigError
-from glimpseprune.tiny import TinyQwenSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+from glimpseprune.testing.tiny import TinyQwenSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
 
 
 def test_saved_config_records_its_base(gp, tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from glimpseprune.policy import KeepPolicy
 from glimpseprune.processing import build_inputs
-from glimpseprune.tiny import tiny_llava, tiny_qwen2_5_vl
+from glimpseprune.testing.tiny import tiny_llava, tiny_qwen2_5_vl
 
 BOUNDED = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

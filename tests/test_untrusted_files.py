@@ -44,7 +44,7 @@ def marker(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_trainer():
     from glimpseprune.data.scenes import all_texts
-    from glimpseprune.tiny import tiny_qwen2_5_vl
+    from glimpseprune.testing.tiny import tiny_qwen2_5_vl
     from glimpseprune.train.trainer import Stage1Trainer
 
     from .train.conftest import make_records, train_config

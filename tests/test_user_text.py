@@ -9,7 +9,7 @@ from PIL import Image
 
 from glimpseprune import GlimpsePrune
 from glimpseprune.processing import build_inputs, user_message
-from glimpseprune.tiny import tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
+from glimpseprune.testing.tiny import tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl
 
 BUILDERS = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen2_vl": tiny_qwen2_vl, "llava": tiny_llava}
 INJECTIONS = [

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 MINI_DIR = Path(__file__).parent / "assets" / "mini"
+MINI_LABEL = "embedded mini model (glimpseprune/assets/mini): a 2 M-parameter Qwen2.5-VL for glimpse-shapes scenes only"
 TINY_RANDOM_LABEL = "tiny random Qwen2.5-VL with untrained GlimpsePrune modules (mechanics only: answers are gibberish)"
 
 
@@ -25,8 +26,7 @@ def default_model(device: str | None = "cpu", glimpse: str | None = None, **plac
         model = GlimpsePrune.from_pretrained(MINI_DIR / "base", glimpse or MINI_DIR / "glimpse", device=device,
                                              **placement)
         # Say what it is every time, with its measured accuracy: a toy model must not pass for a general answerer.
-        return model, ("embedded mini model (glimpseprune/assets/mini): a 2 M-parameter Qwen2.5-VL for glimpse-shapes "
-                       "scenes only, 93.4 % exact match on its test split, see its MODEL_CARD.md")
+        return model, MINI_LABEL + ", 93.4 % exact match on its test split, see its MODEL_CARD.md"
     from .testing.tiny import tiny_qwen2_5_vl  # only when the shipped mini model is absent
 
     if placement:

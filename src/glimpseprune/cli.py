@@ -1,12 +1,14 @@
-"""``glimpseprune`` command line: answer, demo, train, eval, bench.
+"""``glimpseprune`` command line.
 
-Each subcommand's heavy imports happen only when it runs; ``train``/``eval``/``bench``/``demo`` live in their own
-modules and are attached here by name.
+``glimpseprune --help`` lists the subcommands from the table below without importing any of them (so without torch);
+only the subcommand that runs (or whose ``--help`` is asked for) is imported and gets its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import importlib
 import json
 import sys
@@ -14,30 +16,118 @@ from pathlib import Path
 
 from .cli_placement import add_placement_arguments  # the split-model options (docs/scaling.md)
 
-# name -> (module, add-arguments function, run function)
-_SUBCOMMANDS = {
-    "train": ("glimpseprune.train.cli", "add_arguments", "run"),
-    "train-plus": ("glimpseprune.train.plus", "add_arguments", "run"),
-    "eval": ("glimpseprune.eval.cli", "add_eval_arguments", "run_eval"),
-    "bench": ("glimpseprune.eval.cli", "add_bench_arguments", "run_bench"),
-    "demo": ("glimpseprune.demo", "add_arguments", "run"),
-    "pretrain-mini": ("glimpseprune.mini.pretrain", "add_arguments", "run"),
+# name -> (module, add-arguments function, run function, one-line summary shown by `glimpseprune --help`)
+SUBCOMMANDS = {
+    "answer": ("glimpseprune.cli", "add_answer_arguments", "cmd_answer",
+               "answer a question about images with pruning; print kept tokens and timings, draw the kept tokens"),
+    "demo": ("glimpseprune.demo", "add_arguments", "run",
+             "unpruned vs GlimpsePrune on benchmark scenes, written as a self-contained HTML report"),
+    "ui": ("glimpseprune.ui", "add_arguments", "run",
+           "browser demo (Gradio, extra [ui]): your image or a benchmark scene, both answers, kept tokens"),
+    "eval": ("glimpseprune.eval.cli", "add_eval_arguments", "run_eval",
+             "accuracy of methods x budgets on record / benchmark files, with paired tests and resume"),
+    "bench": ("glimpseprune.eval.cli", "add_bench_arguments", "run_bench",
+              "efficiency benchmark: prefill, decode, KV length and peak memory vs unpruned, per batch size"),
+    "train": ("glimpseprune.train.cli", "add_arguments", "run",
+              "stage-1 training of the glimpse token and VIP on a frozen VLM (accelerate)"),
+    "train-plus": ("glimpseprune.train.plus", "add_arguments", "run",
+                   "GlimpsePrune+ stage 2: GRPO with a LoRA on pruned rollouts, then the modules retrained"),
+    "pretrain-mini": ("glimpseprune.mini.pretrain", "add_arguments", "run",
+                      "pretrain the embedded mini Qwen2.5-VL from scratch on CPU (glimpse-shapes records)"),
+    "configs": ("glimpseprune.shipped_configs", "add_arguments", "run",
+                "list the training / accelerate configs shipped with the package, or print one"),
 }
+
+EPILOG = """\
+With no --model, answer / demo / ui / eval / bench use the embedded mini model (a 2 M-parameter Qwen2.5-VL that only
+knows glimpse-shapes scenes); in Python: glimpseprune.assets.default_model().
+Examples:
+  glimpseprune demo                                   # HTML report in ./glimpseprune_demo
+  glimpseprune answer --image photo.png --question "what colour is the triangle?"
+  glimpseprune answer --model Qwen/Qwen2.5-VL-7B-Instruct --glimpse DIR_OR_ID --image photo.jpg --question "..."
+  glimpseprune <command> --help                       # that command's options and defaults
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (like ArgumentDefaultsHelpFormatter) unless it says nothing: None, False, or a
+    default the help text already states."""
+
+    @staticmethod
+    def _shows_default(action) -> bool:
+        default = action.default
+        return not (default is None or default is False or default is argparse.SUPPRESS or default == []
+                    or not action.option_strings or "default" in (action.help or ""))
+
+    def _format_action(self, action):
+        if not action.help and self._shows_default(action):  # argparse prints nothing for a help-less option
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+            return super()._format_action(action)
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        if self._shows_default(action):
+            return f"{action.help} (default: %(default)s)"
+        return action.help
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option name kept working: it sets the new option's value and warns once on stderr."""
+
+    def __init__(self, option_strings, dest, new_name: str = "", **kwargs):
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated, use {self.new_name}", file=sys.stderr)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    parser.add_argument(old, dest=dest, action=DeprecatedAlias, new_name=new, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, **kwargs)
+
+
+def add_quiet_argument(parser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (weight loading, evaluation) and fewer status lines")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """Silence transformers' / huggingface_hub's progress bars (e.g. 'Loading weights') inside the block when not
+    ``enabled``; restores the previous setting afterwards (no global state left behind)."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="base VLM: local folder or hub id (default: the embedded mini model)")
     p.add_argument("--glimpse", help="GlimpsePrune modules: folder or hub id (our format or the reference format)")
-    p.add_argument("--lora", help="GlimpsePrune+ LoRA adapter folder, merged before the modules are attached")
+    p.add_argument("--adapter", help="GlimpsePrune+ PEFT LoRA adapter folder, merged before the modules are attached")
+    add_deprecated_alias(p, "--lora", "--adapter", dest="adapter")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
 
 
 def add_policy_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="glimpse", help="glimpse (default), none, or a registered baseline")
-    p.add_argument("--threshold", type=float, default=None, help="keep tokens with probability above this (0.5)")
+    p.add_argument("--method", default="glimpse", help="glimpse, none, or a registered baseline")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="keep tokens with probability above this (default: the modules' config, 0.5)")
     p.add_argument("--max-keep-ratio", type=float, default=None, help="cap on the kept fraction of visual tokens")
-    p.add_argument("--min-keep", type=int, default=None, help="always keep at least this many visual tokens (1)")
+    p.add_argument("--min-keep", type=int, default=None,
+                   help="always keep at least this many visual tokens (default: the modules' config, 1)")
     p.add_argument("--per-image", action="store_true", help="apply cap and floor to every image separately")
 
 
@@ -64,12 +154,12 @@ def load_model(args):
     dtype = parse_dtype(args.dtype)
     if not args.model:
         # the embedded model runs in float32; refuse options that would otherwise be silently ignored
-        if args.lora:
-            raise UserError("--lora needs --model (the embedded mini model has no GlimpsePrune+ adapter)")
+        if args.adapter:
+            raise UserError("--adapter needs --model (the embedded mini model has no GlimpsePrune+ adapter)")
         if args.dtype != "auto":
             raise UserError("--dtype needs --model (the embedded mini model always runs in float32)")
     if args.model:
-        model = GlimpsePrune.from_pretrained(args.model, args.glimpse, dtype=dtype, device=device, adapter=args.lora,
+        model = GlimpsePrune.from_pretrained(args.model, args.glimpse, dtype=dtype, device=device, adapter=args.adapter,
                                              **placement)
         return model, args.model
     from . import assets
@@ -108,23 +198,40 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device}: MPS is not available on this machine; use --device cpu")
 
 
+def add_answer_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    add_placement_arguments(p)
+    add_policy_arguments(p)
+    p.add_argument("--image", action="append", help="image file (repeat for several images; default: a built-in "
+                                                     "benchmark scene when --model is not given)")
+    p.add_argument("--question", help="the question (default with the built-in scene: 'what colour is the triangle?')")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--output", default="kept_tokens.png", help="PNG with the kept tokens drawn ('' to skip)")
+    add_deprecated_alias(p, "--out", "--output", dest="output")
+    p.add_argument("--json", action="store_true", help="also print a JSON line with the full result (no progress "
+                                                       "bars)")
+    add_quiet_argument(p)
+
+
 def cmd_answer(args) -> int:
     from .errors import UserError
     from .processing import load_image
-    from .viz import draw_kept_tokens
+    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens
 
-    if args.out and Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a directory; give a .png file path ('' to skip the drawing)")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"--output {args.output} is a directory; give a .png file path ('' to skip the drawing)")
     if args.question is not None and not args.question.strip():
         raise UserError("--question is empty; ask something (or leave --question out for the built-in example)")
 
-    model, description = load_model(args)
+    with progress_bars(not (args.quiet or args.json)):
+        model, description = load_model(args)
     images = [load_image(p) for p in args.image] if args.image else []
     if not images and not args.model:
         from . import assets
 
         images = [assets.example_image()]
-        print("no --image given: using a built-in example scene")
+        if not args.quiet:
+            print("no --image given: using a built-in example scene")
     question = args.question or ("what colour is the triangle?" if not args.image else None)
     if not question:
         raise UserError("--question is required with --image")
@@ -143,16 +250,19 @@ def cmd_answer(args) -> int:
         for i, im in enumerate(sample.images):
             print(f"  image {i}: grid {im.grid[0]}x{im.grid[1]}, kept {im.kept} / {im.total}")
     print(f"prefill {1000 * out.prefill_seconds:.1f} ms, decode {out.decode_ms_per_token:.1f} ms/token "
-          f"({out.new_tokens} tokens), KV length after prefill {state.kv_lengths[0]}")
-    if images and args.out:
+          f"({out.new_tokens} tokens), KV length after prefill {state.kv_lengths[0]} (single run, first call "
+          "included: `glimpseprune bench` measures medians)")
+    if images and args.output:
         letterbox = model.adapter.letterboxes_images
         paths = []
         for i, (image, pruned) in enumerate(zip(images, sample.images)):
-            path = Path(args.out)
+            path = Path(args.output)
             if len(images) > 1:
                 path = path.with_name(f"{path.stem}_{i}{path.suffix}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            draw_kept_tokens(image, pruned, letterbox).save(path)
+            caption = (f"{KEPT_TOKENS_CAPTION}; kept {pruned.kept}/{pruned.total} after layer {state.prune_layer}, "
+                       f"method {state.method}")
+            draw_kept_tokens(image, pruned, letterbox, caption=caption).save(path)
             paths.append(str(path))
         print(f"kept tokens drawn: {', '.join(paths)}")
     if args.json:
@@ -161,27 +271,39 @@ def cmd_answer(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glimpseprune", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("answer", help="answer a question about images, with pruning")
-    add_model_arguments(p)
-    add_placement_arguments(p)
-    add_policy_arguments(p)
-    p.add_argument("--image", action="append", help="image file (repeat for several images)")
-    p.add_argument("--question", help="the question")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--out", default="kept_tokens.png", help="PNG with the kept tokens drawn ('' to skip)")
-    p.add_argument("--json", action="store_true", help="also print a JSON line with the full result")
-    p.set_defaults(func=cmd_answer)
-    for name, (module, add_fn, run_fn) in _SUBCOMMANDS.items():
+def _version() -> str:
+    from . import __version__
+
+    return f"glimpseprune {__version__}"
+
+
+def _selected_command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), or None."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every subcommand is listed, only the one named in ``argv`` is imported and gets its
+    arguments (``argv=None``: sys.argv)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="glimpseprune", formatter_class=HelpFormatter, epilog=EPILOG,
+        description="GlimpsePrune: question-aware visual-token pruning for vision-language models (transformers).")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    selected = _selected_command(argv)
+    for name, (module, add_fn, run_fn, summary) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+        if name != selected:
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError as err:
-            missing = sub.add_parser(name, help=f"(unavailable: {err})")
-            missing.set_defaults(func=lambda _args, err=err, name=name: _unavailable(name, err))
+            p.set_defaults(func=lambda _args, err=err, name=name: _unavailable(name, err))
             continue
-        p = sub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
         getattr(mod, add_fn)(p)
         p.set_defaults(func=getattr(mod, run_fn))
     return parser
@@ -199,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import debug_requested, run_guarded
 
     debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
-    return run_guarded(lambda: args.func(args), debug)
+    args = build_parser(argv).parse_args(argv)
+    return run_guarded(lambda: int(args.func(args) or 0), debug)
 
 
 if __name__ == "__main__":

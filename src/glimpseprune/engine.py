@@ -301,7 +301,10 @@ def decode(
     params: GenerationParams,
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
+    on_token=None,
 ) -> Decoded:
+    """Greedy / sampled decoding on the pruned cache. ``on_token(ids [bs])`` is called with every step's tokens as
+    soon as they are chosen (how ``generate(streamer=...)`` streams)."""
     device = pre.logits.device
     _sync(device)
     start = time.perf_counter()
@@ -332,6 +335,8 @@ def decode(
         out.append(token)
         if return_logprobs:
             logprobs.append(torch.log_softmax(scores.float(), dim=-1).gather(1, token[:, None]).squeeze(1))
+        if on_token is not None:
+            on_token(token)
         history = torch.cat([history, token[:, None]], dim=1)
         if eos is not None:
             unfinished &= ~torch.isin(token, eos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,11 +162,47 @@ class GlimpsePrune:
             g, v = build_modules(config)
         return GlimpsePrune(self.model, self.processor, config, g, v)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Save the GlimpsePrune modules (not the base model) as safetensors + glimpse_config.json."""
+    def save_pretrained(self, directory: str | os.PathLike, *, training: dict | None = None,
+                        metrics: dict | None = None, repo_id: str | None = None) -> Path:
+        """Save the GlimpsePrune modules (not the base model) as safetensors + glimpse_config.json, with a model card
+        (README.md: base model, K, VIP size, and the ``training`` facts / measured ``metrics`` when given)."""
+        from .hub import write_model_card
+
         if self.glimpse is None:
             raise ValueError("this model has no GlimpsePrune modules to save")
-        return save_modules(directory, self.config, self.glimpse, self.vip)
+        directory = save_modules(directory, self.config, self.glimpse, self.vip)
+        write_model_card(directory, self.config, self.glimpse, self.vip, base_model=self.base_model_name,
+                         training=training, metrics=metrics, repo_id=repo_id)
+        return directory
+
+    def push_to_hub(self, repo_id: str, *, training: dict | None = None, metrics: dict | None = None, **kwargs):
+        """Upload the modules and their card to the Hugging Face hub (``huggingface_hub``; ``kwargs``: token, private,
+        commit_message, revision, api). Returns the commit info."""
+        from .hub import push_modules
+
+        return push_modules(self, repo_id, training=training, metrics=metrics, **kwargs)
+
+    @property
+    def base_model_name(self) -> str | None:
+        """Where the base model was loaded from (hub id or folder), as transformers recorded it; None if unknown."""
+        return self.model.config.name_or_path or None
+
+    # ---- device and dtype, like a transformers model --------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, *args, **kwargs) -> "GlimpsePrune":
+        """Move / cast the base model and the modules together (``torch.nn.Module.to`` arguments); returns self."""
+        self.model.to(*args, **kwargs)
+        if self.glimpse is not None:
+            self.glimpse.to(*args, **kwargs)
+            self.vip.to(*args, **kwargs)
+        return self
 
     # ---- inference -------------------------------------------------------------------------------------------
     def policy(self, threshold=None, max_keep_ratio=..., min_keep=None, per_image=None) -> KeepPolicy:
@@ -216,10 +253,18 @@ class GlimpsePrune:
         min_keep: int | None = None,
         per_image: bool | None = None,
         generator: torch.Generator | None = None,
+        generation_config=None,
+        streamer=None,
         **kwargs,
     ) -> GenerateOutput:
         """Generate with pruning. ``kwargs``: processor outputs (input_ids, pixel_values, ...) and generation
-        options (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id, ...)."""
+        options (max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty, eos_token_id, ...).
+
+        Like transformers' ``generate``: ``generation_config`` (a ``transformers.GenerationConfig``) replaces the
+        model's own, and keyword options override it; ``streamer`` (e.g. ``TextStreamer`` /
+        ``TextIteratorStreamer``) gets ``put(input_ids)``, then ``put(tokens)`` at every step, then ``end()``.
+        Greedy decoding and sampling only: beam search (``num_beams`` > 1) and several sequences per prompt are
+        refused with an error."""
         gen = {k: kwargs.pop(k) for k in list(kwargs) if k in _GENERATION_KEYS}
         inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_INPUT_KEYS}
         if kwargs:
@@ -231,10 +276,25 @@ class GlimpsePrune:
         chosen = self.method(method, keep_masks, prune_layer, **policy_kwargs)
         device = execution_device(self.model, self.model.get_input_embeddings())
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        params = GenerationParams.resolve(self.model.generation_config, **gen)
+        if generation_config is not None:
+            beams = {k: getattr(generation_config, k, 1) or 1 for k in ("num_beams", "num_return_sequences")}
+            if any(v != 1 for v in beams.values()):
+                raise ValueError(f"unsupported generation options in generation_config: {beams} (GlimpsePrune "
+                                 "decodes greedily or by sampling; beam search is not supported)")
+            # transformers' precedence: keyword options > the given config > the model's own config (for the
+            # fields the given config leaves unset, e.g. eos_token_id)
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.update(**self.model.generation_config.to_dict(), defaults_only=True,
+                                     allow_custom_entries=True)
+        params = GenerationParams.resolve(generation_config or self.model.generation_config, **gen)
         batch = self.adapter.prepare(inputs, chosen.vit_layers if chosen is not None else None)
         pre = prefill(self.adapter, batch, chosen)
-        dec = decode(self.adapter, pre, batch.input_ids, params, generator)
+        if streamer is not None:
+            streamer.put(inputs["input_ids"].cpu())
+        on_token = (lambda tokens: streamer.put(tokens.cpu())) if streamer is not None else None
+        dec = decode(self.adapter, pre, batch.input_ids, params, generator, on_token=on_token)
+        if streamer is not None:
+            streamer.end()
         return GenerateOutput(
             sequences=torch.cat([inputs["input_ids"], dec.tokens.to(device)], dim=1),
             pruning=pre.pruning,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from PIL import Image, ImageDraw
+import textwrap
+
+from PIL import Image, ImageDraw, ImageFont
 
 from .prune_state import ImagePruning
+
+KEPT_TOKENS_CAPTION = "kept visual tokens outlined in yellow, dropped ones darkened"
 
 
 def token_cells(width: int, height: int, grid: tuple[int, int], letterbox: bool = False):
@@ -26,8 +30,9 @@ def token_cells(width: int, height: int, grid: tuple[int, int], letterbox: bool 
     ]
 
 
-def draw_kept_tokens(image: Image.Image, pruning: ImagePruning, letterbox: bool = False) -> Image.Image:
-    """The image with dropped tokens darkened and kept tokens outlined."""
+def draw_kept_tokens(image: Image.Image, pruning: ImagePruning, letterbox: bool = False,
+                     caption: str | None = None) -> Image.Image:
+    """The image with dropped tokens darkened and kept tokens outlined; ``caption`` is written in a strip below."""
     base = image.convert("RGB")
     shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(shade)
@@ -37,4 +42,20 @@ def draw_kept_tokens(image: Image.Image, pruning: ImagePruning, letterbox: bool 
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 215, 0, 255), width=max(1, base.width // 300))
         else:
             draw.rectangle([x0, y0, x1, y1], fill=(0, 0, 0, 150))
-    return Image.alpha_composite(base.convert("RGBA"), shade).convert("RGB")
+    drawn = Image.alpha_composite(base.convert("RGBA"), shade).convert("RGB")
+    return add_caption(drawn, caption) if caption else drawn
+
+
+def add_caption(image: Image.Image, caption: str) -> Image.Image:
+    """``image`` with ``caption`` in black on a white strip below it, wrapped to the image width."""
+    size = max(11, image.width // 32)
+    font = ImageFont.load_default(size=size)
+    char_width = max(1.0, font.getlength("abcdefghijklmnopqrstuvwxyz") / 26)
+    lines = textwrap.wrap(caption, width=max(10, int((image.width - 8) / char_width)))
+    line_height = size + 4
+    out = Image.new("RGB", (image.width, image.height + line_height * len(lines) + 6), "white")
+    out.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((4, image.height + 3 + i * line_height), line, fill="black", font=font)
+    return out

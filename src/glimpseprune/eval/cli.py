@@ -15,10 +15,10 @@ import sys
 
 def _add_model_arguments(parser: argparse.ArgumentParser, config_only: bool) -> None:
     group = parser.add_argument_group("model")
-    # eval defaults to the embedded mini model, like `answer` and `demo`; bench needs a model named explicitly.
-    source = group.add_mutually_exclusive_group(required=config_only)
-    source.add_argument("--model", help="base VLM: local folder or hub id (GlimpsePrune.from_pretrained)"
-                        + ("" if config_only else "; default: the embedded mini model (glimpse-shapes only)"))
+    # eval and bench default to the embedded mini model, like `answer` and `demo`.
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--model", help="base VLM: local folder or hub id (GlimpsePrune.from_pretrained); "
+                        "default: the embedded mini model (glimpse-shapes only)")
     source.add_argument("--tiny", action="store_true",
                         help="the tiny offline random Qwen2.5-VL with fresh (untrained) modules: mechanics only")
     if config_only:
@@ -44,6 +44,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, config_only: bool) -> 
         from ..cli_placement import add_placement_arguments
 
         add_placement_arguments(parser)
+    from ..cli import add_quiet_argument
+
+    add_quiet_argument(group)
 
 
 def _device(args) -> str:
@@ -68,6 +71,13 @@ def _dtype(name: str):
 
 def load_model(args):
     """(GlimpsePrune, model id string for run hashes) from the model options."""
+    from ..cli import progress_bars
+
+    with progress_bars(not getattr(args, "quiet", False)):
+        return _load_model(args)
+
+
+def _load_model(args):
     import torch
 
     from ..model import GlimpsePrune
@@ -200,7 +210,7 @@ def eval_config_from_args(args, model_id: str):
         datasets=specs, methods=_csv_list(args.methods), budgets=budgets, scorers=_csv_list(args.scorers),
         output_dir=args.output, model_id=model_id, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         short_answer=args.short_answer, root=args.image_root, seed=args.data_seed, limit=args.limit,
-        prune_layer=args.prune_layer, progress=not args.no_progress, judge=judge_spec_from_args(args),
+        prune_layer=args.prune_layer, progress=not (args.no_progress or args.quiet), judge=judge_spec_from_args(args),
         same_k_control=not getattr(args, "no_same_k_control", False),
     )
 
@@ -253,7 +263,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser, config_only=True)
     b = parser.add_argument_group("benchmark")
     b.add_argument("--method", default="glimpse", help="the pruning method compared against 'none'")
-    b.add_argument("--keep-ratio", type=float, default=0.1, help="fixed kept ratio after K (cap, threshold 0)")
+    b.add_argument("--max-keep-ratio", dest="keep_ratio", metavar="RATIO", type=float, default=0.1,
+                   help="kept fraction of visual tokens after K (a cap; with threshold 0 it fixes the kept count)")
+    from ..cli import add_deprecated_alias
+
+    add_deprecated_alias(b, "--keep-ratio", "--max-keep-ratio", dest="keep_ratio", type=float)
     b.add_argument("--threshold", type=float, default=0.0,
                    help="keep threshold (default 0: the cap alone fixes the kept count)")
     b.add_argument("--batch-sizes", default="1,8,32")

@@ -23,7 +23,12 @@ def get_method(name: str, model, **options) -> PruneMethod:
     return _REGISTRY[name](model, **options)
 
 
-__all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method"]
+def method_names() -> list[str]:
+    """The registered baselines' names, sorted (``glimpse`` and ``none`` are built in)."""
+    return sorted(_REGISTRY)
+
+
+__all__ = ["PruneMethod", "SelectContext", "Selection", "FixedKeep", "GlimpsePruneMethod", "register_method", "get_method", "method_names"]
 
 
 

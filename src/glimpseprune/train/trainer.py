@@ -86,6 +86,9 @@ class TrainConfig:
     resume: str | None = "auto"  # "auto", a checkpoint folder, or None
     progress: bool = True
     num_workers: int = 0
+    # accelerate experiment trackers for the logged metrics, e.g. "tensorboard" (event files under
+    # <output_dir>/trackers/) or ["tensorboard", "wandb"]; None: log.jsonl only
+    report_to: str | list[str] | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
@@ -278,6 +281,11 @@ def _checkpoint_step(path: Path) -> int:
         return -1
 
 
+def _tracker_config(cfg: TrainConfig) -> dict:
+    """The run's config as trackers accept it (TensorBoard hparams: numbers, strings and booleans only)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in asdict(cfg).items()}
+
+
 def find_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint; an old pickled one newer than it is refused rather than skipped (skipping it
     would silently restart the run)."""
@@ -301,7 +309,9 @@ class Stage1Trainer:
         # does not depend on accelerate's internal micro-step counter (which restarts at 0 after a resume).
         # cpu=True without CUDA: under `accelerate launch --multi_gpu` (torchrun) the processes then join a gloo
         # group (accelerate's own --cpu launcher starts a single process unless mpirun is used).
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+                                              log_with=cfg.report_to or None,
+                                              project_dir=str(Path(cfg.output_dir) / "trackers"))
         self.output_dir = Path(cfg.output_dir)
         if self.acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -435,6 +445,8 @@ class Stage1Trainer:
                     self._drop_logged_after(self.step)
                     print(f"[train] resumed from {ckpt} at step {self.step}", flush=True)
         self.module.train()
+        if cfg.report_to:
+            acc.init_trackers("stage1", config=_tracker_config(cfg))
         if cfg.val_every and not self.val_records and acc.is_main_process:
             print("[train] warning: val_every is set but there are no validation records: no held-out passes",
                   flush=True)
@@ -519,8 +531,15 @@ class Stage1Trainer:
                 f.write(json.dumps(record) + "\n")
             if not self.cfg.progress:
                 print(f"[train] {json.dumps(record)}", flush=True)
+            self._track(record)
         self.acc.wait_for_everyone()
         return record
+
+    def _track(self, record: dict) -> None:
+        """The numbers of a log.jsonl record to the accelerate trackers (``report_to``), at its optimiser step."""
+        if self.cfg.report_to:
+            self.acc.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                          and not isinstance(v, bool)}, step=record["step"])
 
     def _scalars(self, parts: dict, batch: dict) -> dict:
         out = {k: float(v.detach()) for k, v in parts.items() if torch.is_tensor(v) and v.dim() == 0}
@@ -544,3 +563,4 @@ class Stage1Trainer:
                 f.write(json.dumps(record) + "\n")
             if not self.cfg.progress:
                 print(f"[train] {json.dumps(record)}", flush=True)
+            self._track(record)

@@ -118,7 +118,7 @@ def test_malformed_json_names_its_file(glimpse_copy, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["--dtype", "bogus", "--model", str(BASE)], "--dtype must be one of"),
     (["--dtype", "bogus"], "--dtype must be one of"),
-    (["--lora", "/nonexistent"], "--lora needs --model"),
+    (["--lora", "/nonexistent"], "--adapter needs --model"),
     (["--question", ""], "--question is empty"),
     (["--question", "   "], "--question is empty"),
 ])

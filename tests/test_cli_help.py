@@ -60,7 +60,7 @@ def test_every_subcommand_help_works_and_shows_defaults(capsys, name):
     expected_default = {"answer": "--max-new-tokens MAX_NEW_TOKENS default: 64",
                         "demo": "number of test scenes (default: 6)",
                         "eval": "(default: exact_match)", "bench": "--batch-sizes BATCH_SIZES default: 1,8,32",
-                        "pretrain-mini": None, "train": None, "configs": None,
+                        "pretrain-mini": None, "train": None, "train-plus": None, "configs": None,
                         "ui": "--port PORT default: 7860"}[name]
     if expected_default:
         assert expected_default in text

@@ -37,6 +37,7 @@ RECIPES = {
     "glimpseprune.mini.evaluate_plus": "mini model: GlimpsePrune+ evaluation driver",
     "glimpseprune.train.plus": "GlimpsePrune+ training (Run A, merge, Run B), command line",
     "glimpseprune.train.rl_trainer": "GlimpsePrune+ Run A driver (GRPO on accelerate)",
+    "glimpseprune.ui": "the browser demo (glimpseprune ui)",
 }
 # benchmarks/ and tests/ are outside the package: nothing in it may import them.
 FIXTURE_PREFIXES = ("glimpseprune.tiny", "glimpseprune.testing", "tests")

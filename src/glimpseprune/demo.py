@@ -8,6 +8,9 @@ GlimpsePrune answer and the answer with *random* tokens kept at the same cut lay
 GlimpsePrune kept (:func:`glimpseprune.methods.random.same_count_control`: what the selection is worth), how many
 visual tokens GlimpsePrune kept, the KV length, and the prefill and decode times of the unpruned and GlimpsePrune
 runs (batch size 1, medians over ``--repeats`` runs after an untimed warm-up). A section measures what pruning
+buys at a batch of all the scenes (KV length, prefill, decode per step; medians with min-max), with the load average
+noted. The report (``index.html``, images embedded as base64 PNG, every image captioned) and the captioned PNGs
+(scene with the ground-truth boxes; kept tokens drawn over it) go to the output folder, with ``results.json``."""
 
 from __future__ import annotations
 

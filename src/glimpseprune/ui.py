@@ -82,7 +82,7 @@ def ask(model, image, question: str, method: str, max_keep_ratio: float, max_new
         "`glimpseprune bench` measures medians over repeats.",
     ])
     caption = f"{KEPT_TOKENS_CAPTION}; {sample.kept}/{sample.total} kept, method {state.method}"
-    letterbox = model.adapter.family == "llava"
+    letterbox = model.adapter.letterboxes_images
     return Answers(full_text, text, kept, timings, draw_kept_tokens(image, sample.images[0], letterbox, caption))
 
 

@@ -27,6 +27,7 @@ import torch
 
 from ..adapters.base import FamilyAdapter, PreparedBatch
 from ..engine import GenerationParams, Prefill, decode, prefill
+from ..layer_loop import DecoderSequence, run_layers
 from ..methods import FixedKeep, PruneMethod
 
 KEEP_SOURCES = ("vip", "boxes")
@@ -176,10 +177,9 @@ def completion_logprobs(adapter: FamilyAdapter, r: Rollout) -> torch.Tensor:
         # decode extends the mask with ones for every row (finished rows included), so the replay does the same
         am = torch.cat([pre.attention_mask, pre.attention_mask.new_ones(bs, steps - 1)], dim=1)
         h = adapter.embed_tokens(ids)
-        cos_sin = adapter.rope(h, pos)
-        mask = adapter.causal_mask(h, am, pre.cache, pos)
-        for i in range(adapter.num_layers):
-            h = adapter.run_layer(i, h, mask, cos_sin, pos, pre.cache)
+        cos, sin = adapter.rope(h, pos)
+        # the one decoder-layer loop, no hooks: all steps at once on the pruned cache (masks per layer type)
+        h = run_layers(adapter, DecoderSequence(h, pos, am, cos, sin, pre.cache)).hidden
         logits.append(adapter.lm_head(adapter.text_model.norm(h)).float())
     logits = torch.cat(logits, dim=1) / r.temperature
     return torch.log_softmax(logits, dim=-1).gather(2, r.completion[..., None]).squeeze(2)

@@ -46,15 +46,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _shape_on(hidden: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A zero-stride stand-in with ``hidden``'s shape and dtype on ``device``, for mask creation (which reads only
-    those): on a split model the hidden states sit on the last layer's device, the attention mask on the input
-    device (src/glimpseprune/placement.py)."""
-    if hidden.device == device:
-        return hidden
-    return hidden.new_zeros((), device=device).expand(hidden.shape)
-
-
 @dataclass
 class Prefill:
     logits: torch.Tensor  # [bs, V] next-token logits after the last prompt token

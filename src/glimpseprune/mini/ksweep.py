@@ -80,19 +80,10 @@ class SweepConfig:
 
     @classmethod
     def from_file(cls, path: str | None, overrides: list[str] | None = None) -> "SweepConfig":
-        from ..train.trainer import parse_value, set_dotted
+        from ..train.trainer import apply_overrides
 
         data = json.loads(Path(path).read_text()) if path else {}
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not key=value")
-            set_dotted(data, key.strip(), parse_value(value))
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown ksweep config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**apply_overrides(data, overrides, {f.name for f in fields(cls)}, "ksweep"))
 
 
 def base_dir(cfg: SweepConfig) -> Path:

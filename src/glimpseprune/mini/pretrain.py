@@ -233,18 +233,9 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, overrides: list[str] | None = None) -> "PretrainConfig":
-        from ..train.trainer import parse_value, set_dotted  # the same key=value syntax as `glimpseprune train`
+        from ..train.trainer import apply_overrides  # the same key=value syntax as `glimpseprune train`
 
-        data = json.loads(json.dumps(data))
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not key=value")
-            set_dotted(data, key.strip(), parse_value(value))
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown pretrain config keys: {sorted(unknown)}")
+        data = apply_overrides(json.loads(json.dumps(data)), overrides, {f.name for f in fields(cls)}, "pretrain")
         model = data.pop("model", {}) or {}
         unknown = set(model) - {f.name for f in fields(MiniModelSpec)}
         if unknown:

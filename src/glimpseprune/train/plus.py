@@ -31,19 +31,10 @@ import torch
 
 
 def load_config(path, overrides: list[str] | None = None) -> dict:
-    from .trainer import parse_value, set_dotted
+    from .trainer import apply_overrides
 
-    data = json.loads(Path(path).read_text())
-    data = {k: v for k, v in data.items() if not k.startswith("_")}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        set_dotted(data, key.strip(), parse_value(value))
-    unknown = set(data) - {"output_dir", "run_a", "run_b"}
-    if unknown:
-        raise ValueError(f"unknown GP+ config keys: {sorted(unknown)} (expected output_dir, run_a, run_b)")
-    return data
+    return apply_overrides(json.loads(Path(path).read_text()), overrides, {"output_dir", "run_a", "run_b"}, "GP+",
+                           hint=" (expected output_dir, run_a, run_b)")
 
 
 def run_a(rl_cfg, accelerator=None, gp=None, records=None, reward_fn=None):

@@ -105,17 +105,7 @@ class TrainConfig:
             data = read_json(path, "training config")
         if not isinstance(data, dict):
             raise ConfigError(f"training config must be a mapping, got {type(data).__name__}", path)
-        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"override {item!r} is not key=value")
-            set_dotted(data, key.strip(), parse_value(value))
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**apply_overrides(data, overrides, {f.name for f in fields(cls)}, "training"))
 
     def __post_init__(self):
         if self.mode not in ("box", "boxfree"):
@@ -142,6 +132,21 @@ def set_dotted(data: dict, key: str, value) -> None:
     for part in parts[:-1]:
         data = data.setdefault(part, {})
     data[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None, allowed, what: str, hint: str = "") -> dict:
+    """A config mapping with its "_comment" keys dropped and ``key=value`` overrides applied (dotted keys, JSON
+    values), refused if a top-level key is not in ``allowed`` — the one override syntax of every recipe's config."""
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        set_dotted(data, key.strip(), parse_value(value))
+    unknown = set(data) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {sorted(unknown)}{hint}")
+    return data
 
 
 class Trainable(nn.Module):

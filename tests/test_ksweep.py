@@ -47,6 +47,17 @@ def test_ksweep_recipe_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert ksweep.main(["--config", "configs/mini/ksweep.json", *overrides]) == 0
     assert json.loads((out / "ksweep.json").read_text())["rows"] == report["rows"]
     assert "[ksweep] train" not in capsys.readouterr().out.split("wrote")[1]
+    # --report-only rebuilds the same report from the cached measurements, training and measuring nothing
+    (out / "ksweep.json").unlink()
+    assert ksweep.main(["--config", "configs/mini/ksweep.json", "--report-only", *overrides]) == 0
+    assert json.loads((out / "ksweep.json").read_text())["rows"] == report["rows"]
+    printed = capsys.readouterr().out
+    assert "[ksweep] train" not in printed and "[ksweep] measure" not in printed
+    # ... and names what is missing instead of measuring it
+    (out / "box-k2" / "eval_test.json").unlink()
+    assert ksweep.main(["--config", "configs/mini/ksweep.json", "--report-only", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "box-k2/eval_test.json" in err and "Traceback" not in err
 
 
 def test_ksweep_config_errors():

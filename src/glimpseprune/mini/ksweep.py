@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -169,10 +170,12 @@ def unpruned_answers(cfg: SweepConfig, examples: list) -> dict[str, str]:
     return answers
 
 
-def measure_run(cfg: SweepConfig, mode: str, k: int, modules: Path, sets: dict[str, list]) -> dict:
+def measure_run(cfg: SweepConfig, mode: str, k: int, modules: Path, sets: dict[str, list],
+                cached_only: bool = False) -> dict:
     """{set name: evaluate() summary without rows}; each full report cached in the run folder. On the selection
     items the unpruned answers come from :func:`unpruned_answers` (no timing there); on the test items the three
-    methods run back to back on every batch, which is what the time ratios need."""
+    methods run back to back on every batch, which is what the time ratios need. ``cached_only``: never measure,
+    raise :class:`FileNotFoundError` naming the missing (or stale) report instead."""
     from ..model import GlimpsePrune
     from .evaluate import evaluate
 
@@ -186,6 +189,10 @@ def measure_run(cfg: SweepConfig, mode: str, k: int, modules: Path, sets: dict[s
             if report.get("cache_key") == key:
                 out[name] = {k_: v for k_, v in report.items() if k_ not in ("rows", "batch_timings")}
                 continue
+        if cached_only:
+            raise FileNotFoundError(f"{path}: no measurement of {run_name(mode, k)} on these {len(examples)} {name} "
+                                    "items (missing, or made with another n/seed/layout/batch size or older modules)"
+                                    "; run the sweep without --report-only")
         unpruned = unpruned_answers(cfg, examples) if name == "select" else None
         print(f"[ksweep] measure {run_name(mode, k)} on {len(examples)} {name} items", flush=True)
         if cfg.workers > 1:
@@ -358,13 +365,17 @@ def plot(report: dict, path: Path, item_set: str = "test") -> bool:
     return True
 
 
-def run_sweep(cfg: SweepConfig) -> dict:
+def run_sweep(cfg: SweepConfig, report_only: bool = False) -> dict:
+    """Train, measure, choose and write the report. ``report_only``: train and measure nothing; the report is
+    rebuilt from the runs' cached measurements (``<output_dir>/<run>/eval_<set>.json``), and a missing one is an
+    error naming it."""
     import torch
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_data(cfg)
+    if not report_only:
+        ensure_data(cfg)
     sets = item_sets(cfg)
     results: dict[tuple[str, int], dict] = {}
     for mode in cfg.modes:
@@ -376,8 +387,14 @@ def run_sweep(cfg: SweepConfig) -> dict:
                 if target == "box":
                     # Equal mean kept: the box run's mean kept ratio at this K on the selection items.
                     target = round(results[("box", k)]["select"]["kept_ratio_mean"], 4)
-            modules = train_run(cfg, mode, k, target)
-            results[(mode, k)] = measure_run(cfg, mode, k, modules, sets)
+            if report_only:
+                modules = out / run_name(mode, k) / "final"
+                if not (modules / "glimpse.safetensors").is_file():
+                    raise FileNotFoundError(f"{modules}: {run_name(mode, k)} was never trained; run the sweep "
+                                            "without --report-only")
+            else:
+                modules = train_run(cfg, mode, k, target)
+            results[(mode, k)] = measure_run(cfg, mode, k, modules, sets, cached_only=report_only)
             if target is not None:
                 results[(mode, k)]["target_keep"] = target
     report = {
@@ -396,13 +413,21 @@ def run_sweep(cfg: SweepConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m glimpseprune.mini.ksweep", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="sweep config (JSON), e.g. configs/mini/ksweep.json")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and measure nothing: rebuild ksweep.json/.md/.png from the runs' cached measurements")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (JSON values)")
     args = p.parse_args(argv)
     try:
         cfg = SweepConfig.from_file(args.config, args.overrides)
     except (ValueError, OSError) as err:
         p.error(str(err))
-    report = run_sweep(cfg)
+    try:
+        report = run_sweep(cfg, report_only=args.report_only)
+    except FileNotFoundError as err:
+        if not args.report_only:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print((Path(cfg.output_dir) / "ksweep.md").read_text())
     print(f"wrote {cfg.output_dir}/ksweep.json, ksweep.md" + (", ksweep.png" if cfg.plot else ""))
     return 0 if report["rows"]["test"] else 1

@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage1", help="stage-1 modules on the base (default: the shipped ones)")
     p.add_argument("--base", help="base model folder (default: the embedded mini model)")
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0, help="benchmark seed (test split)")
+    p.add_argument("--seed", type=int, default=0, help="benchmark seed")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="item split: report on test; compare GP+ recipe variants on val (never choose on test)")
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -140,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     from .pretrain_data import synthetic_examples
 
     base, stage1, plus = load_models(args.plus, args.stage1, args.base)
-    examples = synthetic_examples(args.n, args.seed, 448, "test")
+    examples = synthetic_examples(args.n, args.seed, 448, args.split)
     report = evaluate(base, stage1, plus, examples, batch_size=args.batch_size, seed=args.random_seed)
+    report["split"] = args.split
     short = {k: v for k, v in report.items() if k != "rows"}
     print(json.dumps(short, indent=1))
     if args.out:

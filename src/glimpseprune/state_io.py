@@ -129,3 +129,28 @@ def refuse_pickle(path: str | os.PathLike, what: str = "training state") -> Unsa
         "version stores training state as safetensors + JSON; restart the run, or move the old checkpoint away",
         path,
     )
+
+
+# ---- checkpoint folders (``<output_dir>/checkpoint-<step>/``), shared by the stage-1 and the GP+ trainers ----------
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step of a ``checkpoint-<step>`` folder; -1 for a name that is not one."""
+    try:
+        return int(Path(path).name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def complete_checkpoints(output_dir: str | os.PathLike, state_name: str) -> list[Path]:
+    """The checkpoint folders whose state ``state_name`` is complete (its JSON is written last), oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) >= 0]
+    return sorted((p for p in found if state_exists(p / state_name)), key=checkpoint_step)
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, state_name: str, keep: int | None) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (``keep`` 0 or None: keep every one)."""
+    import shutil
+
+    if not keep:
+        return
+    for old in complete_checkpoints(output_dir, state_name)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

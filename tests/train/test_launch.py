@@ -42,7 +42,6 @@ def test_two_cpu_processes(tmp_path):
                     reason="accelerate CLI not installed")
 def test_train_plus_two_cpu_processes(tmp_path):
     """GP+ Run A (DDP over the LoRA) and Run B on two gloo processes, artefacts in both layouts."""
-    import json
 
     exe = Path(sys.executable).with_name("accelerate")
     cmd = [
@@ -56,7 +55,7 @@ def test_train_plus_two_cpu_processes(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    state = json.loads((tmp_path / "run_a" / "checkpoint-1" / "trainer_state.json").read_text())
+    state = load_state(tmp_path / "run_a" / "checkpoint-1" / "trainer_state")
     assert state["world_size"] == 2 and state["step"] == 1
     assert len((tmp_path / "run_a" / "log.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").is_file()

@@ -16,9 +16,9 @@ hosting a cut at layer K with a per-rollout kept set means overriding its privat
 and its checkpoints go through ``transformers.Trainer`` (pickled optimiser / RNG state). See docs/training.md.
 
 Checkpoints (``<output_dir>/checkpoint-<step>/``), nothing pickled:
-``adapter/`` (PEFT adapter-only: adapter_config.json + adapter_model.safetensors), ``optimizer.safetensors`` (AdamW
-moments) and ``trainer_state.json`` (step, scheduler, optimiser hyper-parameters, config), written last: a folder
-without it is incomplete and ignored. Sampling uses a generator seeded from (seed, step, rank) and the data order
+``adapter/`` (PEFT adapter-only: adapter_config.json + adapter_model.safetensors) and ``trainer_state.json`` +
+``trainer_state.safetensors`` (step, scheduler, optimiser state, config; ``state_io.py``, the stage-1 trainer's
+format), the JSON written last: a folder without it is incomplete and ignored. Sampling uses a generator seeded from (seed, step, rank) and the data order
 is a function of (seed, epoch), so a resumed run continues bit-identically without any RNG state.
 """
 
@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,12 +34,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..state_io import complete_checkpoints, load_state, prune_checkpoints, save_state, state_exists
 from .grpo import group_advantages, grpo_loss
 from .rewards import build_reward, score_completions
 from .rl_forward import KEEP_SOURCES, Rollout, completion_logprobs, rollout, select_prompts
 
-STATE_NAME = "trainer_state.json"
-OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "trainer_state"  # .json (written last: marks the checkpoint complete) + .safetensors (tensors)
 
 
 @dataclass
@@ -154,35 +152,9 @@ def build_policy_model(cfg: RLConfig, device):
     return gp
 
 
-def _save_optimizer(optimizer, directory: Path) -> dict:
-    """AdamW moments to safetensors; the JSON-able rest (hyper-parameters, param ids) is returned for the state."""
-    from safetensors.torch import save_file
-
-    sd = optimizer.state_dict()
-    tensors = {}
-    for idx, state in sd["state"].items():
-        for name, value in state.items():
-            tensors[f"{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
-    save_file(tensors, str(directory / OPTIMIZER_NAME))
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
-    return {"param_groups": groups}
-
-
-def _load_optimizer(optimizer, directory: Path, meta: dict) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(directory / OPTIMIZER_NAME))
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
 def find_checkpoint(output_dir: Path) -> Path | None:
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+    done = complete_checkpoints(output_dir, STATE_NAME)
+    return done[-1] if done else None
 
 
 class GRPOTrainer:
@@ -337,24 +309,13 @@ class GRPOTrainer:
         if self.acc.is_main_process:
             directory.mkdir(parents=True, exist_ok=True)
             save_adapter(self.peft_model, directory / "adapter")
-            optimizer_meta = _save_optimizer(self._raw_optimizer(), directory)
-            state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "optimizer": optimizer_meta,
-                     "world_size": self.acc.num_processes, "config": self.cfg.to_dict()}
-            tmp = directory / (STATE_NAME + ".tmp")
-            tmp.write_text(json.dumps(state, indent=1))
-            os.replace(tmp, directory / STATE_NAME)  # complete only once written
-            self._prune_checkpoints()
+            state = {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                     "optimizer": self._raw_optimizer().state_dict(), "world_size": self.acc.num_processes,
+                     "config": self.cfg.to_dict()}
+            save_state(state, directory / STATE_NAME)  # complete only once its JSON is renamed into place
+            prune_checkpoints(self.output_dir, STATE_NAME, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
         return directory
-
-    def _prune_checkpoints(self) -> None:
-        keep = self.cfg.keep_checkpoints
-        if not keep:
-            return
-        done = sorted((p for p in self.output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file()),
-                      key=lambda p: int(p.name.split("-")[1]))
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def load(self, directory: str | Path) -> None:
         from safetensors.torch import load_file
@@ -362,7 +323,10 @@ class GRPOTrainer:
         from .rl_lora import ADAPTER_WEIGHTS, load_lora_state
 
         directory = Path(directory)
-        state = json.loads((directory / STATE_NAME).read_text())
+        if not state_exists(directory / STATE_NAME):
+            raise FileNotFoundError(2, "no GP+ trainer state (trainer_state.json + .safetensors) in checkpoint",
+                                    str(directory))
+        state = load_state(directory / STATE_NAME)
         saved = load_file(str(directory / "adapter" / ADAPTER_WEIGHTS))
         # PEFT saves without the adapter name; the live parameters carry ".default"
         live = {n for n, p in self.peft_model.named_parameters() if p.requires_grad}
@@ -374,7 +338,7 @@ class GRPOTrainer:
         if set(mapped) != live:
             raise ValueError(f"checkpoint {directory} does not match this model's LoRA (different r or targets?)")
         load_lora_state(self.peft_model, mapped)
-        _load_optimizer(self._raw_optimizer(), directory, state["optimizer"])
+        self._raw_optimizer().load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         if state.get("world_size", 1) != self.acc.num_processes and self.acc.is_main_process:

@@ -30,7 +30,7 @@ from torch import nn
 from ..checkpoint import save_modules
 from ..config import GlimpsePruneConfig
 from ..policy import KeepPolicy
-from ..state_io import load_state, refuse_pickle, save_state, state_exists
+from ..state_io import checkpoint_step, load_state, prune_checkpoints, refuse_pickle, save_state, state_exists
 from .boxfree import BoxFreeConfig, boxfree_losses
 from .collate import Collator, model_inputs
 from .forward import training_forward
@@ -279,13 +279,6 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> list[in
     return perm[rank * per_rank:(rank + 1) * per_rank]
 
 
-def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(path.name.split("-", 1)[1])
-    except ValueError:
-        return -1
-
-
 def _tracker_config(cfg: TrainConfig) -> dict:
     """The run's config as trackers accept it (TensorBoard hparams: numbers, strings and booleans only)."""
     return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in asdict(cfg).items()}
@@ -294,13 +287,13 @@ def _tracker_config(cfg: TrainConfig) -> dict:
 def find_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint; an old pickled one newer than it is refused rather than skipped (skipping it
     would silently restart the run)."""
-    candidates = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) >= 0]
+    candidates = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) >= 0]
     done = [p for p in candidates if state_exists(p / STATE_NAME)]
     legacy = [p for p in candidates if (p / LEGACY_STATE_NAME).is_file() and p not in done]
-    newest = max(done, key=_checkpoint_step) if done else None
+    newest = max(done, key=checkpoint_step) if done else None
     if legacy:
-        old = max(legacy, key=_checkpoint_step)
-        if newest is None or _checkpoint_step(old) > _checkpoint_step(newest):
+        old = max(legacy, key=checkpoint_step)
+        if newest is None or checkpoint_step(old) > checkpoint_step(newest):
             raise refuse_pickle(old / LEGACY_STATE_NAME, "trainer state")
     return newest
 
@@ -379,15 +372,7 @@ class Stage1Trainer:
         return directory
 
     def _prune_checkpoints(self) -> None:
-        keep = self.cfg.keep_checkpoints
-        if not keep:
-            return
-        done = sorted((p for p in self.output_dir.glob("checkpoint-*")
-                       if _checkpoint_step(p) >= 0 and state_exists(p / STATE_NAME)), key=_checkpoint_step)
-        import shutil
-
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(self.output_dir, STATE_NAME, self.cfg.keep_checkpoints)
 
     def load(self, directory: str | Path) -> None:
         from ..checkpoint import WEIGHTS_NAME, load_weights

@@ -15,7 +15,8 @@ def test_ksweep_recipe_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     out = tmp_path / "sweep"
     overrides = [f"output_dir={out}", f"data_dir={tmp_path / 'data'}", "n_train=8", "n_val=2", "ks=[1,2]",
                  "boxfree_ks=[2]", "n_select=3", "n_test=4", "batch_size=4", "threads=1",
-                 'train_overrides={"max_steps": 2, "batch_size": 2, "save_every": 100, "log_every": 1}']
+                 'train_overrides={"max_steps": 2, "batch_size": 2, "save_every": 100, "log_every": 1}',
+                 'boxfree_train_overrides={"max_steps": 3}']
     assert ksweep.main(["--config", "configs/mini/ksweep.json", *overrides]) == 0
     report = json.loads((out / "ksweep.json").read_text())
     assert (out / "ksweep.png").stat().st_size > 0 and "same-K random" in (out / "ksweep.md").read_text()
@@ -39,6 +40,11 @@ def test_ksweep_recipe_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert bf["threshold"] == 0.0 and bf["max_keep_ratio"] == target
     rows = json.loads((out / "boxfree-k2" / "eval_test.json").read_text())["rows"]
     assert all(r["kept"] == max(1, int(target * 256)) for r in rows)
+    # box-free runs take their own overrides on top (here: one more step than the box runs)
+    def last_step(name):
+        return max(json.loads(x)["step"] for x in (out / name / "log.jsonl").read_text().splitlines()
+                   if '"step"' in x)
+    assert (last_step("box-k2"), last_step("boxfree-k2")) == (2, 3)
     # the unpruned selection answers are shared by every run (they do not depend on K)
     select_rows = [json.loads((out / n / "eval_select.json").read_text())["rows"] for n in runs]
     assert len({tuple(r["unpruned"] for r in rows) for rows in select_rows}) == 1

@@ -11,7 +11,8 @@ same), on the mini base model (``base``; default the embedded one):
    ``train_overrides``, into ``<output_dir>/<mode>-k<K>/`` (a finished run, ``final/`` present, is reused; an
    unfinished one resumes from its last checkpoint). Box-free runs use the exact budget with ``target_keep`` =
    the box run's mean kept ratio at the same K on the selection items (``boxfree.target_keep: "box"``), so the two
-   modes are compared at equal mean kept;
+   modes are compared at equal mean kept, and ``boxfree_train_overrides`` on top (e.g. more steps: the KL signal
+   needs more than the box masks do);
 2. **measure** with :func:`glimpseprune.mini.evaluate.evaluate` on two disjoint item sets: ``n_select`` items of
    the benchmark's *val* split (where K is chosen) and ``n_test`` items of its *test* split (what is reported;
    nothing is chosen on them). Per set: exact match unpruned / GlimpsePrune / same-K random (random at the same cut
@@ -51,6 +52,7 @@ class SweepConfig:
     modes: list[str] = field(default_factory=lambda: ["box", "boxfree"])
     boxfree_ks: list[int] | None = None  # None: every K in ks
     boxfree: dict = field(default_factory=lambda: {"budget": "exact", "target_keep": "box"})
+    boxfree_train_overrides: dict = field(default_factory=dict)  # box-free runs only, after train_overrides
     n_select: int = 100
     n_test: int = 500
     seed: int = 0  # benchmark seed (the test and val splits of this seed)
@@ -116,6 +118,7 @@ def train_overrides(cfg: SweepConfig, mode: str, k: int, target_keep: float | No
     out += [f"{key}={json.dumps(value)}" for key, value in cfg.train_overrides.items()]
     if mode == "boxfree":
         out += ["mode=boxfree"]
+        out += [f"{key}={json.dumps(value)}" for key, value in cfg.boxfree_train_overrides.items()]
         out += [f"boxfree.{key}={json.dumps(value)}" for key, value in cfg.boxfree.items() if key != "target_keep"]
         out += [f"boxfree.target_keep={json.dumps(target_keep)}"]
     return out

@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MINI_KSWEEP = ROOT / "benchmarks/results/ksweep_mini/ksweep.json"  # python -m glimpseprune.mini.ksweep (docs/results.md §5)
+# python -m glimpseprune.mini.evaluate --n 500 on the shipped modules (an earlier run of the sweep's K = 3 box recipe)
+MINI_SHIPPED = ROOT / "benchmarks/results/mini_shipped/eval_test500.json"
 SHIPPED_K = 3  # the cut layer of the shipped mini modules
 DEMO_RESULTS = ROOT / "benchmarks/results/demo/results.json"  # glimpseprune demo --output benchmarks/results/demo
 
@@ -29,9 +31,12 @@ def test_readme_python_example_runs_as_written(capsys):
             assert claimed.strip() in printed
 
 
-def test_readme_mini_model_figures_match_the_ksweep_results():
-    results = json.loads(MINI_KSWEEP.read_text())
-    shipped = next(r for r in results["rows"]["test"] if r["mode"] == "box" and r["k"] == SHIPPED_K)
+def test_readme_mini_model_figures_match_the_shipped_modules_results():
+    from glimpseprune.mini.ksweep import row
+
+    summary = json.loads(MINI_SHIPPED.read_text())
+    assert summary["prune_layer"] == SHIPPED_K
+    shipped = row("box", SHIPPED_K, summary)
     text = _readme()
     m = re.search(r"cut after layer (\d+) of 6\).*?On the first (\d+) test items it scores \*\*([\d.]+) % exact match "
                   r"unpruned and ([\d.]+) % with GlimpsePrune keeping ([\d.]+) % of the (\d+) visual tokens\*\* "
@@ -48,6 +53,14 @@ def test_readme_mini_model_figures_match_the_ksweep_results():
     assert float(m.group(8)) == round(100 * shipped["em_random"], 1)
     assert float(m.group(9)) == round(100 * shipped["margin_over_random"], 1)
     assert f"{shipped['p_vs_random']:.0e}".replace("e-0", "e-") == m.group(10)
+
+
+def test_ksweep_results_were_made_with_the_shipped_sweep_config():
+    report = json.loads(MINI_KSWEEP.read_text())
+    config = json.loads((ROOT / "configs/mini/ksweep.json").read_text())
+    for key in ("ks", "modes", "boxfree", "boxfree_train_overrides", "n_select", "n_test", "criteria"):
+        assert report["config"][key] == config[key], key
+    assert {(r["mode"], r["k"]) for r in report["rows"]["test"]} == {(m, k) for m in config["modes"] for k in config["ks"]}
 
 
 def test_readme_cut_layer_is_the_shipped_modules():

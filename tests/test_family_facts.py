@@ -74,7 +74,7 @@ def test_the_check_catches_what_it_forbids():
     assert len(hits) == 3, hits  # the import, "llava", "qwen2_vl" (not the docstring, not "qwen2_vl_gp")
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava"])
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision"])
 def test_every_family_declares_its_facts(model_type):
     cls = adapter_class(model_type)
     assert cls.family == model_type and model_type in cls.model_types

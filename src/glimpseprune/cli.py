@@ -248,20 +248,24 @@ def cmd_answer(args) -> int:
               f"layer-averaged retention {100 * state.layer_averaged_retention:.1f} %, "
               f"method {state.method}, K = {state.prune_layer}")
         for i, im in enumerate(sample.images):
-            print(f"  image {i}: grid {im.grid[0]}x{im.grid[1]}, kept {im.kept} / {im.total}")
+            name = f"image {i}" if im.view is None else f"image {im.image} {im.view} view"
+            print(f"  {name}: grid {im.grid[0]}x{im.grid[1]}, kept {im.kept} / {im.total}")
     print(f"prefill {1000 * out.prefill_seconds:.1f} ms, decode {out.decode_ms_per_token:.1f} ms/token "
           f"({out.new_tokens} tokens), KV length after prefill {state.kv_lengths[0]} (single run, first call "
           "included: `glimpseprune bench` measures medians)")
     if images and args.output:
         letterbox = model.adapter.letterboxes_images
         paths = []
-        for i, (image, pruned) in enumerate(zip(images, sample.images)):
+        # An image with several views (AnyRes) is drawn with its base view: a plain resize of the whole image.
+        drawn = [im for im in sample.images if im.view in (None, "base")]
+        for i, (image, pruned) in enumerate(zip(images, drawn)):
             path = Path(args.output)
             if len(images) > 1:
                 path = path.with_name(f"{path.stem}_{i}{path.suffix}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            caption = (f"{KEPT_TOKENS_CAPTION}; kept {pruned.kept}/{pruned.total} after layer {state.prune_layer}, "
-                       f"method {state.method}")
+            view = "" if pruned.view is None else f" ({pruned.view} view)"
+            caption = (f"{KEPT_TOKENS_CAPTION}; kept {pruned.kept}/{pruned.total}{view} after layer "
+                       f"{state.prune_layer}, method {state.method}")
             draw_kept_tokens(image, pruned, letterbox, caption=caption).save(path)
             paths.append(str(path))
         print(f"kept tokens drawn: {', '.join(paths)}")

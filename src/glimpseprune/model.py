@@ -24,7 +24,7 @@ _GENERATION_KEYS = (
 )
 _MODEL_INPUT_KEYS = (
     "input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos",
-    "video_grid_thw", "second_per_grid_ts", "image_sizes",
+    "video_grid_thw", "second_per_grid_ts", "image_sizes", "batch_num_images",
 )
 
 

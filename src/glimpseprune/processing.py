@@ -194,9 +194,26 @@ def build_inputs(processor, questions: list[str], images: list[list], device=Non
         data[key] = torch.stack(padded)
     for key in dict.fromkeys(k for part in image_parts for k in part):
         values = [part[key] for part in image_parts if key in part]
-        data[key] = torch.cat(values) if torch.is_tensor(values[0]) else [x for v in values for x in v]
+        data[key] = concat_image_tensors(values) if torch.is_tensor(values[0]) else [x for v in values for x in v]
     inputs = BatchFeature(data=data)
     return inputs.to(device) if device is not None else inputs
+
+
+def concat_image_tensors(values: list):
+    """Per-prompt image tensors joined along the image dim. Where they differ in a later dim (AnyRes processors
+    give each image [crops, C, H, W], crops varying with the image) the shorter ones are zero-padded at the end, as
+    the processor pads within one call; the model reads each image's own crops and never the padding."""
+    import torch
+
+    shape = [max(v.shape[d] for v in values) for d in range(values[0].dim())]
+    padded = []
+    for v in values:
+        missing = [size - have for size, have in zip(shape[1:], v.shape[1:])]
+        if any(missing):
+            pad = [p for m in reversed(missing) for p in (0, m)]  # F.pad order: last dim first
+            v = torch.nn.functional.pad(v, pad)
+        padded.append(v)
+    return torch.cat(padded)
 
 
 def load_processor(path: str | os.PathLike, model_type: str):

@@ -18,6 +18,8 @@ class ImagePruning:
     grid: tuple[int, int]  # merged visual-token grid (rows, cols)
     keep: torch.Tensor  # bool [rows * cols], raster order
     scores: torch.Tensor | None  # keep probabilities (or a method's scores), same order
+    image: int | None = None  # the sample's image this grid shows, when an image has several views (AnyRes)
+    view: str | None = None  # that view's name ("base", "crops"); None: the grid is the whole image
 
     @property
     def kept(self) -> int:
@@ -116,7 +118,8 @@ class PruneState:
                     "total": s.total,
                     "ratio": s.ratio,
                     "images": [
-                        {"grid": list(im.grid), "kept": im.kept, "total": im.total, "ratio": im.ratio}
+                        {"grid": list(im.grid), "kept": im.kept, "total": im.total, "ratio": im.ratio,
+                         **({"image": im.image, "view": im.view} if im.view is not None else {})}
                         for im in s.images
                     ],
                 }

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.testing.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
+from glimpseprune.testing.tiny import (TinyLlavaSpec, tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_5_vl,
+                                       tiny_qwen2_vl, tiny_qwen3_vl)
 
 # A new family joins the whole suite by adding one line here.
 BUILDERS = {
@@ -15,8 +16,11 @@ BUILDERS = {
     "qwen3_vl": tiny_qwen3_vl,  # DeepStack after LLM layers 0-2: the suite's cuts at 0 / 2 / 3 are before / inside / after
     "llava": tiny_llava,
     "llava_cls": lambda: tiny_llava(TinyLlavaSpec(vision_feature_select_strategy="full")),  # CLS kept as a token
+    "llava_next": tiny_llava_next,  # AnyRes: base view + unpadded stitched crops, newline tokens never pruned
+    "llava_onevision": tiny_llava_onevision,  # AnyRes with SigLIP (no CLS), shrunk crops view, Qwen2 LLM
 }
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls", "llava_next", "llava_onevision"]
+ANYRES = ("llava_next", "llava_onevision")
 
 
 @dataclass
@@ -30,9 +34,17 @@ class Family:
     def image_token_id(self) -> int:
         return self.model.config.image_token_id
 
-    def prunable(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[n] bool for one row: the pruning candidates, derived independently of the adapters."""
+    def prunable(self, input_ids: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:
+        """[n] bool for one row: the pruning candidates, derived independently of the adapters (AnyRes needs the
+        batch-1 ``inputs``: its newline tokens, never candidates, are where the stock model's embeddings hold its
+        ``image_newline`` vector)."""
         mask = input_ids == self.image_token_id
+        if self.name in ANYRES:
+            from .reference import stock_language_model_inputs
+
+            embeds = stock_language_model_inputs(self.model, dict(inputs))["inputs_embeds"][0]
+            newline = (embeds == self.model.model.image_newline.to(embeds.dtype)).all(-1)
+            return mask & ~newline
         if getattr(self.model.config, "vision_feature_select_strategy", None) == "full":
             per_image = self.model.config.image_seq_length  # 1 + h·w: the first of each image is CLS
             cols = mask.nonzero().squeeze(1)

@@ -41,7 +41,7 @@ def test_keep_all_reproduces_stock_generate(fam, images, prune_layer):
     ref = stock_generate(fam.model, inputs, 10)
     out = fam.gp.generate(**inputs, threshold=0.0, prune_layer=prune_layer, max_new_tokens=10, min_new_tokens=10)
     assert out.pruning.keep_ratio == 1.0
-    assert out.pruning.samples[0].total == int(fam.prunable(inputs["input_ids"][0]).sum())
+    assert out.pruning.samples[0].total == int(fam.prunable(inputs["input_ids"][0], inputs).sum())
     assert torch.equal(out.sequences, ref)
     assert len(set(out.generated[0].tolist())) > 1, "degenerate tiny model: equality would be vacuous"
     with torch.no_grad():
@@ -54,7 +54,7 @@ def test_keep_all_reproduces_stock_generate(fam, images, prune_layer):
 @pytest.mark.parametrize("prune_layer,seed", [(0, 0), (2, 1), (3, 2)])
 def test_fixed_mask_matches_slow_reference(fam, images, prune_layer, seed):
     inputs = build_inputs(fam.processor, [QUESTION], [[images["tall"]]])
-    prunable = fam.prunable(inputs["input_ids"][0])
+    prunable = fam.prunable(inputs["input_ids"][0], inputs)
     keep = torch.rand(int(prunable.sum()), generator=torch.Generator().manual_seed(seed)) < 0.3
     ref_tokens, ref_logits = reference_generate(fam.model, dict(inputs), prunable, keep, prune_layer, 8,
                                                 min_new_tokens=8)
@@ -147,8 +147,8 @@ class _RecordRows(GlimpsePruneMethod):
 
 
 def test_llava_glimpse_row_is_log_softmax(fam, images):
-    if not fam.name.startswith("llava"):
-        pytest.skip("LLaVA-only")
+    if fam.name not in ("llava", "llava_cls"):
+        pytest.skip("LLaVA-1.5-only (AnyRes: tests/adapters/test_anyres.py)")
     gp = fam.gp
     assert gp.config.attention_logits is False
     inputs = build_inputs(fam.processor, [QUESTION, "describe the picture in one word."],
@@ -172,8 +172,8 @@ def test_llava_glimpse_row_is_log_softmax(fam, images):
 
 
 def test_llava_conditions_are_clip_hidden_states(fam, images):
-    if not fam.name.startswith("llava"):
-        pytest.skip("LLaVA-only")
+    if fam.name not in ("llava", "llava_cls"):
+        pytest.skip("LLaVA-1.5-only (AnyRes: tests/adapters/test_anyres.py)")
     inputs = build_inputs(fam.processor, [QUESTION], [[images["wide"]]])
     layers = fam.gp.config.vip_visual_layers
     batch = fam.gp.adapter.prepare(dict(inputs), layers)

@@ -82,6 +82,10 @@ class VitRequest(list):
 class ImageInfo:
     grid: tuple[int, int]  # merged visual-token grid (rows, cols) as the LLM sees it
     num_tokens: int
+    # Where one image has several grids (AnyRes: a base view and a stitched crops view), the index of that image in
+    # its sample and the view's name; None for families with one grid per image.
+    image: int | None = None
+    view: str | None = None
 
 
 @dataclass

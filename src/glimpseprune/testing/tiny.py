@@ -298,3 +298,159 @@ def tiny_llava(spec: TinyLlavaSpec | None = None, corpus: list[str] | None = Non
     """(model, processor) for a tiny random LLaVA-1.5 (CLIP + Llama), fully offline."""
     tok = build_llava_tokenizer(corpus)
     return build_tiny_llava(tok, spec), build_llava_processor(tok, spec)
+
+
+# ---- LLaVA-NeXT and LLaVA-OneVision (AnyRes) ----------------------------------------------------------------------
+
+# Small AnyRes canvases (height, width) in units of the tiny crop size: 1x2, 2x1 and 2x2 tiles. Images larger than
+# the 2x2 canvas take it (unpadding then removes rows or columns unless the image is square); small wide or tall
+# images take 1x2 / 2x1, so crop counts differ between images.
+def _tiny_pinpoints(crop: int) -> list[list[int]]:
+    return [[crop, 2 * crop], [2 * crop, crop], [2 * crop, 2 * crop]]
+
+
+@dataclass
+class TinyAnyResSpec:
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_depth: int = 4
+    vision_hidden: int = 64
+    vision_heads: int = 4
+    image_size: int = 48  # one crop: a 6 x 6 token grid at patch 8
+    patch_size: int = 8
+    seed: int = 0
+    initializer_range: float = 0.2  # see TinyQwenSpec
+    # OneVision only: "anyres_max_N" bilinearly shrinks the stitched crops to about N crops' worth of tokens; at
+    # N = 2 a 2 x 2 tiling is shrunk and a 1 x 2 one is not, so the tiny model exercises both paths.
+    vision_aspect_ratio: str = "anyres_max_2"
+    text_model_type: str = "llama"  # LLaVA-NeXT-7B's LLM family; OneVision uses Qwen2
+
+
+def _anyres_text_config(tokenizer, spec: TinyAnyResSpec) -> dict:
+    return dict(
+        model_type=spec.text_model_type,
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _seeded(model_cls, cfg, tokenizer, spec):
+    cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = model_cls(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.eval()
+
+
+def build_tiny_llava_next(tokenizer, spec: TinyAnyResSpec | None = None):
+    """A randomly initialised ``LlavaNextForConditionalGeneration`` (CLIP crops + Llama, AnyRes 1x2 / 2x1 / 2x2)."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    spec = spec or TinyAnyResSpec()
+    cfg = LlavaNextConfig(
+        vision_config=dict(
+            model_type="clip_vision_model", hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+            num_hidden_layers=spec.vision_depth, num_attention_heads=spec.vision_heads, patch_size=spec.patch_size,
+            image_size=spec.image_size, projection_dim=spec.vision_hidden,
+        ),
+        text_config=_anyres_text_config(tokenizer, spec),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_grid_pinpoints=_tiny_pinpoints(spec.image_size),
+        image_seq_length=(spec.image_size // spec.patch_size) ** 2,
+        initializer_range=spec.initializer_range,
+    )
+    return _seeded(LlavaNextForConditionalGeneration, cfg, tokenizer, spec)
+
+
+def build_llava_next_processor(tokenizer, spec: TinyAnyResSpec | None = None):
+    """``LlavaNextProcessor`` with the PIL image processor (no torchvision): base view + AnyRes crops."""
+    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    spec = spec or TinyAnyResSpec()
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        image_grid_pinpoints=_tiny_pinpoints(spec.image_size),
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def tiny_llava_next(spec: TinyAnyResSpec | None = None, corpus: list[str] | None = None):
+    """(model, processor) for a tiny random LLaVA-NeXT, fully offline."""
+    tok = build_llava_tokenizer(corpus)
+    return build_tiny_llava_next(tok, spec), build_llava_next_processor(tok, spec)
+
+
+@dataclass
+class TinyOnevisionSpec(TinyAnyResSpec):
+    text_model_type: str = "qwen2"
+
+
+def build_onevision_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400):
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = train_bpe(corpus or DEFAULT_CORPUS, [*LLAVA_SPECIAL_TOKENS, "<video>"], vocab_size)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<|endoftext|>"
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_llava_onevision(tokenizer, spec: TinyOnevisionSpec | None = None):
+    """A randomly initialised ``LlavaOnevisionForConditionalGeneration`` (SigLIP crops, no CLS, + Qwen2)."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    spec = spec or TinyOnevisionSpec()
+    cfg = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+            num_hidden_layers=spec.vision_depth, num_attention_heads=spec.vision_heads, patch_size=spec.patch_size,
+            image_size=spec.image_size, vision_use_head=False,
+        ),
+        text_config=_anyres_text_config(tokenizer, spec),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio=spec.vision_aspect_ratio,
+        image_grid_pinpoints=_tiny_pinpoints(spec.image_size),
+        initializer_range=spec.initializer_range,
+    )
+    return _seeded(LlavaOnevisionForConditionalGeneration, cfg, tokenizer, spec)
+
+
+def build_llava_onevision_processor(tokenizer, spec: TinyOnevisionSpec | None = None):
+    """``LlavaOnevisionProcessor`` with the PIL image processor and no video processor (torchvision is absent)."""
+    from transformers import LlavaOnevisionImageProcessorPil
+
+    from ..adapters.llava_onevision import OfflineOnevisionProcessor
+
+    spec = spec or TinyOnevisionSpec()
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": spec.image_size, "width": spec.image_size},
+        image_grid_pinpoints=_tiny_pinpoints(spec.image_size),
+    )
+    return OfflineOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        num_image_tokens=(spec.image_size // spec.patch_size) ** 2, vision_feature_select_strategy="full",
+        vision_aspect_ratio=spec.vision_aspect_ratio, chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def tiny_llava_onevision(spec: TinyOnevisionSpec | None = None, corpus: list[str] | None = None):
+    """(model, processor) for a tiny random LLaVA-OneVision, fully offline."""
+    tok = build_onevision_tokenizer(corpus)
+    return build_tiny_llava_onevision(tok, spec), build_llava_onevision_processor(tok, spec)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..adapters import adapter_class
-from ..processing import encode_prompt, encode_user_text, load_image
+from ..processing import concat_image_tensors, encode_prompt, encode_user_text, load_image
 from .forward import IGNORE_INDEX
 
 
@@ -55,8 +55,9 @@ class Collator:
             ids = torch.cat([ids, ans])
             labels = torch.cat([labels, ans])
         out = {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"]}
-        if "image_grid_thw" in enc:
-            out["image_grid_thw"] = enc["image_grid_thw"]
+        for key in ("image_grid_thw", "image_sizes", "batch_num_images"):  # whichever the family's processor gives
+            if key in enc:
+                out[key] = enc[key]
         out["box_mask"], out["has_box"] = self.box_mask(record, image.size, enc)
         return out
 
@@ -86,16 +87,17 @@ class Collator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "pixel_values": torch.cat([it["pixel_values"] for it in items]),
+            "pixel_values": concat_image_tensors([it["pixel_values"] for it in items]),
             "box_masks": [it["box_mask"] for it in items],
             "has_box": [it["has_box"] for it in items],
         }
-        if "image_grid_thw" in items[0]:
-            batch["image_grid_thw"] = torch.cat([it["image_grid_thw"] for it in items])
+        for key in ("image_grid_thw", "image_sizes", "batch_num_images"):
+            if key in items[0]:
+                batch[key] = torch.cat([it[key] for it in items])
         return batch
 
 
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes")
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "image_sizes", "batch_num_images")
 
 
 def model_inputs(batch: dict, device=None) -> dict:

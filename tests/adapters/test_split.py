@@ -41,6 +41,9 @@ def hand_map(model, adapter) -> dict:
         last = name.rsplit(".", 1)[-1]
         on_disk = not last.isdigit() or int(last) % 2 == 1
         device_map[name] = "disk" if on_disk and not name.endswith(("norm", "rotary_emb")) else "cpu"
+    # A bare parameter outside any submodule (AnyRes's image_newline) stays resident: accelerate hooks modules only,
+    # so the stock forward cannot load it from disk either.
+    device_map.update({f"model.{n}": "cpu" for n, _ in model.model.named_parameters(recurse=False)})
     return device_map
 
 

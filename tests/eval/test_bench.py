@@ -26,7 +26,7 @@ from glimpseprune.eval.bench import (
     write_outputs,
 )
 from glimpseprune.eval.cli import main as cli_main
-from glimpseprune.eval.flops import baseline_prefill_flops, decode_flops, prefill_flops
+from glimpseprune.flops import baseline_prefill_flops, decode_flops, prefill_flops
 
 try:
     import matplotlib  # noqa: F401
@@ -141,7 +141,7 @@ def test_full_size_dims_are_qwen2_5_vl_7b():
     from transformers import Qwen2_5_VLConfig
 
     from glimpseprune.eval.bench import ARCH_CONFIGS
-    from glimpseprune.eval.flops import dims_from_hf_config
+    from glimpseprune.flops import dims_from_hf_config
 
     label, spec = arch_config("Qwen/Qwen2.5-VL-7B-Instruct")  # hub ids resolve to the published sizes
     assert label == "qwen2.5-vl-7b" and spec == ARCH_CONFIGS["qwen2.5-vl-7b"]
@@ -167,7 +167,7 @@ def test_published_names_give_their_sizes(name, family, layers, hidden, heads, k
     """Every published name builds a transformers config (no weights) with the released LLM and ViT sizes."""
     from transformers import AutoConfig
 
-    from glimpseprune.eval.flops import dims_from_hf_config
+    from glimpseprune.flops import dims_from_hf_config
 
     _, spec = arch_config(name)
     assert spec["model_type"] == family

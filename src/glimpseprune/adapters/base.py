@@ -182,7 +182,7 @@ class FamilyAdapter:
 
     @classmethod
     def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
-        """The fields of ``eval.flops.VisionDims`` for this family's ViT and projector, read from its config."""
+        """The fields of ``flops.VisionDims`` for this family's ViT and projector, read from its config."""
         raise NotImplementedError
 
     def vit_scoring(self) -> VitScoring | None:

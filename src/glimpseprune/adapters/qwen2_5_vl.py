@@ -95,7 +95,7 @@ def capture_block_inputs(blocks, indices: list[int]):
 
 def merger_vision_dims(vc, *, width: int, mlp: int, gated: bool, out_width: int, window_patches: int | None,
                        full_blocks) -> dict:
-    """FLOPs dims (``eval.flops.VisionDims`` fields) of a Qwen-style ViT with a 2x2 patch merger."""
+    """FLOPs dims (``flops.VisionDims`` fields) of a Qwen-style ViT with a 2x2 patch merger."""
     merge = vc.spatial_merge_size**2
     return dict(
         hidden=width,

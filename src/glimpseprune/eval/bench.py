@@ -4,7 +4,7 @@ For every batch size and for both the unpruned baseline (method ``none``) and th
 
 * visual tokens at the LLM input and after the cut, both retentions (kept-after-K and layer-averaged, docs/method.md §15.1);
 * analytic prefill FLOPs with and without the ViT, the VIP's FLOPs and decode FLOPs, from
-  :mod:`glimpseprune.eval.flops` (per sample; the numbers fed to the FLOPs model are in the output);
+  :mod:`glimpseprune.flops` (per sample; the numbers fed to the FLOPs model are in the output);
 * measured times, each as the median with min and max over ``repeats`` passes after ``warmup`` passes, with device
   synchronisation. The two methods' passes are **interleaved** (none, pruned, pruned, none, ...) so that a change in
   machine load hits both alike and the ratios stay fair. Times: ViT + embedding (``vit_ms``: ``vit_repeats``
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from .flops import VIPDims, baseline_prefill_flops, decode_flops, dims_from_hf_config, prefill_flops
+from ..flops import VIPDims, baseline_prefill_flops, decode_flops, dims_from_hf_config, prefill_flops
 
 # ---- architectures ---------------------------------------------------------------------------------------------
 # Public config.json values of the released checkpoints (LLM and vision tower sizes only; token ids come from the
@@ -367,7 +367,7 @@ def model_dims(gp):
 
 def flops_for(gp, chosen, n_text: int, n_visual: int, n_kept: int, prune_layer: int | None, image_counts: list[int],
               decode_steps: int) -> dict:
-    """Per-sample analytic FLOPs for the numbers measured (see :mod:`glimpseprune.eval.flops`)."""
+    """Per-sample analytic FLOPs for the numbers measured (see :mod:`glimpseprune.flops`)."""
     dims, vip = model_dims(gp)
     if chosen is None or prune_layer is None:
         pre = baseline_prefill_flops(dims.lm, n_text, n_visual, image_token_counts=image_counts, vision=dims.vision)

@@ -277,7 +277,8 @@ def placed_method(gp, name: str, layer: int, counts: list[int], totals: list[int
 
 
 def run_unit(gp, records, method_name: str, budget, options: dict, args, placed_from: dict | None = None) -> dict:
-    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, Budget, references_for, resolve_method
+    from glimpseprune.budget import Budget
+    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, references_for, resolve_method
     from glimpseprune.eval.scorers import exact_match
     from glimpseprune.processing import build_inputs
 

@@ -193,7 +193,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_config_from_args(args, model_id: str):
-    from .runner import Budget, EvalConfig, parse_budget, resolve_tasks
+    from ..budget import Budget, parse_budget
+    from .runner import EvalConfig, resolve_tasks
 
     specs = list(args.data)
     if args.tasks:

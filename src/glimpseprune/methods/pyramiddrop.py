@@ -84,8 +84,8 @@ def build(model, prune_layer=None, layers=None, ratios=None, ratio=None, retenti
     else:
         common = resolve_common("pyramiddrop", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)
         b = common.budget
-        if b.kept_ratio is not None:
-            lam = [b.kept_ratio ** (1 / len(layers))] * len(layers)
+        if b.max_keep_ratio is not None:
+            lam = [b.max_keep_ratio ** (1 / len(layers))] * len(layers)
         else:
             lam = [uniform_stage_ratio(b.retention, layers, L)] * len(layers)
     return PyramidDrop(layers, cumulative(lam), common.min_keep, common.per_image)

@@ -225,13 +225,13 @@ def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio:
         if any(v not in (None, ...) for v in (ratio, retention, max_keep_ratio)):
             raise ValueError("vscan: give either vision_ratio= or a budget, not both")
         common = resolve_common("vscan", float(vision_ratio), None, threshold, ..., min_keep, per_image)
-        rv = common.budget.kept_ratio
+        rv = common.budget.max_keep_ratio
     else:
         common = resolve_common("vscan", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)
         b = common.budget
-        if b.kept_ratio is not None:
-            rv = min(1.0, b.kept_ratio / llm_ratio)
-            llm_ratio = b.kept_ratio / rv
+        if b.max_keep_ratio is not None:
+            rv = min(1.0, b.max_keep_ratio / llm_ratio)
+            llm_ratio = b.max_keep_ratio / rv
         else:
             rv = first_stage_ratio(b.retention, [0, layer], [llm_ratio], L)
     if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:

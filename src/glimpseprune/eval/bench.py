@@ -199,8 +199,8 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
     not a benchmark.
     """
     from ..model import GlimpsePrune
-    from ..testing.tiny import (TinyLlavaSpec, build_llava_processor, build_llava_tokenizer,  # config-only builds
-                                build_qwen2_vl_processor, build_qwen_processor, build_qwen_tokenizer)
+    from ..offline_processors import (build_llava_processor, build_llava_tokenizer, build_qwen2_vl_processor,
+                                      build_qwen_processor, build_qwen_tokenizer)
 
     label, cfg = arch_config(name, overrides)
     device = torch.device(device)
@@ -218,15 +218,16 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
 
         tok = build_llava_tokenizer()
         vision = cfg["vision_config"]
-        spec = TinyLlavaSpec(image_size=vision["image_size"], patch_size=vision["patch_size"],
-                             vision_feature_select_strategy=cfg.get("vision_feature_select_strategy", "default"))
+        strategy = cfg.get("vision_feature_select_strategy", "default")
         text["vocab_size"] = text.get("vocab_size") or len(tok)
         text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         side = vision["image_size"] // vision["patch_size"]
         extras = {k: v for k, v in cfg.items() if k not in ("model_type", "text_config", "vision_config")}
         hf = LlavaConfig(text_config=text, vision_config=dict(vision), image_token_index=tok.convert_tokens_to_ids("<image>"),
-                         image_seq_length=side * side + int(spec.vision_feature_select_strategy == "full"), **extras)
-        model_cls, processor = LlavaForConditionalGeneration, build_llava_processor(tok, spec)
+                         image_seq_length=side * side + int(strategy == "full"), **extras)
+        processor = build_llava_processor(tok, image_size=vision["image_size"], patch_size=vision["patch_size"],
+                                          vision_feature_select_strategy=strategy)
+        model_cls = LlavaForConditionalGeneration
     else:
         tok = build_qwen_tokenizer()
         ids = tok.convert_tokens_to_ids
@@ -269,7 +270,7 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
 
 def build_tiny(device: str | torch.device = "cpu", seed: int = 0):
     from ..model import GlimpsePrune
-    from ..testing.tiny import tiny_qwen2_5_vl  # the explicit "tiny" benchmark model
+    from ..offline_models import tiny_qwen2_5_vl  # the explicit "tiny" benchmark model
 
     model, processor = tiny_qwen2_5_vl()
     return GlimpsePrune(model.to(device), processor).with_new_modules(seed=seed)

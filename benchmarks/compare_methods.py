@@ -6,7 +6,7 @@ the record dataset through ``GlimpsePrune.generate`` and writes
 - ``<out>/compare.json``: one row per (method, budget): accuracy (``exact_match`` against the answer and the short
   answer), visual tokens at the LLM input and after the last cut, kept-after-last-cut ratio, layer-averaged
   retention (measured from the cut schedule actually applied), analytic prefill FLOPs with and without the ViT, the
-  method's own scoring FLOPs and the prefill total including them, and decode FLOPs (:mod:`glimpseprune.eval.flops`,
+  method's own scoring FLOPs and the prefill total including them, and decode FLOPs (:mod:`glimpseprune.flops`,
   per sample, averaged), and the cut schedule; budgets a method
   cannot reach (e.g. FastV at K = 2 on a 4-layer model) are listed with the reason instead of silently moved;
 - ``<out>/compare.md``: the same as a markdown table, with each row compared item by item against one reference
@@ -29,10 +29,10 @@ VScan and PyramidDrop (multi-stage schedules) have no single-cut placement and a
 the reader sees selection quality apart from placement: at equal placement only *which* tokens stay differs.
 
 FLOPs: LLM layers are summed with the sequence length present at each layer (text + visual tokens present), so
-multi-stage schedules are exact; GlimpsePrune uses :func:`~glimpseprune.eval.flops.prefill_flops` (glimpse, VIP).
+multi-stage schedules are exact; GlimpsePrune uses :func:`~glimpseprune.flops.prefill_flops` (glimpse, VIP).
 The baselines' own scoring (FastV/PDrop attention rows, DivPrune/CDPruner greedy selection, VisionZip/VScan ViT
 block scores and key-similarity merging, VScan's LLM-stage row) is counted separately by
-:func:`~glimpseprune.eval.flops.method_scoring_flops` as ``scoring_flops`` and added in ``prefill_flops_total``
+:func:`~glimpseprune.methods.method_scoring_flops` (each method's own file) as ``scoring_flops`` and added in ``prefill_flops_total``
 (``prefill_flops`` itself stays the forward pass only); it is 0 for random / downsample and for GlimpsePrune, whose
 glimpse row and VIP are already in its ``prefill_flops``.
 
@@ -94,35 +94,18 @@ def load_model(args):
 
 
 def scoring_params(method, image_counts: list[int], stages: list[tuple[int, int]]) -> dict:
-    """The keyword parameters of :func:`~glimpseprune.eval.flops.method_scoring_flops` for one sample.
-
-    Counts are taken from the method object's own rules (per image where it decides per image) and from the cut
-    schedule the sample actually went through.
-    """
-    from glimpseprune.budget import keep_count
-
-    name = getattr(method, "name", "none")
-    if name in ("fastv", "pyramiddrop"):
-        return {"stages": stages}
-    if name in ("divprune", "cdpruner"):
-        if method.per_image:
-            return {"kept": [keep_count(n, method.fraction, method.min_keep) for n in image_counts]}
-        return {"kept": stages[0][1] if stages else sum(image_counts)}
-    if name == "visionzip":
-        counts = [method.counts(n) for n in image_counts]
-        return {"kept": [d + c for d, c in counts], "contextual": [c for _, c in counts], "block": method.block}
-    if name == "vscan":
-        return {"stages": stages, "kept_vision": [sum(method.vision_counts(n)) for n in image_counts],
-                "global_block": method.global_block, "local_block": method.local_block}
-    return {}
+    """The keyword parameters of :func:`~glimpseprune.methods.method_scoring_flops` for one sample: the method
+    object's own (``PruneMethod.scoring_params``: its counting rules, per image where it decides per image, and the cut
+    schedule the sample went through); none for an anchor without a method object (``resize``)."""
+    return {} if method is None else method.scoring_params(image_counts, stages)
 
 
 def sample_flops(gp, method, method_name: str, n_text: int, total: int, stages: list[tuple[int, int]], image_counts,
                  decode_steps: int) -> dict:
     """Analytic FLOPs of one sample for the cut schedule it went through, plus the method's own scoring."""
     from glimpseprune.eval.bench import model_dims
-    from glimpseprune.eval.flops import (decode_flops, decoder_layer_flops, lm_head_flops, method_scoring_flops,
-                                         prefill_flops, vision_flops)
+    from glimpseprune.flops import decode_flops, decoder_layer_flops, lm_head_flops, prefill_flops, vision_flops
+    from glimpseprune.methods import method_scoring_flops
 
     dims, vip = model_dims(gp)
     lm = dims.lm
@@ -294,7 +277,8 @@ def placed_method(gp, name: str, layer: int, counts: list[int], totals: list[int
 
 
 def run_unit(gp, records, method_name: str, budget, options: dict, args, placed_from: dict | None = None) -> dict:
-    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, Budget, references_for, resolve_method
+    from glimpseprune.budget import Budget
+    from glimpseprune.eval.runner import SHORT_ANSWER_PROMPT, references_for, resolve_method
     from glimpseprune.eval.scorers import exact_match
     from glimpseprune.processing import build_inputs
 

@@ -150,3 +150,21 @@ def test_other_subcommands_share_the_boundary(tmp_path, capsys):
 
     assert train_main(["--config", str(bad)]) == 2
     assert "glimpseprune train: error: " in capsys.readouterr().err
+
+
+def test_the_eval_module_entry_goes_through_the_boundary(tmp_path):
+    """``python -m glimpseprune.eval.cli`` reports bad input as ``glimpseprune eval`` does: one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no_such.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "glimpseprune.eval.cli", "eval", "--data", str(missing), "--tiny",
+                           "--device", "cpu", "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert_one_line(proc.returncode, proc.stderr.strip(), str(missing))
+    debug = subprocess.run([sys.executable, "-m", "glimpseprune.eval.cli", "eval", "--data", str(missing), "--tiny",
+                            "--device", "cpu", "--output", str(tmp_path / "out"), "--debug"],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

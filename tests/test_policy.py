@@ -90,3 +90,15 @@ def test_invalid_policies_are_rejected(kwargs):
 def test_nan_scores_refuse_to_prune():
     with pytest.raises(FloatingPointError):
         KeepPolicy().select(torch.tensor([0.2, float("nan")]), [2])
+
+
+def test_an_empty_group_keeps_nothing_instead_of_dividing_by_zero():
+    """A per-image group without tokens (an image that contributed none) used to raise ZeroDivisionError in the cap."""
+    capped = KeepPolicy(threshold=0.0, max_keep_ratio=0.5, min_keep=1, per_image=True)
+    empty = capped.select_group(torch.zeros(0))
+    assert empty.dtype == torch.bool and empty.shape == (0,)
+    logits = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    keep = capped.select(logits, [4, 0])
+    assert keep.tolist() == [True, False, True, False]  # the empty image changes nothing for the other one
+    assert capped.select(logits, [0, 4]).tolist() == keep.tolist()
+    assert capped.select(logits, [2, 0, 2]).tolist() == [True, False, True, False]

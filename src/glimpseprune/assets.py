@@ -27,7 +27,7 @@ def default_model(device: str | None = "cpu", glimpse: str | None = None, **plac
                                              **placement)
         # Say what it is every time, with its measured accuracy: a toy model must not pass for a general answerer.
         return model, MINI_LABEL + ", 93.4 % exact match on its test split, see its MODEL_CARD.md"
-    from .testing.tiny import tiny_qwen2_5_vl  # only when the shipped mini model is absent
+    from .offline_models import tiny_qwen2_5_vl  # only when the shipped mini model is absent
 
     if placement:
         raise ValueError("--device-map needs a saved model: pass --model (no embedded mini model in this install)")

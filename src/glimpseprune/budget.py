@@ -47,13 +47,75 @@ def _check_fraction(name: str, value) -> float:
 
 @dataclass(frozen=True)
 class Budget:
-    """Exactly one of ``kept_ratio`` (after the last cut) or ``retention`` (layer-averaged) is set."""
+    """A token budget: a kept-ratio cap ``max_keep_ratio`` (the share kept after the last cut) or a layer-averaged
+    ``retention``, never both, plus GlimpsePrune's keep-probability ``threshold``. ``None`` means "the default".
 
-    kept_ratio: float | None = None
+    The eval runner's units carry one as given on the command line (none set: the model's config default; a
+    retention: baselines take it directly, GlimpsePrune gets the kept cap that reaches it after its layer K,
+    :func:`kept_ratio_for_retention`). A baseline's resolved budget (:func:`resolve_common`) has exactly one of
+    ``max_keep_ratio`` / ``retention`` set and no threshold. The field names enter the eval runner's run hash
+    (``dataclasses.asdict``), so renaming one would orphan every saved evaluation.
+    """
+
+    max_keep_ratio: float | None = None
+    threshold: float | None = None
     retention: float | None = None
 
-    def describe(self) -> str:
-        return f"kept {self.kept_ratio:g}" if self.kept_ratio is not None else f"layer-averaged {self.retention:g}"
+    def __post_init__(self):
+        if self.retention is not None and self.max_keep_ratio is not None:
+            raise ValueError("a budget is a kept ratio (r=) or a layer-averaged retention (l=), not both")
+
+    @property
+    def tag(self) -> str:
+        """Short label used in eval file names and tables: ``r0.1``, ``l0.111``, ``t0.3``, ``r0.1_t0.3``, ``default``."""
+        parts = []
+        if self.max_keep_ratio is not None:
+            parts.append(f"r{self.max_keep_ratio:g}")
+        if self.retention is not None:
+            parts.append(f"l{self.retention:g}")
+        if self.threshold is not None:
+            parts.append(f"t{self.threshold:g}")
+        return "_".join(parts) or "default"
+
+    def kwargs(self) -> dict:
+        """The keep-policy keyword overrides (``max_keep_ratio``, ``threshold``) that are set."""
+        out = {}
+        if self.max_keep_ratio is not None:
+            out["max_keep_ratio"] = self.max_keep_ratio
+        if self.threshold is not None:
+            out["threshold"] = self.threshold
+        return out
+
+
+def parse_budget(text: str) -> Budget:
+    """``"0.1"`` (a keep-ratio cap), ``"r=0.1"``, ``"t=0.3"``, ``"r=0.1,t=0.3"``, ``"l=0.111"`` (layer-averaged
+    retention) or ``"default"``."""
+    text = text.strip()
+    if text in ("", "default"):
+        return Budget()
+    ratio = threshold = retention = None
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if not value:
+            key, value = "r", key
+        key = key.strip().lower()
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"bad budget {text!r}: {value!r} is not a number") from None
+        if key in ("r", "ratio", "max_keep_ratio"):
+            ratio = number
+        elif key in ("t", "threshold"):
+            threshold = number
+        elif key in ("l", "retention"):
+            retention = number
+        else:
+            raise ValueError(f"bad budget {text!r}: unknown key {key!r} (use r=<max keep ratio>, t=<threshold>, "
+                             f"l=<layer-averaged retention>)")
+    try:
+        return Budget(ratio, threshold, retention)
+    except ValueError as err:
+        raise ValueError(f"bad budget {text!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -91,7 +153,7 @@ def resolve_common(
     if given(ratio) and given(retention):
         raise ValueError(f"{method}: give either a kept ratio or a layer-averaged retention, not both")
     if given(ratio):
-        budget = Budget(kept_ratio=_check_fraction("ratio / max_keep_ratio", ratio))
+        budget = Budget(max_keep_ratio=_check_fraction("ratio / max_keep_ratio", ratio))
     else:
         budget = Budget(retention=_check_fraction("retention", retention if given(retention) else DEFAULT_RETENTION))
     m = 1 if min_keep is None else min_keep
@@ -223,8 +285,8 @@ def first_stage_ratio(target: float, layers: Sequence[int], later: Sequence[floa
 
 def single_cut_fraction(budget: Budget, cut_layer: int, num_layers: int) -> float:
     """The fraction of visual tokens a single-cut method keeps at ``cut_layer`` for ``budget``."""
-    if budget.kept_ratio is not None:
-        return budget.kept_ratio
+    if budget.max_keep_ratio is not None:
+        return budget.max_keep_ratio
     return kept_ratio_for_retention(budget.retention, cut_layer, num_layers)
 
 

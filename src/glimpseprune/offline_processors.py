@@ -1,4 +1,4 @@
-"""Qwen-format tokenizers and processors built offline: a byte-level BPE trained in a fraction of a second on a
+"""Tokenizers and processors built offline (Qwen and LLaVA-1.5 formats): a byte-level BPE trained in a fraction of a
 small corpus, Qwen's special tokens and chat layout, and the PIL image processor (no torchvision, no hub).
 
 Used by the mini-model recipe (the shipped mini model's tokenizer was made this way), the GPU benchmark's
@@ -120,4 +120,52 @@ def build_qwen2_vl_processor(tokenizer: Qwen2Tokenizer, patch_size: int = 14, mi
     )
     return OfflineQwen2VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
+    )
+
+
+# ---- LLaVA-1.5 ----------------------------------------------------------------------------------------------------
+
+LLAVA_SPECIAL_TOKENS = ["<|endoftext|>", "<image>", "<s>", "</s>", "<pad>"]
+
+# ``USER: <image>\n... ASSISTANT:`` as in llava-hf; real checkpoints ship their own template.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_llava_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400):
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = train_bpe(corpus or DEFAULT_CORPUS, LLAVA_SPECIAL_TOKENS, vocab_size)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<|endoftext|>"
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def build_llava_processor(tokenizer, spec=None, *, image_size: int = 224, patch_size: int = 14,
+                          vision_feature_select_strategy: str = "default"):
+    """``LlavaProcessor`` with LLaVA-1.5's pad-to-square (mean-colour letterbox) preprocessing. ``spec``: anything
+    with ``image_size``, ``patch_size`` and ``vision_feature_select_strategy`` (a tiny model's spec); without it
+    the keyword values."""
+    from transformers import LlavaImageProcessorPil, LlavaProcessor
+
+    if spec is not None:
+        image_size, patch_size = spec.image_size, spec.patch_size
+        vision_feature_select_strategy = spec.vision_feature_select_strategy
+    image_processor = LlavaImageProcessorPil(
+        do_pad=True,
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        num_additional_image_tokens=1,  # CLIP's CLS
+        chat_template=LLAVA_CHAT_TEMPLATE,
     )

@@ -55,8 +55,13 @@ class KeepPolicy:
         return math.log(t) - math.log1p(-t)
 
     def select_group(self, logits: torch.Tensor) -> torch.Tensor:
-        """Keep mask for one group of tokens (a sample, or one image with ``per_image``), from keep logits."""
+        """Keep mask for one group of tokens (a sample, or one image with ``per_image``), from keep logits.
+
+        An empty group (an image that contributed no visual tokens) keeps nothing: an empty mask, not a ratio of 0/0.
+        """
         n = logits.numel()
+        if n == 0:
+            return torch.zeros(0, dtype=torch.bool, device=logits.device)
         keep = logits > self.logit_threshold()
         if self.max_keep_ratio is not None and int(keep.sum()) / n > self.max_keep_ratio:
             keep = top_k_mask(logits, int(self.max_keep_ratio * n))

@@ -41,6 +41,13 @@ class StubServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_CONNECT(self):  # a tunnel request from a client using this server as its HTTPS proxy: refused
+                stub.requests.append({"method": "CONNECT", "path": self.path, "headers": dict(self.headers),
+                                      "body": None})
+                self.send_response(502)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *args):
                 pass
 

@@ -26,7 +26,7 @@ from glimpseprune.eval.bench import (
     write_outputs,
 )
 from glimpseprune.eval.cli import main as cli_main
-from glimpseprune.eval.flops import baseline_prefill_flops, decode_flops, prefill_flops
+from glimpseprune.flops import baseline_prefill_flops, decode_flops, prefill_flops
 
 try:
     import matplotlib  # noqa: F401
@@ -141,7 +141,7 @@ def test_full_size_dims_are_qwen2_5_vl_7b():
     from transformers import Qwen2_5_VLConfig
 
     from glimpseprune.eval.bench import ARCH_CONFIGS
-    from glimpseprune.eval.flops import dims_from_hf_config
+    from glimpseprune.flops import dims_from_hf_config
 
     label, spec = arch_config("Qwen/Qwen2.5-VL-7B-Instruct")  # hub ids resolve to the published sizes
     assert label == "qwen2.5-vl-7b" and spec == ARCH_CONFIGS["qwen2.5-vl-7b"]
@@ -167,7 +167,7 @@ def test_published_names_give_their_sizes(name, family, layers, hidden, heads, k
     """Every published name builds a transformers config (no weights) with the released LLM and ViT sizes."""
     from transformers import AutoConfig
 
-    from glimpseprune.eval.flops import dims_from_hf_config
+    from glimpseprune.flops import dims_from_hf_config
 
     _, spec = arch_config(name)
     assert spec["model_type"] == family
@@ -297,3 +297,42 @@ def test_three_variants_interleaved_with_replicated_decode_and_inline_memory(gp)
         assert three["decode_from"] == "replicated batch-1 prefill" and one["decode_from"] == "own prefill"
         assert one["peak_memory_bytes"] > 0 and "peak_memory_bytes" not in three
         assert one["spread"]["decode_ms_per_step"]["n"] == three["spread"]["decode_ms_per_step"]["n"] == 2
+
+
+def test_every_shipped_architecture_builds_its_config_through_its_adapter():
+    """The published architectures are shipped config files; each family's adapter turns one into a transformers
+    config and an offline processor (no weights), with the sizes of the file."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+    from glimpseprune.adapters import adapter_class
+    from glimpseprune.eval.bench import ARCH_DIR
+    from glimpseprune.shipped_configs import shipped_configs
+
+    assert sorted(ARCH_CONFIGS) == sorted(p.stem for p in ARCH_DIR.glob("*.json")) and len(ARCH_CONFIGS) == 12
+    assert "architectures/qwen2.5-vl-7b.json" in shipped_configs()
+    for name, spec in ARCH_CONFIGS.items():
+        hf, processor = adapter_class(spec["model_type"]).config_only(spec, max_pixels=16384 * 28 * 28)
+        assert hf.model_type == spec["model_type"], name
+        assert hf.text_config.num_hidden_layers == spec["text_config"]["num_hidden_layers"], name
+        assert type(hf) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, name
+        assert processor.tokenizer.convert_tokens_to_ids(processor.image_token) < hf.text_config.vocab_size, name
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl"])
+def test_config_only_builds_any_family_that_offers_it(tmp_path, family):
+    """A transformers config.json of another family reaches a working random-weight model through its adapter."""
+    from glimpseprune.eval.bench import config_only_families
+    from glimpseprune.testing import tiny
+
+    assert family in config_only_families()
+    model, _ = tiny.tiny_llava() if family == "llava" else tiny.tiny_qwen3_vl()
+    full = model.config.to_dict()
+    spec = {k: full[k] for k in ("model_type", "text_config", "vision_config")}
+    if family == "llava":
+        spec.update(vision_feature_select_strategy="default", vision_feature_layer=-2)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(spec))
+    gp = build_config_only(str(path), device="cpu", dtype=torch.float32)
+    assert gp.model.config.model_type == family
+    text, out = gp.answer([Image.new("RGB", (112, 112), (200, 30, 30))], "what colour?", max_new_tokens=2)
+    assert isinstance(text, str) and len(out.sequences[0]) > 0

@@ -7,7 +7,12 @@ module's helpers.
 import pytest
 from transformers import LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
 
-from glimpseprune.eval.flops import (
+from glimpseprune.budget import (
+    kept_ratio_for_layer_averaged,
+    layer_averaged_retention,
+    layer_averaged_retention_schedule,
+)
+from glimpseprune.flops import (
     LMDims,
     ModelDims,
     VIPDims,
@@ -16,17 +21,14 @@ from glimpseprune.eval.flops import (
     decode_flops,
     decoder_layer_flops,
     dims_from_hf_config,
-    dpp_greedy_flops,
-    kept_ratio_for_layer_averaged,
-    layer_averaged_retention,
-    layer_averaged_retention_schedule,
     lm_linear_flops_per_token,
-    maxmin_greedy_flops,
-    method_scoring_flops,
     prefill_flops,
     vip_flops,
     vision_flops,
 )
+from glimpseprune.methods import method_scoring_flops
+from glimpseprune.methods.cdpruner import dpp_greedy_flops
+from glimpseprune.methods.divprune import maxmin_greedy_flops
 
 # D=8, L=4, H=2, H_kv=1, d_h=4 (so H·d_h = 8, H_kv·d_h = 4), FFN=16, V=10
 TINY_LM = LMDims(hidden=8, layers=4, heads=2, kv_heads=1, head_dim=4, ffn=16, vocab=10)
@@ -515,3 +517,69 @@ def test_scoring_formulas_match_the_attention_row_and_vit_scores():
     clip = CLIPEncoderLayer(CLIPVisionConfig(hidden_size=4, num_attention_heads=2, intermediate_size=8))
     assert _counted(lambda: cls_attention(clip, torch.randn(1, 10, 4))) == method_scoring_flops(
         "visionzip", TINY_CLIP_DIMS, [9], 5, kept=9, contextual=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Each baseline owns its scoring FLOPs: registered from its own file, no name switch in the FLOPs model.
+
+
+def test_every_baseline_registers_its_scoring_flops_from_its_own_file():
+    import glimpseprune.methods as methods
+
+    for name in methods.method_names():
+        fn = methods._SCORING_FLOPS[name]
+        factory = methods._REGISTRY[name]
+        assert fn.__module__ in (factory.__module__, "glimpseprune.flops"), (name, fn.__module__)
+    # the scored ones carry their own formula (no_scoring_flops only where nothing is scored)
+    for name in ("fastv", "pyramiddrop", "divprune", "cdpruner", "visionzip", "vscan"):
+        assert methods._SCORING_FLOPS[name].__module__ == f"glimpseprune.methods.{name}"
+    with pytest.raises(TypeError):
+        methods.register_method("forgot_its_flops")  # scoring_flops is required
+    with pytest.raises(TypeError, match="scoring_flops"):
+        methods.register_method("bad_flops", scoring_flops=3)
+    assert "forgot_its_flops" not in methods.method_names() and "bad_flops" not in methods.method_names()
+
+
+def test_the_flops_model_names_no_method():
+    """The FLOPs model is method-agnostic: no method name appears in it as a string (the old ``if method == ...``)."""
+    import ast
+    from pathlib import Path
+
+    import glimpseprune.flops as flops_module
+    from glimpseprune.methods import method_names
+
+    names = set(method_names()) | {"glimpse", "resize"}
+    for path in (Path(flops_module.__file__), Path(flops_module.__file__).parent / "eval" / "flops.py"):
+        strings = {n.value for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not strings & names, (path.name, strings & names)
+
+
+def test_method_objects_give_their_scoring_params(gp):
+    """``PruneMethod.scoring_params`` (used by benchmarks/compare_methods.py) gives what each method counted before
+    the per-file move, and the by-name lookup turns it into the same FLOPs as the explicit keywords."""
+    from glimpseprune.flops import dims_from_hf_config
+
+    dims = dims_from_hf_config(gp.model.config)
+    images, stages = [16, 8], [(2, 6)]
+    fastv = gp.method("fastv", prune_layer=2, ratio=0.25)
+    assert fastv.scoring_params(images, stages) == {"stages": stages}
+    pdrop = gp.method("pyramiddrop", layers=[1, 2], ratio=0.25)
+    assert pdrop.scoring_params(images, [(1, 12), (2, 6)]) == {"stages": [(1, 12), (2, 6)]}
+    for name in ("divprune", "cdpruner"):
+        assert gp.method(name, ratio=0.25).scoring_params(images, [(0, 6)]) == {"kept": 6}
+        assert gp.method(name, ratio=0.25).scoring_params(images, []) == {"kept": 24}
+        assert gp.method(name, ratio=0.25, per_image=True).scoring_params(images, [(0, 6)]) == {"kept": [4, 2]}
+    zip_ = gp.method("visionzip", ratio=0.5, contextual_share=0.25)  # k = 8 / 4, c = round(k / 4) = 2 / 1
+    assert zip_.scoring_params(images, [(0, 12)]) == {"kept": [8, 4], "contextual": [2, 1], "block": zip_.block}
+    vscan = gp.method("vscan", vision_ratio=0.5, llm_ratio=0.5, llm_layer=2)
+    assert vscan.scoring_params(images, [(0, 12), (2, 6)]) == {
+        "stages": [(0, 12), (2, 6)], "kept_vision": [8, 4], "global_block": vscan.global_block,
+        "local_block": vscan.local_block}
+    for name in ("random", "downsample"):
+        assert gp.method(name, ratio=0.25).scoring_params(images, [(0, 6)]) == {}
+    assert method_scoring_flops("fastv", dims, images, 7, **fastv.scoring_params(images, stages)) == (
+        2 * dims.lm.hidden * dims.lm.heads * dims.lm.head_dim + 2 * dims.lm.heads * dims.lm.head_dim * (7 + 24))
+    params = zip_.scoring_params(images, [(0, 12)])
+    assert method_scoring_flops("visionzip", dims, images, 7, **params) == method_scoring_flops(
+        "visionzip", dims, images, 7, kept=[8, 4], contextual=[2, 1], block=zip_.block) > 0

@@ -193,3 +193,56 @@ def test_prompt_file_is_versioned():
 def test_temperature_cannot_be_raised(tmp_path):
     with pytest.raises(TypeError):
         LLMJudge("http://127.0.0.1:9/v1", "m", cache_dir=tmp_path, temperature=0.7)
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUEST_METHOD")
+
+
+def _closed_port_url(scheme: str) -> str:
+    """A 127.0.0.1 URL nothing listens on: only a proxy can answer a request to it."""
+    with StubServer() as gone:
+        port = gone.server.server_port
+    return f"{scheme}://127.0.0.1:{port}/v1"
+
+
+def test_http_proxy_and_no_proxy_are_honoured(stub, tmp_path, monkeypatch):
+    """HTTP_PROXY: the request goes to the proxy (the stub plays it) with the absolute URL and the proxy
+    credentials; the judge's own address has no server, so only the proxied request can be answered. NO_PROXY
+    naming the host sends it direct (refused), and the proxy sees nothing more."""
+    import base64
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    proxy = stub.base_url.removesuffix("/v1").replace("http://", "http://judge%20user:p%40ss@")
+    monkeypatch.setenv("http_proxy", proxy)
+    target = _closed_port_url("http")
+    stub.replies = [(200, "score: 0.75")]
+    judge = LLMJudge(target, "m", cache_dir=tmp_path / "a", timeout=5, max_retries=0, retry_backoff=0.0)
+    result = judge.score("q", "r", "p")
+    assert (result.score, result.ok) == (0.75, True), result.error
+    (request,) = stub.requests
+    assert request["path"] == f"{target}/chat/completions"
+    assert request["headers"]["Host"] == target.split("/")[2]
+    assert request["headers"]["Proxy-Authorization"] == "Basic " + base64.b64encode(b"judge user:p@ss").decode()
+    assert request["body"]["model"] == "m"
+
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    direct = LLMJudge(target, "m", cache_dir=tmp_path / "b", timeout=5, max_retries=0, retry_backoff=0.0)
+    failed = direct.score("q", "r", "p")
+    assert not failed.ok and "Connection" in failed.error and len(stub.requests) == 1
+
+
+def test_https_goes_through_a_connect_tunnel(stub, tmp_path, monkeypatch):
+    """HTTPS_PROXY: the judge asks the proxy for a CONNECT tunnel to the judge's host (TLS stays end to end); this
+    proxy refuses, which is a judge failure naming the tunnel, not a score."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", stub.base_url.removesuffix("/v1"))
+    target = _closed_port_url("https")
+    judge = LLMJudge(target, "m", cache_dir=tmp_path, timeout=5, max_retries=0, retry_backoff=0.0)
+    result = judge.score("q", "r", "p")
+    assert not result.ok and "502" in result.error, result.error
+    (request,) = stub.requests
+    assert (request["method"], request["path"]) == ("CONNECT", target.split("/")[2])

@@ -6,11 +6,9 @@ from pathlib import Path
 import pytest
 
 from glimpseprune.eval.cli import main as cli_main
-from glimpseprune.eval.flops import layer_averaged_retention
+from glimpseprune.budget import Budget, layer_averaged_retention, parse_budget
 from glimpseprune.eval.runner import (
-    Budget,
     EvalConfig,
-    parse_budget,
     read_done,
     resolve_tasks,
     run_evaluation,

@@ -93,6 +93,30 @@ def test_budget_converters():
     assert B.keep_count(100, 0.111) == 11 and B.keep_count(5, 0.01) == 1 and B.keep_count(5, 0.01, 0) == 0
 
 
+def test_one_budget_class_for_eval_units_and_baselines():
+    """Budgets have one home: the eval runner's units and the baselines' resolved budgets are glimpseprune.budget's
+    Budget, and its fields (which enter the runner's run hash through ``asdict``) are what saved evaluations hold."""
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    import glimpseprune
+    from glimpseprune.eval import runner
+
+    assert runner.Budget is B.Budget
+    src = Path(glimpseprune.__file__).parent
+    homes = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py"))
+             if any(isinstance(n, ast.ClassDef) and n.name == "Budget" for n in ast.walk(ast.parse(p.read_text())))]
+    assert homes == ["budget.py"]
+    assert dataclasses.asdict(B.parse_budget("r=0.2,t=0.3")) == {"max_keep_ratio": 0.2, "threshold": 0.3,
+                                                                 "retention": None}
+    assert B.resolve_common("fastv", ratio=0.25).budget == B.Budget(max_keep_ratio=0.25)
+    assert B.resolve_common("fastv").budget == B.Budget(retention=B.DEFAULT_RETENTION)
+    assert B.single_cut_fraction(B.Budget(max_keep_ratio=0.25), 2, 28) == 0.25
+    with pytest.raises(ValueError, match="not both"):
+        B.Budget(max_keep_ratio=0.1, retention=0.2)
+
+
 def test_budget_options_are_validated(gp):
     with pytest.raises(ValueError, match="threshold"):
         get_method("fastv", gp, threshold=0.5)

@@ -125,11 +125,11 @@ def test_vip_never_materialises_a_token_by_token_map(requires_grad):
 
 
 def test_vip_flops_match_torch_flop_counter():
-    """``eval.flops.vip_flops`` counts what the module executes: torch's own counter, three images (two of equal grid,
+    """``flops.vip_flops`` counts what the module executes: torch's own counter, three images (two of equal grid,
     batched into one attention call), every matrix product included."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    from glimpseprune.eval.flops import VIPDims, vip_flops
+    from glimpseprune.flops import VIPDims, vip_flops
 
     torch.manual_seed(0)
     vip = VIP(row_width=6, vision_size=10, num_layers=3, size=16, cond_size=32, heads=2)

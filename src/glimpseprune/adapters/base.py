@@ -173,6 +173,16 @@ class FamilyAdapter:
         (torchvision), or None when the family has no such fallback."""
         return None
 
+    offers_config_only = False  # config_only below is implemented (random-weight benchmark models)
+
+    @classmethod
+    def config_only(cls, config: dict, max_pixels: int | None = None):
+        """(transformers config, offline processor) for a random-weight model of this family from a plain config
+        dict (``model_type``, ``text_config``, ``vision_config`` and extras, as the benchmark's ``--config-only``
+        architectures give it): the ids of the offline tokenizer fill its special-token fields, and a dynamic-grid
+        processor allows ``max_pixels``. The model class is transformers' image-text-to-text class for the config."""
+        raise NotImplementedError(f"no config-only (random-weight) build for family {cls.family!r}")
+
     @classmethod
     def image_size_kwargs(cls, processor, min_pixels: int | None, max_pixels: int | None) -> dict:
         """Processor keyword arguments that bound the image size in pixels (families with a dynamic grid)."""
@@ -186,7 +196,7 @@ class FamilyAdapter:
 
     @classmethod
     def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
-        """The fields of ``eval.flops.VisionDims`` for this family's ViT and projector, read from its config."""
+        """The fields of ``flops.VisionDims`` for this family's ViT and projector, read from its config."""
         raise NotImplementedError
 
     def vit_scoring(self) -> VitScoring | None:

@@ -141,6 +141,29 @@ class LlavaAdapter(FamilyAdapter):
             extra_tokens_per_image=1 if config.vision_feature_select_strategy == "default" else 0,
         )
 
+    offers_config_only = True
+
+    @classmethod
+    def config_only(cls, config: dict, max_pixels: int | None = None):
+        from transformers import AutoConfig
+
+        from ..offline_processors import build_llava_processor, build_llava_tokenizer
+
+        tok = build_llava_tokenizer()
+        vision = config["vision_config"]
+        strategy = config.get("vision_feature_select_strategy", "default")
+        text = dict(config["text_config"])
+        text["vocab_size"] = text.get("vocab_size") or len(tok)
+        text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        side = vision["image_size"] // vision["patch_size"]
+        extras = {k: v for k, v in config.items() if k not in ("model_type", "text_config", "vision_config")}
+        hf = AutoConfig.for_model(config["model_type"], text_config=text, vision_config=dict(vision),
+                                  image_token_index=tok.convert_tokens_to_ids("<image>"),
+                                  image_seq_length=side * side + int(strategy == "full"), **extras)
+        processor = build_llava_processor(tok, image_size=vision["image_size"], patch_size=vision["patch_size"],
+                                          vision_feature_select_strategy=strategy)
+        return hf, processor
+
     # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------
     def rope(self, hidden, position_ids):
         return self.text_model.rotary_emb(hidden, position_ids)

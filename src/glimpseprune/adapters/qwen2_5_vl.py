@@ -95,7 +95,7 @@ def capture_block_inputs(blocks, indices: list[int]):
 
 def merger_vision_dims(vc, *, width: int, mlp: int, gated: bool, out_width: int, window_patches: int | None,
                        full_blocks) -> dict:
-    """FLOPs dims (``eval.flops.VisionDims`` fields) of a Qwen-style ViT with a 2x2 patch merger."""
+    """FLOPs dims (``flops.VisionDims`` fields) of a Qwen-style ViT with a 2x2 patch merger."""
     merge = vc.spatial_merge_size**2
     return dict(
         hidden=width,
@@ -196,6 +196,31 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
     def offline_processor(cls, path):
         # AutoProcessor needs torchvision for the Qwen video processor; images work with the PIL processor alone.
         return assemble_offline_processor(cls.offline_processor_class, path)
+
+    offers_config_only = True
+
+    @classmethod
+    def config_only(cls, config: dict, max_pixels: int | None = None):
+        from transformers import AutoConfig, Qwen2VLImageProcessorPil
+
+        from ..offline_processors import QWEN_CHAT_TEMPLATE, build_qwen_tokenizer
+
+        tok = build_qwen_tokenizer()
+        ids = tok.convert_tokens_to_ids
+        text = dict(config["text_config"])
+        text["vocab_size"] = text.get("vocab_size") or len(tok)
+        text.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+        hf = AutoConfig.for_model(
+            config["model_type"], text_config=text, vision_config=dict(config["vision_config"]),
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+            tie_word_embeddings=config.get("tie_word_embeddings", False))
+        size = {"shortest_edge": 56 * 56, "longest_edge": max_pixels or 28 * 28 * 1280}
+        image_processor = Qwen2VLImageProcessorPil(patch_size=config["vision_config"]["patch_size"], merge_size=2,
+                                                   temporal_patch_size=2, size=size)
+        processor = cls.offline_processor_class(image_processor=image_processor, tokenizer=tok, video_processor=None,
+                                                chat_template=QWEN_CHAT_TEMPLATE)
+        return hf, processor
 
     @classmethod
     def image_size_kwargs(cls, processor, min_pixels, max_pixels) -> dict:

@@ -1,7 +1,8 @@
 """Evaluation: answer scorers, the LLM judge for free-form answers, analytic FLOPs / retention accounting, and a
 paired test for comparing two methods on the same items."""
 
-from .flops import (
+from ..budget import kept_ratio_for_layer_averaged, layer_averaged_retention, layer_averaged_retention_schedule
+from ..flops import (
     LMDims,
     ModelDims,
     VIPDims,
@@ -10,9 +11,6 @@ from .flops import (
     decode_flops,
     decoder_layer_flops,
     dims_from_hf_config,
-    kept_ratio_for_layer_averaged,
-    layer_averaged_retention,
-    layer_averaged_retention_schedule,
     lm_head_flops,
     lm_linear_flops_per_token,
     prefill_flops,

@@ -4,7 +4,7 @@ For every batch size and for both the unpruned baseline (method ``none``) and th
 
 * visual tokens at the LLM input and after the cut, both retentions (kept-after-K and layer-averaged, docs/method.md §15.1);
 * analytic prefill FLOPs with and without the ViT, the VIP's FLOPs and decode FLOPs, from
-  :mod:`glimpseprune.eval.flops` (per sample; the numbers fed to the FLOPs model are in the output);
+  :mod:`glimpseprune.flops` (per sample; the numbers fed to the FLOPs model are in the output);
 * measured times, each as the median with min and max over ``repeats`` passes after ``warmup`` passes, with device
   synchronisation. The two methods' passes are **interleaved** (none, pruned, pruned, none, ...) so that a change in
   machine load hits both alike and the ratios stay fair. Times: ViT + embedding (``vit_ms``: ``vit_repeats``
@@ -28,7 +28,7 @@ For every batch size and for both the unpruned baseline (method ``none``) and th
 Models: a checkpoint (``GlimpsePrune.from_pretrained``), the tiny offline model, or an architecture with random
 weights (``--config-only``): any published name in :data:`ARCH_CONFIGS` (Qwen2.5-VL 3B/7B/32B/72B, Qwen2-VL
 2B/7B/72B, LLaVA-1.5 7B/13B, the CPU settings ``qwen2.5-vl-0.5b-cpu`` / ``qwen2.5-vl-1.5b-cpu``, ``tiny``), a
-transformers ``config.json`` of one of these families, and ``KEY=VALUE`` size overrides (``text.num_hidden_layers=4``).
+transformers ``config.json`` of a family whose adapter offers a config-only build, and ``KEY=VALUE`` size overrides (``text.num_hidden_layers=4``).
 Random-weight answers are noise: they are for timing only.
 """
 
@@ -48,76 +48,24 @@ from pathlib import Path
 
 import torch
 
-from .flops import VIPDims, baseline_prefill_flops, decode_flops, dims_from_hf_config, prefill_flops
+from ..flops import VIPDims, baseline_prefill_flops, decode_flops, dims_from_hf_config, prefill_flops
 
 # ---- architectures ---------------------------------------------------------------------------------------------
 # Public config.json values of the released checkpoints (LLM and vision tower sizes only; token ids come from the
-# offline tokenizer, whose ids fit any of these vocabularies).
-
-_QWEN25_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, fullatt_block_indexes=[7, 15, 23, 31],
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, in_chans=3)
-_QWEN2_VISION = dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, patch_size=14, spatial_merge_size=2,
-                     temporal_patch_size=2, in_chans=3)
-_CLIP_L_336 = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                   num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
-
-
-def _qwen_text(hidden, ffn, layers, heads, kv_heads, vocab, theta=1000000.0):
-    # mRoPE splits half the head width into (t, h, w) bands: [16, 24, 24] at the released 128-wide heads, the same
-    # 1:1.5:1.5 proportions at other widths (64-wide heads of the 0.5B LLM: [8, 12, 12]).
-    half = hidden // heads // 2
-    mrope = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
-    return dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
-                num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope})
-
-
-def _qwen25(text, tie, vision=None):
-    vision = dict(vision or _QWEN25_VISION, out_hidden_size=text["hidden_size"])
-    return dict(model_type="qwen2_5_vl", text_config=text, vision_config=vision, tie_word_embeddings=tie)
-
-
-def _qwen2(text, tie):
-    return dict(model_type="qwen2_vl", text_config=text, vision_config=dict(_QWEN2_VISION, hidden_size=text["hidden_size"]),
-                tie_word_embeddings=tie)
-
-
-def _llava(hidden, ffn, layers, heads):
-    text = dict(model_type="llama", hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=heads, vocab_size=32064, max_position_embeddings=4096,
-                rms_norm_eps=1e-5)
-    return dict(model_type="llava", text_config=text, vision_config=dict(_CLIP_L_336), tie_word_embeddings=False,
-                vision_feature_select_strategy="default", vision_feature_layer=-2)
-
-
-# The CPU settings: the Qwen2.5 0.5B / 1.5B LLMs with a 4-block ViT of the released width (1280), so the VIP is
-# exactly the published-size one (F=256, C=512, 4 layers conditioned on 4 ViT blocks) while the ViT stays affordable
-# on a CPU. Its VIP conditions come from all four blocks (windowed blocks 0-2, full-attention block 3).
-_CPU_VISION = dict(_QWEN25_VISION, depth=4, fullatt_block_indexes=[3])
+# offline tokenizer, whose ids fit any of these vocabularies), one shipped file per architecture in
+# configs/architectures/ (``glimpseprune configs`` lists them). mRoPE splits half the head width into (t, h, w) bands:
+# [16, 24, 24] at the released 128-wide heads, the same 1:1.5:1.5 proportions at other widths ([8, 12, 12] at the
+# 0.5B LLM's 64-wide heads). The CPU settings are the Qwen2.5 0.5B / 1.5B LLMs with a 4-block ViT of the released
+# width (1280), so the VIP is exactly the published-size one (F=256, C=512, 4 layers conditioned on 4 ViT blocks)
+# while the ViT stays affordable on a CPU; their VIP conditions come from all four blocks (windowed blocks 0-2,
+# full-attention block 3). ``tiny`` is the tiny test size, through the same code path.
+ARCH_DIR = Path(__file__).resolve().parents[1] / "configs" / "architectures"
+ARCH_CONFIGS: dict[str, dict] = {p.stem: json.loads(p.read_text()) for p in sorted(ARCH_DIR.glob("*.json"))}
 CPU_GLIMPSE_OVERRIDES = {"qwen2.5-vl-0.5b-cpu": {"vip_visual_layers": [3, 2, 1, 0]},
                          "qwen2.5-vl-1.5b-cpu": {"vip_visual_layers": [3, 2, 1, 0]}}
-
-ARCH_CONFIGS: dict[str, dict] = {
-    "qwen2.5-vl-3b": _qwen25(_qwen_text(2048, 11008, 36, 16, 2, 151936), tie=True),
-    "qwen2.5-vl-7b": _qwen25(_qwen_text(3584, 18944, 28, 28, 4, 152064), tie=False),
-    "qwen2.5-vl-32b": _qwen25(_qwen_text(5120, 27648, 64, 40, 8, 152064), tie=False),
-    "qwen2.5-vl-72b": _qwen25(_qwen_text(8192, 29568, 80, 64, 8, 152064), tie=False),
-    "qwen2-vl-2b": _qwen2(_qwen_text(1536, 8960, 28, 12, 2, 151936), tie=True),
-    "qwen2-vl-7b": _qwen2(_qwen_text(3584, 18944, 28, 28, 4, 152064), tie=False),
-    "qwen2-vl-72b": _qwen2(_qwen_text(8192, 29568, 80, 64, 8, 152064), tie=False),
-    "llava-1.5-7b": _llava(4096, 11008, 32, 32),
-    "llava-1.5-13b": _llava(5120, 13824, 40, 40),
-    "qwen2.5-vl-0.5b-cpu": _qwen25(_qwen_text(896, 4864, 24, 14, 2, 151936), tie=True, vision=_CPU_VISION),
-    "qwen2.5-vl-1.5b-cpu": _qwen25(_qwen_text(1536, 8960, 28, 12, 2, 151936), tie=True, vision=_CPU_VISION),
-    # The tiny test sizes, through the same code path.
-    "tiny": _qwen25(dict(_qwen_text(64, 256, 4, 4, 2, None, theta=10000.0), max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-                    tie=True, vision=dict(_QWEN25_VISION, depth=4, hidden_size=64, intermediate_size=128, num_heads=4,
-                                          fullatt_block_indexes=[1, 3])),
-}
 CPU_ARCHS = ("tiny", "qwen2.5-vl-0.5b-cpu", "qwen2.5-vl-1.5b-cpu")
 CPU_MAX_LLM_PARAMETERS = 2.5e9  # larger random-weight LLMs are refused on CPU unless forced
-QWEN_MAX_PIXELS = 16384 * 28 * 28  # the released Qwen2.5-VL limit: 16,384 merged tokens (docs/method.md §11.2)
+MAX_PIXELS = 16384 * 28 * 28  # the released Qwen2.5-VL limit: 16,384 merged tokens (docs/method.md §11.2)
 
 
 def llm_parameters(text: dict) -> int:
@@ -144,6 +92,13 @@ def _parse_value(text: str):
         return text
 
 
+def config_only_families() -> list[str]:
+    """The model types whose adapter can build a random-weight model offline (``FamilyAdapter.config_only``)."""
+    from ..adapters import adapter_class, supported_model_types
+
+    return [t for t in supported_model_types() if adapter_class(t).offers_config_only]
+
+
 def arch_config(name: str, overrides: list[str] | dict | None = None) -> tuple[str, dict]:
     """(architecture label, config dict in transformers' layout) for a published name or a config.json path, with
     ``KEY=VALUE`` overrides on dotted paths (``text_config.num_hidden_layers=4``; ``text.`` / ``vision.`` are
@@ -163,8 +118,9 @@ def arch_config(name: str, overrides: list[str] | dict | None = None) -> tuple[s
             raise ValueError(f"unknown --config-only architecture {name!r}; known: {', '.join(ARCH_CONFIGS)} "
                              f"(or a transformers config.json path)")
         cfg, label = copy.deepcopy(ARCH_CONFIGS[key]), key
-    if not isinstance(cfg, dict) or cfg.get("model_type") not in ("qwen2_5_vl", "qwen2_vl", "llava"):
-        raise ValueError(f"--config-only {name}: model_type must be qwen2_5_vl, qwen2_vl or llava, "
+    buildable = config_only_families()
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in buildable:
+        raise ValueError(f"--config-only {name}: model_type must be one of {', '.join(buildable)}, "
                          f"got {cfg.get('model_type') if isinstance(cfg, dict) else type(cfg).__name__!r}")
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
     applied = []
@@ -193,14 +149,14 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
                       attn_implementation: str | None = None):
     """A :class:`GlimpsePrune` with a published (or given) architecture and random weights (+ fresh modules).
 
-    The tokenizer/processor are the tiny offline ones (their ids fit any vocabulary); Qwen processors allow the
-    released 16,384-token image limit, so 2.3k / 5k-token images reach the model unshrunk. Architectures other than
-    the CPU settings refuse to build on CPU unless ``force``: billions of random parameters on a few CPU cores are
-    not a benchmark.
+    The family's adapter builds the config and its offline tokenizer/processor (``FamilyAdapter.config_only``: the
+    tiny offline ones, whose ids fit any vocabulary); dynamic-grid processors allow the released 16,384-token
+    limit, so 2.3k / 5k-token images reach the model unshrunk. Architectures other than the CPU settings refuse to
+    build on CPU unless ``force``: billions of random parameters on a few CPU cores are not a benchmark.
     """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
     from ..model import GlimpsePrune
-    from ..testing.tiny import (TinyLlavaSpec, build_llava_processor, build_llava_tokenizer,  # config-only builds
-                                build_qwen2_vl_processor, build_qwen_processor, build_qwen_tokenizer)
 
     label, cfg = arch_config(name, overrides)
     device = torch.device(device)
@@ -211,43 +167,11 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
             f"it is not run on CPU (use a CUDA device, a CPU setting ({', '.join(CPU_ARCHS)}), size overrides, or "
             f"--force-cpu)"
         )
-    family = cfg["model_type"]
-    text = dict(cfg["text_config"])
-    if family == "llava":
-        from transformers import LlavaConfig, LlavaForConditionalGeneration
+    from ..adapters import adapter_class
 
-        tok = build_llava_tokenizer()
-        vision = cfg["vision_config"]
-        spec = TinyLlavaSpec(image_size=vision["image_size"], patch_size=vision["patch_size"],
-                             vision_feature_select_strategy=cfg.get("vision_feature_select_strategy", "default"))
-        text["vocab_size"] = text.get("vocab_size") or len(tok)
-        text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        side = vision["image_size"] // vision["patch_size"]
-        extras = {k: v for k, v in cfg.items() if k not in ("model_type", "text_config", "vision_config")}
-        hf = LlavaConfig(text_config=text, vision_config=dict(vision), image_token_index=tok.convert_tokens_to_ids("<image>"),
-                         image_seq_length=side * side + int(spec.vision_feature_select_strategy == "full"), **extras)
-        model_cls, processor = LlavaForConditionalGeneration, build_llava_processor(tok, spec)
-    else:
-        tok = build_qwen_tokenizer()
-        ids = tok.convert_tokens_to_ids
-        text["vocab_size"] = text.get("vocab_size") or len(tok)
-        text.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-        if family == "qwen2_5_vl":
-            from transformers import Qwen2_5_VLConfig as config_cls
-            from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
-
-            processor = build_qwen_processor(tok, patch_size=cfg["vision_config"]["patch_size"],
-                                             max_pixels=QWEN_MAX_PIXELS)
-        else:
-            from transformers import Qwen2VLConfig as config_cls
-            from transformers import Qwen2VLForConditionalGeneration as model_cls
-
-            processor = build_qwen2_vl_processor(tok, patch_size=cfg["vision_config"]["patch_size"],
-                                                 max_pixels=QWEN_MAX_PIXELS)
-        hf = config_cls(text_config=text, vision_config=dict(cfg["vision_config"]),
-                        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-                        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-                        tie_word_embeddings=cfg.get("tie_word_embeddings", False))
+    hf, processor = adapter_class(cfg["model_type"]).config_only(cfg, max_pixels=MAX_PIXELS)
+    tok = processor.tokenizer
+    model_cls = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(hf)]
     hf.text_config.eos_token_id = tok.eos_token_id
     if attn_implementation:
         hf._attn_implementation = attn_implementation
@@ -269,7 +193,7 @@ def build_config_only(name: str, device: str | torch.device = "cuda", dtype: tor
 
 def build_tiny(device: str | torch.device = "cpu", seed: int = 0):
     from ..model import GlimpsePrune
-    from ..testing.tiny import tiny_qwen2_5_vl  # the explicit "tiny" benchmark model
+    from ..offline_models import tiny_qwen2_5_vl  # the explicit "tiny" benchmark model
 
     model, processor = tiny_qwen2_5_vl()
     return GlimpsePrune(model.to(device), processor).with_new_modules(seed=seed)
@@ -367,7 +291,7 @@ def model_dims(gp):
 
 def flops_for(gp, chosen, n_text: int, n_visual: int, n_kept: int, prune_layer: int | None, image_counts: list[int],
               decode_steps: int) -> dict:
-    """Per-sample analytic FLOPs for the numbers measured (see :mod:`glimpseprune.eval.flops`)."""
+    """Per-sample analytic FLOPs for the numbers measured (see :mod:`glimpseprune.flops`)."""
     dims, vip = model_dims(gp)
     if chosen is None or prune_layer is None:
         pre = baseline_prefill_flops(dims.lm, n_text, n_visual, image_token_counts=image_counts, vision=dims.vision)

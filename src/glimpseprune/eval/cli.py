@@ -1,7 +1,8 @@
 """``glimpseprune eval`` and ``glimpseprune bench``: argument definitions and entry functions.
 
 The main dispatcher (``glimpseprune.cli``) imports ``add_eval_arguments`` / ``run_eval`` and ``add_bench_arguments``
-/ ``run_bench``. ``python -m glimpseprune.eval.cli {eval,bench} ...`` works on its own as well.
+/ ``run_bench``. ``python -m glimpseprune.eval.cli {eval,bench} ...`` works on its own as well and goes through the
+same error boundary as ``glimpseprune eval`` (one ``glimpseprune: error: ...`` line, exit code 2, ``--debug``).
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_config_from_args(args, model_id: str):
-    from .runner import Budget, EvalConfig, parse_budget, resolve_tasks
+    from ..budget import Budget, parse_budget
+    from .runner import EvalConfig, resolve_tasks
 
     specs = list(args.data)
     if args.tasks:
@@ -335,6 +337,8 @@ def run_bench(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``eval`` / ``bench`` in process, WITHOUT the error boundary: failures raise (tests catch them). Run from the
+    shell, this module goes through the boundary instead (below)."""
     parser = argparse.ArgumentParser(prog="glimpseprune-eval")
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_arguments(sub.add_parser("eval", help="accuracy / mask-quality evaluation"))
@@ -344,4 +348,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from glimpseprune.cli import main as guarded_main  # the command line's error boundary (errors.run_guarded)
+
+    raise SystemExit(guarded_main())

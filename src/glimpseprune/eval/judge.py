@@ -2,7 +2,8 @@
 
 The judge sends a versioned prompt (``prompts/judge_<version>.txt``) holding the question, the reference answer and
 the candidate answer, and reads back ``score: <number between 0 and 1>``. Works with vLLM, SGLang, llama.cpp
-servers or hosted APIs alike: only ``POST {base_url}/chat/completions`` is used, through the standard library.
+servers or hosted APIs alike: only ``POST {base_url}/chat/completions`` is used, through the standard library,
+via the proxy ``HTTP_PROXY`` / ``HTTPS_PROXY`` name (``NO_PROXY`` honoured) as ``urllib`` resolves them.
 
 Rules this module enforces (docs/method.md §14.1 and §18, rows 7 and 8):
 
@@ -25,6 +26,7 @@ without a score are cached. Every attempt has an overall ``deadline`` (connect +
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -34,6 +36,7 @@ import time
 import http.client
 import socket
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,6 +248,34 @@ class LLMJudge:
                 error = f"{type(e).__name__}: {e}"  # network, timeout, deadline, bad JSON/shape
         return None, error
 
+    def _connection(self, url: urllib.parse.SplitResult):
+        """(connection, request target, extra headers) for ``url``: direct, or through the proxy the environment
+        names for its scheme (``HTTP_PROXY`` / ``HTTPS_PROXY``, lower case too; hosts in ``NO_PROXY`` go direct), as
+        ``urllib`` resolves them. Plain HTTP goes to the proxy with the absolute URL; HTTPS opens a CONNECT tunnel
+        through it, so TLS still runs end to end with the judge. Credentials in the proxy URL become a Basic
+        ``Proxy-Authorization`` header."""
+        https = url.scheme == "https"
+        target = url.path + (f"?{url.query}" if url.query else "")
+        proxies = urllib.request.getproxies_environment()
+        proxy = proxies.get(url.scheme)
+        if not proxy or urllib.request.proxy_bypass_environment(url.hostname, proxies):
+            kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+            return kind(url.hostname, url.port, timeout=self.timeout), target, {}
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if not via.hostname:
+            raise ValueError(f"{url.scheme.upper()}_PROXY is not a proxy URL: {proxy!r}")
+        auth = {}
+        if via.username is not None:
+            user = urllib.parse.unquote(via.username)
+            secret = urllib.parse.unquote(via.password or "")
+            auth["Proxy-Authorization"] = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+        if https:
+            conn = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=self.timeout)
+            conn.set_tunnel(url.hostname, url.port or 443, headers=auth)
+            return conn, target, {}
+        conn = http.client.HTTPConnection(via.hostname, via.port or 80, timeout=self.timeout)
+        return conn, urllib.parse.urlunsplit(url._replace(fragment="")), auth
+
     def _post(self, prompt: str) -> str:
         body = {
             "model": self.model,
@@ -260,8 +291,8 @@ class LLMJudge:
         url = urllib.parse.urlsplit(f"{self.base_url}/chat/completions")
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"judge URL must be http(s)://host[:port]/..., got {self.base_url!r}")
-        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = kind(url.hostname, url.port, timeout=self.timeout)
+        conn, path, proxy_headers = self._connection(url)
+        headers.update(proxy_headers)
         expired = threading.Event()
 
         def cut() -> None:  # the deadline: shutting the socket down wakes a read blocked in another thread
@@ -276,7 +307,6 @@ class LLMJudge:
         timer.daemon = True
         timer.start()
         try:
-            path = url.path + (f"?{url.query}" if url.query else "")
             conn.request("POST", path, body=json.dumps(body).encode("utf-8"), headers=headers)
             response = conn.getresponse()
             data = response.read()

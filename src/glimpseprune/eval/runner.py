@@ -36,80 +36,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..budget import Budget
 from ..data.masks import boxes_to_grid_mask, mask_metrics, normalize_boxes
 from ..data.records import Record, load_records
 from .scorers import get_scorer
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 RUNNER_VERSION = 1  # bump when the per-sample record format changes: old files then stop being reused
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Per-call keep-policy overrides. ``None`` means "the model's config default".
-
-    ``max_keep_ratio`` caps the share kept after the (last) cut; ``retention`` instead asks for a layer-averaged
-    retention (the FastV / PyramidDrop / VScan axis, docs/method.md §15.1): baselines take it directly, GlimpsePrune gets
-    the kept cap that reaches it after its layer K (an error when K/L already exceeds it).
-    """
-
-    max_keep_ratio: float | None = None
-    threshold: float | None = None
-    retention: float | None = None
-
-    def __post_init__(self):
-        if self.retention is not None and self.max_keep_ratio is not None:
-            raise ValueError("a budget is a kept ratio (r=) or a layer-averaged retention (l=), not both")
-
-    @property
-    def tag(self) -> str:
-        parts = []
-        if self.max_keep_ratio is not None:
-            parts.append(f"r{self.max_keep_ratio:g}")
-        if self.retention is not None:
-            parts.append(f"l{self.retention:g}")
-        if self.threshold is not None:
-            parts.append(f"t{self.threshold:g}")
-        return "_".join(parts) or "default"
-
-    def kwargs(self) -> dict:
-        out = {}
-        if self.max_keep_ratio is not None:
-            out["max_keep_ratio"] = self.max_keep_ratio
-        if self.threshold is not None:
-            out["threshold"] = self.threshold
-        return out
-
-
-def parse_budget(text: str) -> Budget:
-    """``"0.1"`` (a keep-ratio cap), ``"r=0.1"``, ``"t=0.3"``, ``"r=0.1,t=0.3"``, ``"l=0.111"`` (layer-averaged
-    retention) or ``"default"``."""
-    text = text.strip()
-    if text in ("", "default"):
-        return Budget()
-    ratio = threshold = retention = None
-    for part in text.split(","):
-        key, _, value = part.partition("=")
-        if not value:
-            key, value = "r", key
-        key = key.strip().lower()
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"bad budget {text!r}: {value!r} is not a number") from None
-        if key in ("r", "ratio", "max_keep_ratio"):
-            ratio = number
-        elif key in ("t", "threshold"):
-            threshold = number
-        elif key in ("l", "retention"):
-            retention = number
-        else:
-            raise ValueError(f"bad budget {text!r}: unknown key {key!r} (use r=<max keep ratio>, t=<threshold>, "
-                             f"l=<layer-averaged retention>)")
-    try:
-        return Budget(ratio, threshold, retention)
-    except ValueError as err:
-        raise ValueError(f"bad budget {text!r}: {err}") from None
 
 
 def resolve_method(model, method: str, budget: Budget, prune_layer: int | None = None, **options):

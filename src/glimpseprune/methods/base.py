@@ -98,6 +98,12 @@ class PruneMethod:
     def select(self, ctx: SelectContext) -> Selection:
         raise NotImplementedError
 
+    def scoring_params(self, image_counts: list[int], stages: list[tuple[int, int]]) -> dict:
+        """Keyword parameters of this method's registered scoring FLOPs (``methods.method_scoring_flops``) for one
+        sample: ``image_counts`` visual tokens per image before pruning, ``stages`` the cut schedule it went through,
+        [(cut layer, visual tokens present after the cut)]. None by default."""
+        return {}
+
 
 def split_by_sample(values: torch.Tensor, batch: PreparedBatch) -> list[torch.Tensor]:
     sizes = [sum(im.num_tokens for im in images) for images in batch.images]

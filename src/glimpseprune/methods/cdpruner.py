@@ -22,6 +22,7 @@ import torch
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
 from ..budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction, top_k_mask
+from ..flops import ModelDims, budget_groups
 
 _EPS = 1e-10
 
@@ -66,6 +67,27 @@ def relevance(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return (r - r.min()) / span if span > 0 else torch.ones_like(r)
 
 
+def dpp_greedy_flops(n: int, k: int, d: int) -> int:
+    """:func:`dpp_greedy` (incremental Cholesky, no n×n kernel) on n features of width d picking k.
+
+    Step t (0-based) computes one similarity row f·f_j, 2·n·d, and the correction c[:t]ᵀ·c[:t, j], 2·t·n; over
+    s = min(k, n) steps 2·n·d·s + n·s·(s − 1). Every step is counted even if the volume runs out early (the rest is
+    then filled by relevance, a sort): an upper bound.
+    """
+    s = min(max(k, 0), n)
+    return 2 * n * d * s + n * s * (s - 1)
+
+
+def scoring_flops(dims: ModelDims, image_token_counts: list[int], text_len: int, *, kept=None) -> int:
+    """Relevance, one cosine of every visual token with the instruction's mean embedding, 2·N·D (when ``text_len``
+    > 0), then per budget group (``kept`` as for DivPrune) :func:`dpp_greedy_flops` with d = D."""
+    if kept is None:
+        raise ValueError("cdpruner: give kept= (int, or one count per image)")
+    d = dims.lm.hidden
+    relevance_flops = 2 * sum(image_token_counts) * d if text_len > 0 else 0
+    return relevance_flops + sum(dpp_greedy_flops(g, k, d) for g, k in budget_groups(kept, image_token_counts))
+
+
 class CDPruner(PruneMethod):
     name = "cdpruner"
     prune_layer = 0
@@ -101,13 +123,18 @@ class CDPruner(PruneMethod):
             scores.append(s)
         return Selection(keep=keep, scores=scores)
 
+    def scoring_params(self, image_counts, stages) -> dict:
+        if self.per_image:
+            return {"kept": [keep_count(n, self.fraction, self.min_keep) for n in image_counts]}
+        return {"kept": stages[0][1] if stages else sum(image_counts)}
+
 
 def special_token_ids(model) -> list[int]:
     tok = getattr(getattr(model, "processor", None), "tokenizer", None)
     return list(getattr(tok, "all_special_ids", []) or []) if tok is not None else []
 
 
-@register_method("cdpruner")
+@register_method("cdpruner", scoring_flops=scoring_flops)
 def build(model, prune_layer=None, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
           per_image=None) -> CDPruner:
     common = resolve_common("cdpruner", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)

@@ -21,6 +21,7 @@ import torch
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
 from ..budget import group_sizes, keep_count, resolve_common, select_groups, single_cut_fraction
+from ..flops import ModelDims, budget_groups
 
 
 def maxmin_greedy(features: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +54,23 @@ def maxmin_greedy(features: torch.Tensor, k: int, chunk: int = 1024) -> tuple[to
     return torch.tensor(picked, device=f.device), scores
 
 
+def maxmin_greedy_flops(n: int, k: int, d: int) -> int:
+    """:func:`maxmin_greedy` on n features of width d picking k: 2·n·d·(n + k).
+
+    The first pick needs every token's nearest other token, the full n×n cosine matrix (in row chunks), 2·n²·d;
+    then one similarity row 2·n·d for the first pick and for each of the k − 1 later ones.
+    """
+    return 0 if k <= 0 or n == 0 else 2 * n * d * (n + k)
+
+
+def scoring_flops(dims: ModelDims, image_token_counts: list[int], text_len: int, *, kept=None) -> int:
+    """Per budget group (``kept``: an int = one group over all images, or one count per image for ``per_image``)
+    :func:`maxmin_greedy_flops` with d = D (the LLM input embeddings)."""
+    if kept is None:
+        raise ValueError("divprune: give kept= (int, or one count per image)")
+    return sum(maxmin_greedy_flops(g, k, dims.lm.hidden) for g, k in budget_groups(kept, image_token_counts))
+
+
 class DivPrune(PruneMethod):
     name = "divprune"
     prune_layer = 0
@@ -73,8 +91,13 @@ class DivPrune(PruneMethod):
             scores.append(s)
         return Selection(keep=keep, scores=scores)
 
+    def scoring_params(self, image_counts, stages) -> dict:
+        if self.per_image:
+            return {"kept": [keep_count(n, self.fraction, self.min_keep) for n in image_counts]}
+        return {"kept": stages[0][1] if stages else sum(image_counts)}
 
-@register_method("divprune")
+
+@register_method("divprune", scoring_flops=scoring_flops)
 def build(model, prune_layer=None, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
           per_image=None, chunk: int = 1024) -> DivPrune:
     common = resolve_common("divprune", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)

@@ -27,6 +27,7 @@ import torch
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
 from ..budget import resolve_common, single_cut_fraction
+from ..flops import no_scoring_flops
 
 
 def cells(h: int, w: int, s: int) -> int:
@@ -74,7 +75,8 @@ class Downsample(PruneMethod):
         return Selection(keep=keep, replace=replace)
 
 
-@register_method("downsample")
+# Pooling is additions only (about N·D, no matrix product): nothing counted as scoring.
+@register_method("downsample", scoring_flops=no_scoring_flops)
 def build(model, prune_layer=None, cell: int | None = None, ratio=None, retention=None, threshold=None,
           max_keep_ratio=..., min_keep=None, per_image=None) -> Downsample:
     if prune_layer not in (None, 0):

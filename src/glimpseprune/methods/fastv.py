@@ -15,6 +15,15 @@ from __future__ import annotations
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
 from ..budget import group_sizes, resolve_common, single_cut_fraction, top_fraction
+from ..flops import ModelDims, cut_rows_flops
+
+
+def scoring_flops(dims: ModelDims, image_token_counts: list[int], text_len: int, *, stages=None) -> int:
+    """At the cut (``stages``: [(K, kept)] as applied) the last prompt token's attention row at layer K − 1 is
+    recomputed from the cache: its Q projection 2·D·H·d_h (after the input norm) plus scores 2·H·d_h·(text_len + N)."""
+    if stages is None:
+        raise ValueError("fastv: give stages=[(cut layer, kept), ...]")
+    return cut_rows_flops(dims.lm, stages, sum(image_token_counts), text_len)
 
 
 class FastV(PruneMethod):
@@ -32,8 +41,11 @@ class FastV(PruneMethod):
         ]
         return Selection(keep=keep, scores=scores)
 
+    def scoring_params(self, image_counts, stages) -> dict:
+        return {"stages": stages}
 
-@register_method("fastv")
+
+@register_method("fastv", scoring_flops=scoring_flops)
 def build(model, prune_layer=None, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
           per_image=None) -> FastV:
     common = resolve_common("fastv", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)

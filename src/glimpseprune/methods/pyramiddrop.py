@@ -19,11 +19,21 @@ from __future__ import annotations
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
 from ..budget import cumulative, given, group_sizes, resolve_common, top_fraction, uniform_stage_ratio
+from ..flops import ModelDims, cut_rows_flops
 
 
 def default_layers(num_layers: int) -> list[int]:
     L = num_layers
     return sorted({layer for layer in (2, L // 4, L // 2, 3 * L // 4) if 1 <= layer < L})
+
+
+def scoring_flops(dims: ModelDims, image_token_counts: list[int], text_len: int, *, stages=None) -> int:
+    """At every cut (``stages``: [(cut layer, visual tokens present after it)] as applied) the last prompt token's
+    attention row at the layer before is recomputed from the cache: Q projection 2·D·H·d_h plus scores
+    2·H·d_h·(text_len + visual tokens present before the cut)."""
+    if stages is None:
+        raise ValueError("pyramiddrop: give stages=[(cut layer, kept), ...]")
+    return cut_rows_flops(dims.lm, stages, sum(image_token_counts), text_len)
 
 
 class PyramidDrop(PruneMethod):
@@ -47,8 +57,11 @@ class PyramidDrop(PruneMethod):
         ]
         return Selection(keep=keep, scores=scores)
 
+    def scoring_params(self, image_counts, stages) -> dict:
+        return {"stages": stages}
 
-@register_method("pyramiddrop")
+
+@register_method("pyramiddrop", scoring_flops=scoring_flops)
 def build(model, prune_layer=None, layers=None, ratios=None, ratio=None, retention=None, threshold=None,
           max_keep_ratio=..., min_keep=None, per_image=None) -> PyramidDrop:
     L = model.adapter.num_layers
@@ -71,8 +84,8 @@ def build(model, prune_layer=None, layers=None, ratios=None, ratio=None, retenti
     else:
         common = resolve_common("pyramiddrop", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)
         b = common.budget
-        if b.kept_ratio is not None:
-            lam = [b.kept_ratio ** (1 / len(layers))] * len(layers)
+        if b.max_keep_ratio is not None:
+            lam = [b.max_keep_ratio ** (1 / len(layers))] * len(layers)
         else:
             lam = [uniform_stage_ratio(b.retention, layers, L)] * len(layers)
     return PyramidDrop(layers, cumulative(lam), common.min_keep, common.per_image)

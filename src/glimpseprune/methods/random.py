@@ -24,6 +24,7 @@ import torch
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection
 from ..budget import group_sizes, resolve_common, single_cut_fraction, top_fraction, top_k_mask
+from ..flops import no_scoring_flops
 
 
 def sample_generator(seed: int, token_ids: torch.Tensor) -> torch.Generator:
@@ -68,7 +69,7 @@ def same_count_control(model, pruning, seed: int = 0) -> RandomPrune:
     return build(model, prune_layer=pruning.prune_layer, seed=seed, kept_counts=[s.kept for s in pruning.samples])
 
 
-@register_method("random")
+@register_method("random", scoring_flops=no_scoring_flops)
 def build(model, prune_layer=None, seed: int = 0, ratio=None, retention=None, threshold=None, max_keep_ratio=...,
           min_keep=None, per_image=None, kept_counts=None) -> RandomPrune:
     layer = 0 if prune_layer is None else int(prune_layer)

@@ -41,6 +41,7 @@ from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
 from ..budget import keep_count, resolve_common, single_cut_fraction, top_k_mask
+from ..flops import ModelDims, default_vit_block, per_image_counts, vit_block_score_flops
 
 DEFAULT_SHARE = 0.05 / 0.111  # Qwen reference: 0.061 dominant + 0.05 contextual
 CLIP_SHARE = 10 / 64  # LLaVA reference: 54 dominant + 10 contextual
@@ -83,6 +84,25 @@ def contextual_merge(embeds: torch.Tensor, keys: torch.Tensor, rest: torch.Tenso
         sums.index_add_(0, assign, embeds[others].float())
         counts.index_add_(0, assign, torch.ones(others.numel(), device=embeds.device))
     return targets, (sums / counts[:, None]).to(embeds.dtype)
+
+
+def scoring_flops(dims: ModelDims, image_token_counts: list[int], text_len: int, *, kept=None, contextual=0,
+                  block: int | None = None, cls: bool | None = None) -> int:
+    """The ViT block's scores (:func:`glimpseprune.flops.vit_block_score_flops`: the CLS row on CLIP, the qkv
+    projection + chunked q·kᵀ on Qwen) plus the contextual merge, a key cosine of every non-kept token with the
+    image's c targets, 2·(n − kept)·c·D_v per image. ``kept`` (dominant + contextual) and ``contextual`` per image;
+    ``block`` defaults to the last full-attention ViT block (the index does not change the cost on CLIP); ``cls``
+    (CLS-row scoring) to ``patches_per_token == 1``."""
+    if kept is None:
+        raise ValueError("visionzip: give kept= (dominant + contextual per image)")
+    counts, vision = image_token_counts, dims.vision
+    kept_i = per_image_counts("kept", kept, counts)
+    ctx_i = per_image_counts("contextual", contextual, counts)
+    if any(c > k for c, k in zip(ctx_i, kept_i)):
+        raise ValueError(f"contextual {ctx_i} cannot exceed kept {kept_i}")
+    score = vit_block_score_flops(vision, counts, default_vit_block(vision) if block is None else block, cls)
+    merge = sum(2 * (c - k) * t * vision.hidden for c, k, t in zip(counts, kept_i, ctx_i))
+    return score + merge
 
 
 class VisionZip(PruneMethod):
@@ -139,8 +159,12 @@ class VisionZip(PruneMethod):
             replace.append(new[mask])
         return Selection(keep=keep, scores=split_by_sample(scores, batch), replace=replace)
 
+    def scoring_params(self, image_counts, stages) -> dict:
+        counts = [self.counts(n) for n in image_counts]
+        return {"kept": [d + c for d, c in counts], "contextual": [c for _, c in counts], "block": self.block}
 
-@register_method("visionzip")
+
+@register_method("visionzip", scoring_flops=scoring_flops)
 def build(model, prune_layer=None, block=None, dominant=None, contextual=None, contextual_share=None,
           max_elems: int = 2**22, ratio=None, retention=None, threshold=None, max_keep_ratio=..., min_keep=None,
           per_image=None) -> VisionZip:

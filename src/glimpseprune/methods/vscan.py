@@ -51,6 +51,7 @@ from ..adapters.base import VitRequest
 from . import register_method
 from .base import PruneMethod, SelectContext, Selection, split_by_sample
 from ..budget import (first_stage_ratio, group_sizes, keep_count, resolve_common, top_fraction, top_k_mask)
+from ..flops import ModelDims, cut_rows_flops, default_vit_block, per_image_counts, vit_block_score_flops
 from .visionzip import nearest, scoring_of
 
 
@@ -96,6 +97,33 @@ def merge_into_kept(embeds: torch.Tensor, keys: torch.Tensor, keep: torch.Tensor
         sums.index_add_(0, assign, embeds[dropped].float())
         counts.index_add_(0, assign, torch.ones(dropped.numel(), device=embeds.device))
     return (sums / counts[:, None]).to(embeds.dtype)
+
+
+def scoring_flops(dims: ModelDims, image_token_counts: list[int], text_len: int, *, stages=None, kept_vision=None,
+                  global_block: int | None = None, local_block: int | None = None, cls: bool | None = None) -> int:
+    """``stages`` = [(0, k1), (llm_layer, k2)] as applied, ``kept_vision`` per image (default: k1 for one image):
+    the global block's scores, the local block's when it is another block (a windowed one on Qwen2.5-VL), the merge
+    of every dropped token into its most key-similar kept token 2·(n − kept)·kept·D_v per image, and the LLM-stage
+    attention row as for FastV. ``global_block`` defaults to the last full-attention ViT block, ``local_block`` to
+    the last windowed block before it, or the global block itself (then it is not scored twice); ``cls`` as for
+    VisionZip."""
+    if stages is None:
+        raise ValueError("vscan: give stages=[(0, kept after the ViT stage), (llm_layer, kept)]")
+    counts, vision = image_token_counts, dims.vision
+    if kept_vision is None:
+        if len(counts) != 1:
+            raise ValueError("vscan: give kept_vision= per image when a sample has several images")
+        kept_vision = int(stages[0][1])
+    kv = per_image_counts("kept_vision", kept_vision, counts)
+    g = default_vit_block(vision) if global_block is None else int(global_block)
+    if local_block is None:
+        windowed = [i for i in range(g) if vision.full_attention_blocks and i not in vision.full_attention_blocks]
+        local_block = windowed[-1] if windowed else g
+    score = vit_block_score_flops(vision, counts, g, cls)
+    if int(local_block) != g:
+        score += vit_block_score_flops(vision, counts, int(local_block), cls)
+    merge = sum(2 * (c - k) * k * vision.hidden for c, k in zip(counts, kv))
+    return score + merge + cut_rows_flops(dims.lm, stages, sum(counts), text_len)
 
 
 class VScan(PruneMethod):
@@ -165,8 +193,12 @@ class VScan(PruneMethod):
         ]
         return Selection(keep=keep, scores=scores)
 
+    def scoring_params(self, image_counts, stages) -> dict:
+        return {"stages": stages, "kept_vision": [sum(self.vision_counts(n)) for n in image_counts],
+                "global_block": self.global_block, "local_block": self.local_block}
 
-@register_method("vscan")
+
+@register_method("vscan", scoring_flops=scoring_flops)
 def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio: float = 0.333,
           local_share: float = 0.5, global_block=None, local_block=None, local_window: int = 4,
           max_elems: int = 2**22, ratio=None,
@@ -193,13 +225,13 @@ def build(model, prune_layer=None, llm_layer=None, vision_ratio=None, llm_ratio:
         if any(v not in (None, ...) for v in (ratio, retention, max_keep_ratio)):
             raise ValueError("vscan: give either vision_ratio= or a budget, not both")
         common = resolve_common("vscan", float(vision_ratio), None, threshold, ..., min_keep, per_image)
-        rv = common.budget.kept_ratio
+        rv = common.budget.max_keep_ratio
     else:
         common = resolve_common("vscan", ratio, retention, threshold, max_keep_ratio, min_keep, per_image)
         b = common.budget
-        if b.kept_ratio is not None:
-            rv = min(1.0, b.kept_ratio / llm_ratio)
-            llm_ratio = b.kept_ratio / rv
+        if b.max_keep_ratio is not None:
+            rv = min(1.0, b.max_keep_ratio / llm_ratio)
+            llm_ratio = b.max_keep_ratio / rv
         else:
             rv = first_stage_ratio(b.retention, [0, layer], [llm_ratio], L)
     if isinstance(local_window, bool) or not isinstance(local_window, int) or local_window < 1:

@@ -11,7 +11,7 @@ kernels (flash on CPU and CUDA, memory-efficient on CUDA) need equal widths; wit
 math path, which materialises the H·N×N score and probability maps (gigabytes at the released 16,384-token limit).
 :func:`attention_padded_value` zero-pads V to the Q/K width and drops the padded output columns: the attention
 weights and the kept columns are mathematically unchanged, memory stays linear in N, and the weighted sum costs
-(F+C)/F times its unpadded FLOPs (counted so in ``eval/flops.py``).
+(F+C)/F times its unpadded FLOPs (counted so in ``flops.py``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Offline construction of tiny random vision-language models for the test-suite (a testing module: library
-components never import it; recipes reach it only through their explicit "tiny" options).
+"""Offline construction of tiny random vision-language models for the test-suite (a testing module: nothing in
+``src/`` imports it; the recipes' explicit "tiny" options use ``glimpseprune.offline_models``, re-exported here).
 
 Nothing here touches the network: models are randomly initialised from small configs, with the offline
 tokenizers and processors of ``glimpseprune.offline_processors``.
@@ -27,95 +27,15 @@ from ..adapters.qwen2_5_vl import OfflineQwenProcessor  # noqa: F401
 from ..adapters.qwen2_vl import OfflineQwen2VLProcessor  # noqa: F401
 
 
-@dataclass
-class TinyQwenSpec:
-    hidden_size: int = 64
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    vision_depth: int = 4
-    vision_hidden: int = 64
-    vision_heads: int = 4
-    fullatt_blocks: tuple[int, ...] = (1, 3)
-    patch_size: int = 14
-    seed: int = 0
-    # Larger than transformers' 0.02: a tiny model initialised at 0.02 repeats one token forever, which would make
-    # token-for-token equality tests vacuous. At 0.2 greedy outputs vary from step to step.
-    initializer_range: float = 0.2
-    # Extra LLM config fields, e.g. (("use_sliding_window", True), ("sliding_window", 12), ("layer_types", [...])).
-    text_overrides: tuple = ()
-
-
-def _qwen_text_config(tokenizer, spec: "TinyQwenSpec", rope_extra: dict | None = None) -> dict:
-    """The LLM half of a tiny Qwen-VL config (shared by Qwen2.5-VL and Qwen2-VL)."""
-    h = spec.hidden_size
-    head_dim = h // spec.num_heads
-    # mrope_section must sum to head_dim / 2 (t, h, w frequency bands).
-    quarter = head_dim // 8
-    mrope = [head_dim // 2 - 2 * (3 * quarter // 2), 3 * quarter // 2, 3 * quarter // 2]
-    return dict(
-        vocab_size=len(tokenizer),
-        hidden_size=h,
-        intermediate_size=4 * h,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope, **(rope_extra or {})},
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        **dict(spec.text_overrides),
-    )
-
-
-def _build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vision_config: dict,
-                       text_extra: dict | None = None, rope_extra: dict | None = None):
-    """Assemble and seed-initialise a tiny Qwen-VL model (shared by Qwen2.5-VL and Qwen2-VL)."""
-    ids = tokenizer.convert_tokens_to_ids
-    cfg = config_cls(
-        text_config={**_qwen_text_config(tokenizer, spec, rope_extra), **(text_extra or {})},
-        vision_config=vision_config,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
-        initializer_range=spec.initializer_range,
-    )
-    cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
-    cfg.text_config.eos_token_id = tokenizer.eos_token_id
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = model_cls(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
-
-
-def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = None):
-    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` of a few hundred thousand parameters."""
-    spec = spec or TinyQwenSpec()
-    h = spec.hidden_size
-    vision_config = dict(
-        depth=spec.vision_depth,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=2 * spec.vision_hidden,
-        num_heads=spec.vision_heads,
-        patch_size=spec.patch_size,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        out_hidden_size=h,
-        fullatt_block_indexes=list(spec.fullatt_blocks),
-    )
-    return _build_qwen_family(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, tokenizer, spec, vision_config)
-
-
-def tiny_qwen2_5_vl(spec: TinyQwenSpec | None = None, corpus: list[str] | None = None):
-    """(model, processor) for a tiny random Qwen2.5-VL, fully offline."""
-    tok = build_qwen_tokenizer(corpus)
-    return build_tiny_qwen2_5_vl(tok, spec), build_qwen_processor(tok, patch_size=(spec or TinyQwenSpec()).patch_size)
+# The tiny Qwen2.5-VL is also the recipes' "tiny" model, so it lives in the library (offline_models); the other
+# builders here reuse its spec and helpers.
+from ..offline_models import (  # noqa: E402,F401
+    TinyQwenSpec,
+    build_tiny_qwen2_5_vl,
+    tiny_qwen2_5_vl,
+)
+from ..offline_models import build_qwen_family as _build_qwen_family  # noqa: E402
+from ..offline_models import qwen_text_config as _qwen_text_config  # noqa: E402,F401
 
 
 # ---- Qwen2-VL -----------------------------------------------------------------------------------------------------
@@ -201,13 +121,11 @@ def tiny_qwen3_vl(spec: TinyQwen3Spec | None = None, corpus: list[str] | None = 
 
 # ---- LLaVA-1.5 ----------------------------------------------------------------------------------------------------
 
-LLAVA_SPECIAL_TOKENS = ["<|endoftext|>", "<image>", "<s>", "</s>", "<pad>"]
-
-# ``USER: <image>\n... ASSISTANT:`` as in llava-hf; real checkpoints ship their own template.
-LLAVA_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
-    "{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+from ..offline_processors import (  # noqa: E402,F401  (re-exported for the tests)
+    LLAVA_CHAT_TEMPLATE,
+    LLAVA_SPECIAL_TOKENS,
+    build_llava_processor,
+    build_llava_tokenizer,
 )
 
 
@@ -226,17 +144,6 @@ class TinyLlavaSpec:
     vision_feature_layer: int = -2
     seed: int = 0
     initializer_range: float = 0.2  # see TinyQwenSpec
-
-
-def build_llava_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400):
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = train_bpe(corpus or DEFAULT_CORPUS, LLAVA_SPECIAL_TOKENS, vocab_size)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<|endoftext|>"
-    )
-    tok.padding_side = "left"
-    return tok
 
 
 def build_tiny_llava(tokenizer, spec: TinyLlavaSpec | None = None):
@@ -272,26 +179,6 @@ def build_tiny_llava(tokenizer, spec: TinyLlavaSpec | None = None):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model.eval()
-
-
-def build_llava_processor(tokenizer, spec: TinyLlavaSpec | None = None):
-    """``LlavaProcessor`` with LLaVA-1.5's pad-to-square (mean-colour letterbox) preprocessing."""
-    from transformers import LlavaImageProcessorPil, LlavaProcessor
-
-    spec = spec or TinyLlavaSpec()
-    image_processor = LlavaImageProcessorPil(
-        do_pad=True,
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        num_additional_image_tokens=1,  # CLIP's CLS
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
 
 
 def tiny_llava(spec: TinyLlavaSpec | None = None, corpus: list[str] | None = None):

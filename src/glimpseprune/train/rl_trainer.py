@@ -132,7 +132,7 @@ def build_policy_model(cfg: RLConfig, device):
         gp = GlimpsePrune.from_pretrained(MINI_DIR / "base", glimpse, dtype=getattr(torch, cfg.dtype), device=device)
     elif cfg.model == "tiny":
         from ..data.scenes import all_texts
-        from ..testing.tiny import tiny_qwen2_5_vl
+        from ..offline_models import tiny_qwen2_5_vl  # the explicit "tiny" option
 
         model, processor = tiny_qwen2_5_vl(corpus=all_texts())
         gp = GlimpsePrune(model.to(device), processor)

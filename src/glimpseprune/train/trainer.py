@@ -193,7 +193,7 @@ def build_model(cfg: TrainConfig, device):
     """(base model, processor) frozen, in eval mode."""
     if cfg.model == "tiny":
         from ..data.scenes import all_texts
-        from ..testing.tiny import tiny_qwen2_5_vl  # the explicit "tiny" option
+        from ..offline_models import tiny_qwen2_5_vl  # the explicit "tiny" option
 
         model, processor = tiny_qwen2_5_vl(corpus=all_texts())
     else:

@@ -283,3 +283,21 @@ def test_cli_answer_says_where_the_kv_is(q35, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "in each of the 2 full-attention layers (the other 2 keep fixed-size states)" in out
+
+
+def test_rl_scoring_forward_reproduces_rollout_logprobs(q35):
+    """GP+ rollouts share each prompt's prefill over its group (linear states repeated with the KV), and the
+    scoring forward replays all steps at once through the linear layers from the kept states."""
+    from glimpseprune.engine import GenerationParams
+    from glimpseprune.train.rl_forward import completion_logprobs, rollout
+
+    model, processor, gp = q35
+    questions = ["is there a red circle?", "what colour is the shape in the image?"]
+    inputs = dict(build_inputs(processor, questions, [[scene(112, 112, 0)], [scene(84, 140, 1)]]))
+    n_vis = (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist()
+    g = torch.Generator().manual_seed(3)
+    method = FixedKeep([torch.rand(n, generator=g) < 0.4 for n in n_vis], prune_layer=3)
+    params = GenerationParams.resolve(None, do_sample=True, temperature=1.3, max_new_tokens=6, eos_token_id=[2])
+    r = rollout(gp.adapter, inputs, method, params, torch.Generator().manual_seed(0), group_size=2)
+    assert not torch.equal(r.completion[0], r.completion[1])
+    torch.testing.assert_close(completion_logprobs(gp.adapter, r), r.logprobs, atol=1e-5, rtol=1e-5)

@@ -250,9 +250,13 @@ def cmd_answer(args) -> int:
         for i, im in enumerate(sample.images):
             name = f"image {i}" if im.view is None else f"image {im.image} {im.view} view"
             print(f"  {name}: grid {im.grid[0]}x{im.grid[1]}, kept {im.kept} / {im.total}")
+    kv_where = ""
+    if state.kv_layers and len(state.kv_layers) < state.num_layers:  # hybrid: the other layers hold fixed-size states
+        kv_where = (f" in each of the {len(state.kv_layers)} full-attention layers (the other "
+                    f"{state.num_layers - len(state.kv_layers)} keep fixed-size states)")
     print(f"prefill {1000 * out.prefill_seconds:.1f} ms, decode {out.decode_ms_per_token:.1f} ms/token "
-          f"({out.new_tokens} tokens), KV length after prefill {state.kv_lengths[0]} (single run, first call "
-          "included: `glimpseprune bench` measures medians)")
+          f"({out.new_tokens} tokens), KV length after prefill {state.kv_lengths[0]}{kv_where} (single run, first "
+          "call included: `glimpseprune bench` measures medians)")
     if images and args.output:
         letterbox = model.adapter.letterboxes_images
         paths = []

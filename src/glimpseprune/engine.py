@@ -14,6 +14,10 @@ The whole idea in one loop:
 
 Decoding then runs the stock decoder stack one token at a time with explicit positions (last + 1, + 2, ...), so
 the dropped tokens never shift positions. No state is kept on any module: everything a call produces is returned.
+
+Hybrid models (Qwen3.5: Gated DeltaNet linear-attention layers between full-attention layers; docs/method.md,
+"Hybrid linear-attention models"): only the full-attention caches below K are cut; linear layers below K keep their
+running states (which never saw the glimpse); the attention rows are read at the last full-attention layer below K.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from transformers.generation.logits_process import (
 )
 
 from .adapters.base import FamilyAdapter, PreparedBatch
-from .layer_loop import DecoderSequence, LayerHooks, build_masks, run_layers
+from .layer_loop import (KV_LAYER, RECURRENT_LAYER, DecoderSequence, LayerHooks, build_masks, check_cuttable, kv_layers,
+                         row_layer, run_layers)
 from .methods.base import PruneMethod, SelectContext
 from .prune_state import ImagePruning, PruneState, SamplePruning, gather_seq, pack_keep_indices, prune_cache_layers
 
@@ -62,7 +67,12 @@ class _PrefillHooks(LayerHooks):
     def __init__(self, adapter, batch, method, cuts, glimpse_vectors, n_glimpse):
         self.adapter, self.batch, self.method, self.cuts = adapter, batch, method, cuts
         self.glimpse_vectors, self.n_glimpse = glimpse_vectors, n_glimpse
-        self.glimpse_rows, self.selection, self.prev_input, self.stages = None, None, None, []
+        self.glimpse_rows, self.selection, self.stages = None, None, []
+        self.types = adapter.layer_types
+        self.kv_layers = kv_layers(self.types)
+        # (layer, residual stream entering it) of the last full-attention layer run: the rows' query input
+        self.row_input = (None, None)
+        self.glimpse_row_layer = row_layer(self.types, cuts[0]) if n_glimpse else None
 
     def before_layer(self, i, seq):
         if i in self.cuts:
@@ -73,9 +83,13 @@ class _PrefillHooks(LayerHooks):
 
     def cut(self, i, seq):
         batch = self.batch
+        read, read_input = self.row_input
+        if read is not None and self.stages and read < self.stages[-1][0]:
+            # Its keys were cut at the previous cut, but its query input was not: no consistent row to read.
+            read, read_input = None, None
         ctx = SelectContext(
-            self.adapter, batch, i, seq.hidden, seq.cache, self.prev_input, seq.cos, seq.sin, seq.attention_mask,
-            seq.source, self.glimpse_rows,
+            self.adapter, batch, i, seq.hidden, seq.cache, read_input, seq.cos, seq.sin, seq.attention_mask,
+            seq.source, self.glimpse_rows, row_layer=read,
         )
         self.selection = selection = self.method.select(ctx)
         index, am = pack_keep_indices(_keep_columns(batch, seq.source, seq.attention_mask, selection.keep))
@@ -86,14 +100,16 @@ class _PrefillHooks(LayerHooks):
             seq.hidden = _replace_visual(seq.hidden, batch, seq.source, selection.replace)
         seq.cos, seq.sin = gather_seq(seq.cos, index.to(seq.cos.device), 1), gather_seq(seq.sin, index.to(seq.sin.device), 1)
         seq.position_ids = gather_seq(seq.position_ids, index, -1)
-        prune_cache_layers(seq.cache, range(i), index)
+        # Only full-attention caches hold per-token entries; linear layers below i keep their states as computed.
+        prune_cache_layers(seq.cache, [j for j in self.kv_layers if j < i], index)
         seq.masks = None  # rebuilt for the short sequence by the loop
-        self.glimpse_rows, self.n_glimpse = None, 0  # the glimpse is gone after the first cut
+        self.glimpse_rows, self.n_glimpse, seq.transient = None, 0, 0  # the glimpse is gone after the first cut
         self.stages.append((i, [int(k.sum()) for k in selection.keep]))
 
     def after_layer(self, i, seq, layer_input):
-        self.prev_input = layer_input
-        if self.n_glimpse and i == self.cuts[0] - 1:
+        if self.types[i] == KV_LAYER:
+            self.row_input = (i, layer_input)
+        if self.n_glimpse and i == self.glimpse_row_layer:
             width = seq.hidden.shape[1]
             g = slice(width - 1, width)  # only the last glimpse token's row is read
             self.glimpse_rows = self.adapter.attention_row(
@@ -116,13 +132,8 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
     cuts = sorted(set(method.prune_layers)) if method is not None else []
     if any(not 0 <= c < adapter.num_layers for c in cuts):
         raise ValueError(f"prune layers {cuts} out of range for a {adapter.num_layers}-layer model")
-    if cuts and set(adapter.layer_types) != {"full_attention"}:
-        # A sliding-window cache keeps only its last W-1 entries and a linear layer a recurrent state: neither can
-        # drop chosen tokens the way a full-attention KV cache can, so pruning them is refused, not approximated.
-        raise ValueError(
-            f"pruning needs full-attention layers only; this model has {sorted(set(adapter.layer_types))} "
-            "(use method 'none' to run it unpruned)"
-        )
+    if cuts:
+        check_cuttable(adapter.layer_types)
     # source[b, j]: the prepared-batch column held by current column j (-1: padding or the glimpse).
     source = torch.arange(width, device=device).expand(bs, -1).masked_fill(am == 0, -1)
 
@@ -139,7 +150,8 @@ def prefill(adapter: FamilyAdapter, batch: PreparedBatch, method: PruneMethod | 
         source = torch.cat([source, source.new_full((bs, n_glimpse), -1)], dim=1)
 
     cos, sin = adapter.rope(h, pos)
-    seq = DecoderSequence(h, pos, am, cos, sin, adapter.new_cache(), source, batch.layer_additions)
+    seq = DecoderSequence(h, pos, am, cos, sin, adapter.new_cache(), source, batch.layer_additions,
+                          transient=n_glimpse)
     hooks = _PrefillHooks(adapter, batch, method, cuts, glimpse_vectors, n_glimpse)
     run_layers(adapter, seq, hooks)
     h = adapter.text_model.norm(seq.hidden[:, -1:])
@@ -213,6 +225,7 @@ def _prune_state(adapter, batch, method, selection, attention_mask, source, stag
         num_layers=adapter.num_layers,
         samples=samples,
         kv_lengths=attention_mask.sum(1).tolist(),
+        kv_layers=kv_layers(adapter.layer_types),
         stages=stages,
     )
 
@@ -354,10 +367,11 @@ def decode(
             masks = first_masks
         else:
             # Full attention: the grown mask, or None when the first one was None (never padding after it).
-            # Any other layer type (sliding window, linear) or mask format is rebuilt for this step.
+            # Linear attention: None, as its stock builder returns for a single token (never padding).
+            # Any other layer type (sliding window) or mask format is rebuilt for this step.
             masks = {
                 kind: mask_all[kind][..., : mask_len + step - first] if kind in mask_all
-                else None if kind == "full_attention" and mask is None else REBUILD
+                else None if kind == RECURRENT_LAYER or (kind == KV_LAYER and mask is None) else REBUILD
                 for kind, mask in first_masks.items()
             }
             if REBUILD in masks.values():

@@ -122,6 +122,12 @@ def dims_from_hf_config(config, selected_layers: int = 1, vip_layers: int = 4) -
     model_type = getattr(config, "model_type", None)
     if model_type not in supported_model_types():
         raise TypeError(f"unsupported config (model_type={model_type!r}); supported: {supported_model_types()}")
+    types = set(getattr(config.text_config, "layer_types", None) or ["full_attention"])
+    if types != {"full_attention"}:
+        # Linear-attention (Gated DeltaNet) layers cost neither attention's n·m term nor its projections, and
+        # sliding layers see a window: counting them as full attention would be a wrong number, so they are refused.
+        raise ValueError(f"FLOPs are modelled for full-attention decoders only; this {model_type} config has layer "
+                         f"types {sorted(types)}")
     lm = _lm_dims(config.text_config)
     vision = VisionDims(**adapter_class(model_type).flops_vision_dims(config, lm.hidden))
     vip = VIPDims(input_width=selected_layers * lm.heads, vision_width=vision.hidden, layers=vip_layers)

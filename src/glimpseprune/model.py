@@ -13,6 +13,7 @@ from .adapters import adapter_for
 from .checkpoint import build_modules, load_modules, save_modules
 from .config import GlimpsePruneConfig
 from .engine import GenerationParams, decode, prefill
+from .layer_loop import RECURRENT_LAYER, kv_layers
 from .placement import execution_device
 from .methods import FixedKeep, GlimpsePruneMethod, PruneMethod
 from .policy import KeepPolicy
@@ -85,7 +86,10 @@ class GlimpsePrune:
             raise ValueError("glimpse, vip and config must be given together")
         if glimpse is not None:
             # Next to the layer whose attention row the VIP reads (on a split model, parameters may read as meta).
-            device = execution_device(model, self.adapter.layers[max(config.prune_layer - 1, 0)])
+            read = max(config.prune_layer - 1, 0)
+            if self.adapter.layer_types[read] == RECURRENT_LAYER:  # hybrid: the row comes from a full layer below
+                read = max([i for i in kv_layers(self.adapter.layer_types) if i < config.prune_layer], default=read)
+            device = execution_device(model, self.adapter.layers[read])
             dtype = next(model.parameters()).dtype
             self.glimpse = glimpse.to(device=device, dtype=dtype).eval()
             self.vip = vip.to(device=device, dtype=dtype).eval()

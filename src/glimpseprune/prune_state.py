@@ -68,8 +68,18 @@ class PruneState:
     prune_layer: int | None  # K: first layer that ran on the pruned sequence (None: nothing pruned)
     num_layers: int
     samples: list[SamplePruning] = field(default_factory=list)
-    kv_lengths: list[int] = field(default_factory=list)  # valid cache entries per row right after prefill
+    # Valid cache entries per row right after prefill, in each layer of ``kv_layers``.
+    kv_lengths: list[int] = field(default_factory=list)
     stages: list[tuple[int, list[int]]] = field(default_factory=list)  # (cut layer, kept per sample after it)
+    # The layers whose caches hold one entry per token (full attention): the only caches a cut shortens. Every
+    # layer on all-attention models; on hybrid models (Qwen3.5) the linear-attention layers hold fixed-size states
+    # instead, whose size no cut changes (docs/method.md, "Hybrid linear-attention models").
+    kv_layers: list[int] = field(default_factory=list)
+
+    @property
+    def kv_entries(self) -> list[int]:
+        """Per row: cached key/value positions summed over the layers that hold them (kv_lengths x |kv_layers|)."""
+        return [n * len(self.kv_layers) for n in self.kv_lengths]
 
     @property
     def kept(self) -> list[int]:
@@ -111,6 +121,7 @@ class PruneState:
             "keep_ratio": self.keep_ratio,
             "layer_averaged_retention": self.layer_averaged_retention,
             "kv_lengths": list(self.kv_lengths),
+            "kv_layers": list(self.kv_layers),
             "stages": [[layer, list(kept)] for layer, kept in self.stages],
             "samples": [
                 {
@@ -154,8 +165,9 @@ def gather_seq(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
     return x.gather(dim, idx)
 
 
-def prune_cache_layers(cache, layers: range, index: torch.Tensor) -> None:
-    """Physically drop entries from the KV cache of ``layers``: keys/values [bs, H_kv, L, d] -> [bs, H_kv, L', d]."""
+def prune_cache_layers(cache, layers, index: torch.Tensor) -> None:
+    """Physically drop entries from the KV cache of ``layers`` (full-attention layers: the caller picks them from
+    ``config.layer_types``): keys/values [bs, H_kv, L, d] -> [bs, H_kv, L', d]."""
     for i in layers:
         layer = cache.layers[i]
         # each layer's cache sits on its layer's device (a split model spreads them)

@@ -8,6 +8,7 @@ import torch
 from glimpseprune import GlimpsePrune
 from glimpseprune.testing.tiny import (TinyLlavaSpec, tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_5_vl,
                                        tiny_qwen2_vl, tiny_qwen3_vl)
+from glimpseprune.testing.tiny import tiny_qwen3_5
 
 # A new family joins the whole suite by adding one line here.
 BUILDERS = {
@@ -18,8 +19,10 @@ BUILDERS = {
     "llava_cls": lambda: tiny_llava(TinyLlavaSpec(vision_feature_select_strategy="full")),  # CLS kept as a token
     "llava_next": tiny_llava_next,  # AnyRes: base view + unpadded stitched crops, newline tokens never pruned
     "llava_onevision": tiny_llava_onevision,  # AnyRes with SigLIP (no CLS), shrunk crops view, Qwen2 LLM
+    # Hybrid [full, linear, full, linear]: the suite's cuts at 1 / 2 / 3 land on linear / full / linear layers
+    "qwen3_5": tiny_qwen3_5,
 }
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls", "llava_next", "llava_onevision"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls", "llava_next", "llava_onevision", "qwen3_5"]
 ANYRES = ("llava_next", "llava_onevision")
 
 

@@ -8,7 +8,11 @@ as per-layer attention masks written out by hand here:
 
 - layers before the first cut: prompt tokens attend causally to every prompt token;
 - layers after a cut, and every generated token in every layer: attention only to the prompt tokens present at that
-  layer (generated tokens: the final kept set) and to generated tokens.
+  layer (generated tokens: the final kept set) and to generated tokens;
+- linear-attention (recurrent) layers have no attention mask to express a cut: each runs, with no cache, on the
+  columns present at that layer only, gathered in order (before the first cut: every prompt token; after a cut: the
+  tokens kept there), followed by the generated tokens. So a generated token's state in a linear layer below K has
+  seen the whole prompt, and from K on only the kept tokens (docs/method.md, "Hybrid linear-attention models").
 
 Positions are the stock ones, never renumbered; generated token t sits at last + 1 + t on every axis. DeepStack-style
 additions go, by hand, to the stock visual positions after the stock layers, on every token whether pruned or not
@@ -57,6 +61,28 @@ def stock_embeds_and_positions(model, inputs: dict) -> tuple[torch.Tensor, torch
     if pos.ndim == 3 and pos.shape[0] == 4:  # Qwen: [text row; t; h; w] -> the three mRoPE rows
         pos = pos[1:]
     return embeds, pos
+
+
+class _PresentColumnsAdapter:
+    """The family adapter, except that a linear-attention layer runs on the columns ``present(i)`` only (gathered,
+    no cache, no padding) and hands its outputs back to those columns; the other columns pass it unchanged (they
+    are gone at that layer: no one reads them again)."""
+
+    def __init__(self, adapter, present):
+        self.adapter, self.present = adapter, present
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+    def run_layer(self, i, hidden, mask, cos_sin, position_ids, cache):
+        if self.adapter.layer_types[i] != "linear_attention":
+            return self.adapter.run_layer(i, hidden, mask, cos_sin, position_ids, cache)
+        cols = self.present(i).nonzero().squeeze(1)
+        cos, sin = cos_sin
+        out = hidden.clone()
+        out[:, cols] = self.adapter.run_layer(i, hidden[:, cols], None, (cos[:, cols], sin[:, cols]),
+                                              position_ids[..., cols], None)
+        return out
 
 
 class _ReferenceHooks(LayerHooks):
@@ -126,14 +152,17 @@ def reference_generate(model, inputs: dict, prunable: torch.Tensor, keep_visual,
         is_generated = torch.arange(total) >= n
         final_ok = torch.cat([final, gen])
 
-        def layer_mask(i):
+        def present(i):
+            """Columns present at layer i: the prompt tokens kept by the cuts at or below i, and every generated one."""
             prompt_ok = torch.ones(n, dtype=torch.bool)
             for layer, kept in kept_at:
                 if i >= layer:
                     prompt_ok = kept
-            ok = torch.cat([prompt_ok, gen])
+            return torch.cat([prompt_ok, gen])
+
+        def layer_mask(i):
             # prompt queries see the keys present at this layer; generated queries only ever see the final set
-            return causal & torch.where(is_generated[:, None], final_ok[None, :], ok[None, :])
+            return causal & torch.where(is_generated[:, None], final_ok[None, :], present(i)[None, :])
 
         cos, sin = lm.rotary_emb(embeds_all, pos_all)
         hooks = _ReferenceHooks(layer_mask, set(adapter.layer_types), kept_at[replace_stage][0], replace_cols,
@@ -141,7 +170,7 @@ def reference_generate(model, inputs: dict, prunable: torch.Tensor, keep_visual,
         if pos_all.ndim == 3:  # the engine's Qwen layout: a 1-D text row first, then the mRoPE rows
             pos_all = torch.cat([torch.arange(total)[None, None], pos_all], dim=0)
         seq = DecoderSequence(embeds_all, pos_all, None, cos, sin)
-        h = run_layers(adapter, seq, hooks).hidden
+        h = run_layers(_PresentColumnsAdapter(adapter, present), seq, hooks).hidden
         logits = model.lm_head(lm.norm(h[:, -1]))[0].float()
         if first_logits is None:
             first_logits = logits

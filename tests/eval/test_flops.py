@@ -493,7 +493,8 @@ def test_scoring_formulas_match_the_attention_row_and_vit_scores():
     # FastV's row: D = 8, H = 2, H_kv = 1, d_h = 4 (TINY_LM), over 15 cached keys.
     layer = Qwen2DecoderLayer(Qwen2Config(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, head_dim=4,
                                           intermediate_size=16), 0)
-    fake = types.SimpleNamespace(layers=[layer], apply_rotary=lambda q, cos, sin: q)
+    fake = types.SimpleNamespace(layers=[layer], apply_rotary=lambda q, cos, sin: q,
+                                 row_query=lambda attn, x: FamilyAdapter.row_query(None, attn, x))
     row = lambda: FamilyAdapter.attention_row(fake, 0, torch.randn(1, 1, 8), None, None, torch.randn(1, 1, 15, 4),  # noqa: E731
                                               None, True)
     assert _counted(row) == method_scoring_flops("fastv", TINY_DIMS, [10], 5, stages=[(1, 3)])

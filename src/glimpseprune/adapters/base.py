@@ -302,7 +302,7 @@ class FamilyAdapter:
             t if t is None else t.to(keys.device) for t in (layer_input, cos, sin, attention_mask))
         x = layer.input_layernorm(layer_input)
         bs = x.shape[0]
-        q = attn.q_proj(x).view(bs, 1, -1, attn.head_dim).transpose(1, 2)  # [bs, H, 1, d]
+        q = self.row_query(attn, x)  # [bs, H, 1, d]
         if getattr(attn, "q_norm", None) is not None:  # Qwen3-style per-head query norm
             q = attn.q_norm(q)
         q = self.apply_rotary(q, cos, sin)
@@ -315,6 +315,12 @@ class FamilyAdapter:
         if attention_mask is not None:
             logits = logits.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
         return torch.log_softmax(logits, dim=-1)
+
+
+    def row_query(self, attn, x: torch.Tensor) -> torch.Tensor:
+        """The attention's query heads for the normed input ``x`` [bs, 1, D], before any q-norm and rotary:
+        [bs, H, 1, d] (a family whose query projection carries more, e.g. an output gate, overrides this)."""
+        return attn.q_proj(x).view(x.shape[0], 1, -1, attn.head_dim).transpose(1, 2)
 
 
 def split_images(visual_mask: torch.Tensor, image_tokens: list[int], grids: list[tuple[int, int]]) -> list[list[ImageInfo]]:

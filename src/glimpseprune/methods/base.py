@@ -25,12 +25,15 @@ class SelectContext:
     layer: int  # the cut layer: the first layer that will run on the pruned sequence
     hidden: torch.Tensor  # residual stream entering `layer`, [bs, L_cur (+ glimpse), D]
     cache: object  # DynamicCache after layers 0..layer-1, in the current columns
-    prev_input: torch.Tensor | None  # residual stream that entered layer-1 (None at layer 0)
+    prev_input: torch.Tensor | None  # residual stream that entered the row layer (below); None: no row to read
     cos: torch.Tensor  # rotary tables of the current columns, [bs, L_cur, d]
     sin: torch.Tensor
     attention_mask: torch.Tensor  # [bs, L_cur] current 2-D mask
     source: torch.Tensor  # [bs, L_cur]: column in the prepared batch of every current column; -1 for pads/glimpse
     glimpse_rows: torch.Tensor | None = None  # [bs, H, L_cur + glimpse]: the glimpse's attention at layer K-1
+    # The layer whose attention rows this cut reads: layer-1, or on hybrid models the last full-attention layer
+    # below the cut (layer_loop.row_layer); None: layer-1.
+    row_layer: int | None = None
 
     def visual_columns(self, rows: torch.Tensor) -> torch.Tensor:
         """[bs, H, L] rows at the FIRST cut (original columns) -> [T, H] over every visual token, batch order."""
@@ -66,8 +69,11 @@ class SelectContext:
         Only one query row is recomputed from the cached keys, so any attention backend works.
         """
         if self.prev_input is None:
-            raise ValueError("no decoder layer has run yet: attention scores need a cut at layer >= 1")
-        i = self.layer - 1
+            raise ValueError(
+                f"the cut at layer {self.layer} has no attention row to read: no full-attention layer ran before it "
+                "(since the previous cut, if any). All-attention models: cut at layer >= 1; hybrid models: put a "
+                "full-attention layer below every cut, after the previous one")
+        i = self.layer - 1 if self.row_layer is None else self.row_layer
         last = slice(self.prev_input.shape[1] - 1, self.prev_input.shape[1])
         if self.glimpse_rows is not None:
             raise ValueError("last_token_row is not defined while a glimpse token is in the sequence")

@@ -341,3 +341,76 @@ def tiny_llava_onevision(spec: TinyOnevisionSpec | None = None, corpus: list[str
     """(model, processor) for a tiny random LLaVA-OneVision, fully offline."""
     tok = build_onevision_tokenizer(corpus)
     return build_tiny_llava_onevision(tok, spec), build_llava_onevision_processor(tok, spec)
+
+
+# ---- Qwen3.5 (hybrid: Gated DeltaNet linear attention + full attention) -------------------------------------------
+
+
+@dataclass
+class TinyQwen3_5Spec(TinyQwen3Spec):
+    # Full attention first, then alternating: cuts at K = 1, 2, 3 land on linear, full and linear layers, K - 1 is
+    # full for K = 1 and 3 (the row is read right below the cut) and linear for K = 2 (read at layer 0).
+    layer_types: tuple[str, ...] = ("full_attention", "linear_attention", "full_attention", "linear_attention")
+    linear_heads: int = 2  # key heads of a linear layer (value heads: twice as many, as released)
+    linear_head_dim: int = 16
+    partial_rotary_factor: float = 0.5  # released: 0.25 of a 256-wide head; here half of a 16-wide head
+    # Per-step decay rates A of the linear layers' value heads, drawn uniformly from this range. The stock init
+    # draws them from (0.01, 16): a random tiny model then forgets a token within a few steps, so cutting visual
+    # tokens (which sit a dozen tokens before the last one) would barely change a linear layer's output and tests
+    # of the cut could not tell right from wrong. Slow decay keeps the whole prompt in every state.
+    decay_range: tuple[float, float] = (0.005, 0.05)
+
+
+def build_tiny_qwen3_5(tokenizer: Qwen2Tokenizer, spec: TinyQwen3_5Spec | None = None):
+    """A randomly initialised ``Qwen3_5ForConditionalGeneration``: ``spec.layer_types`` mixing Gated DeltaNet
+    linear-attention and gated full-attention layers, interleaved mRoPE on part of each head, no DeepStack.
+
+    Runs on CPU with transformers' own torch implementations of the gated delta rule and the causal conv1d (it logs
+    that flash-linear-attention / causal-conv1d are not installed)."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    spec = spec or TinyQwen3_5Spec()
+    if len(spec.layer_types) != spec.num_layers:
+        raise ValueError(f"layer_types has {len(spec.layer_types)} entries for {spec.num_layers} layers")
+    vision_config = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        patch_size=spec.patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=spec.hidden_size,
+        num_position_embeddings=64,
+    )
+    head_dim = spec.hidden_size // spec.num_heads
+    rotary = int(head_dim * spec.partial_rotary_factor)  # mrope_section splits the rotated half-dims (t, h, w)
+    quarter = rotary // 8
+    mrope = [rotary // 2 - 2 * quarter, quarter, quarter]
+    extra = dict(
+        head_dim=head_dim,
+        layer_types=list(spec.layer_types),
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=spec.linear_head_dim,
+        linear_value_head_dim=spec.linear_head_dim,
+        linear_num_key_heads=spec.linear_heads,
+        linear_num_value_heads=2 * spec.linear_heads,
+    )
+    rope = {"mrope_interleaved": True, "partial_rotary_factor": spec.partial_rotary_factor, "mrope_section": mrope}
+    model = _build_qwen_family(Qwen3_5Config, Qwen3_5ForConditionalGeneration, tokenizer, spec, vision_config,
+                               text_extra=extra, rope_extra=rope)
+    generator = torch.Generator().manual_seed(spec.seed)
+    low, high = spec.decay_range
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            if layer.block_type == "linear_attention":
+                rates = torch.empty(layer.linear_attn.A_log.shape).uniform_(low, high, generator=generator)
+                layer.linear_attn.A_log.copy_(rates.log())
+    return model
+
+
+def tiny_qwen3_5(spec: TinyQwen3_5Spec | None = None, corpus: list[str] | None = None):
+    """(model, processor) for a tiny random Qwen3.5 (hybrid linear / full attention), fully offline."""
+    spec = spec or TinyQwen3_5Spec()
+    tok = build_qwen_tokenizer(corpus)
+    return build_tiny_qwen3_5(tok, spec), build_qwen3_vl_processor(tok, patch_size=spec.patch_size)

@@ -9,7 +9,8 @@ One pass over prompt + answer, no KV cache, every one of the L layers:
     for i in 0..L-1:
         if i > 0: h[glimpse] += u(i)          additive deep prompt, as at inference
         h = layer_i(h)
-        if i == K-1: rows = glimpse's attention row over the keys of layer K-1  (adapter.attention_row)
+        if i == K-1: rows = glimpse's attention row over the keys of layer K-1  (adapter.attention_row; on hybrid
+                     models the last full-attention layer below K, layer_loop.row_layer)
     VIP(rows[visual columns], ViT features) -> one keep logit per visual token
     LM loss = next-token CE over the answer tokens
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters.base import FamilyAdapter, PreparedBatch
-from ..layer_loop import DecoderSequence, LayerHooks, run_layers
+from ..layer_loop import DecoderSequence, LayerHooks, row_layer, run_layers
 
 IGNORE_INDEX = -100
 
@@ -194,6 +195,7 @@ class _TrainingHooks(LayerHooks):
         self.slot_vectors, self.gmask, self.isolate, self.keep_bias_fn = slot_vectors, gmask, isolate, keep_bias_fn
         self.grids, self.tokens, self.stop_at_vip = grids, tokens, stop_at_vip
         self.vip_logits = None
+        self.read_layer = row_layer(adapter.layer_types, prune_layer)  # K-1 unless that layer is linear attention
 
     def before_layer(self, i, seq):
         if i > 0 and i in self.slot_vectors:
@@ -201,10 +203,10 @@ class _TrainingHooks(LayerHooks):
         if i == self.prune_layer and self.keep_bias_fn is not None:
             bias = self.keep_bias_fn(self.vip_logits, self.tokens, self.layout)
             seq.masks = explicit_masks(self.adapter, seq.attention_mask, seq.hidden.dtype, self.isolate, bias)
-        seq.cache = self.adapter.new_cache() if i == self.prune_layer - 1 else None
+        seq.cache = self.adapter.new_cache() if i == self.read_layer else None
 
     def after_layer(self, i, seq, layer_input):
-        if i != self.prune_layer - 1:
+        if i != self.read_layer:
             return
         layout = self.layout
         g = layout.read
@@ -230,7 +232,7 @@ class _TrainingHooks(LayerHooks):
         seq.cache = None
 
     def stop_after(self, i):
-        return self.stop_at_vip and i == self.prune_layer - 1
+        return self.stop_at_vip and i == self.read_layer
 
 
 def training_forward(

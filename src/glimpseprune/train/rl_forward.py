@@ -57,9 +57,10 @@ def expand_prefill(pre: Prefill, group_size: int) -> Prefill:
     therefore its logits and KV cache are the same for every completion of a group, so the prefill runs once."""
     if group_size == 1:
         return pre
+    rows = torch.arange(pre.logits.shape[0], device=pre.logits.device).repeat_interleave(group_size)
     for layer in pre.cache.layers:
-        layer.keys = layer.keys.repeat_interleave(group_size, 0)
-        layer.values = layer.values.repeat_interleave(group_size, 0)
+        # Each cache layer repeats what it holds: keys and values, or a linear-attention layer's states.
+        layer.reorder_cache(rows)
     return Prefill(
         logits=pre.logits.repeat_interleave(group_size, 0),
         cache=pre.cache,

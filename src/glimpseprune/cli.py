@@ -216,7 +216,7 @@ def add_answer_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_answer(args) -> int:
     from .errors import UserError
     from .processing import load_image
-    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens
+    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens, grids_per_image
 
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output} is a directory; give a .png file path ('' to skip the drawing)")
@@ -255,14 +255,20 @@ def cmd_answer(args) -> int:
     if images and args.output:
         letterbox = model.adapter.letterboxes_images
         paths = []
-        for i, (image, pruned) in enumerate(zip(images, sample.images)):
+        per_image = grids_per_image([im.size for im in images], sample.images,
+                                    lambda w, h: model.adapter.grid_regions(w, h, model.processor))
+        for i, (image, parts) in enumerate(zip(images, per_image)):
             path = Path(args.output)
             if len(images) > 1:
                 path = path.with_name(f"{path.stem}_{i}{path.suffix}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            caption = (f"{KEPT_TOKENS_CAPTION}; kept {pruned.kept}/{pruned.total} after layer {state.prune_layer}, "
+            kept, total = sum(p.kept for p, _ in parts), sum(p.total for p, _ in parts)
+            caption = (f"{KEPT_TOKENS_CAPTION}; kept {kept}/{total} after layer {state.prune_layer}, "
                        f"method {state.method}")
-            draw_kept_tokens(image, pruned, letterbox, caption=caption).save(path)
+            views = [p for p, region in parts if region is None]
+            if views:  # e.g. InternVL's thumbnail: counted above, not drawn over the tiles
+                caption += f" (thumbnail, not drawn: kept {sum(p.kept for p in views)}/{sum(p.total for p in views)})"
+            draw_kept_tokens(image, parts, letterbox, caption=caption).save(path)
             paths.append(str(path))
         print(f"kept tokens drawn: {', '.join(paths)}")
     if args.json:

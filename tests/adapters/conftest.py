@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.testing.tiny import TinyLlavaSpec, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
+from glimpseprune.testing.tiny import (TinyLlavaSpec, tiny_internvl, tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl,
+                                       tiny_qwen3_vl)
 
 # A new family joins the whole suite by adding one line here.
 BUILDERS = {
@@ -15,8 +16,9 @@ BUILDERS = {
     "qwen3_vl": tiny_qwen3_vl,  # DeepStack after LLM layers 0-2: the suite's cuts at 0 / 2 / 3 are before / inside / after
     "llava": tiny_llava,
     "llava_cls": lambda: tiny_llava(TinyLlavaSpec(vision_feature_select_strategy="full")),  # CLS kept as a token
+    "internvl": tiny_internvl,  # dynamic tiles + thumbnail: every tile its own 4 x 4 grid
 }
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls", "internvl"]
 
 
 @dataclass

@@ -50,6 +50,7 @@ def build_modules(config: GlimpsePruneConfig) -> tuple[GlimpseToken, VIP]:
         cond_size=config.vip_cond_size,
         heads=config.vip_heads,
         rope_theta=config.vip_rope_theta,
+        block=config.vip_block,
     )
     return glimpse, vip
 
@@ -210,8 +211,11 @@ def import_reference(
         raise ValueError(f"unsupported VIP type {raw.get('attn_fuse_type')!r}; only AttnFuserV1 was released")
     if raw.get("attn_fuse_hidden_act", "silu") != "silu":
         raise ValueError("only the SiLU VIP MLP is supported")
-    if raw.get("attn_fuse_global", True) is False and model_type != "llava_llama_gp":
-        raise ValueError("window-local VIP attention (attn_fuse_global=false) was never released and is unsupported")
+    from .adapters.base import adapter_class
+
+    family = reference_model_types()[model_type]
+    # What this family's reference format fixes beyond the common fields (and the VIP attention scope it allows).
+    family_fields = adapter_class(family).reference_config_fields(raw)
     for flag in ("use_ref_masks", "use_zero_masks"):
         if raw.get(flag):
             raise ValueError(f"reference debug switch {flag}=true cannot be imported")
@@ -223,7 +227,8 @@ def import_reference(
         keys = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
         raise ValueError(f"{REFERENCE_WEIGHTS}: expected keys attn_fuser, learnable_embeddings, le_proj, le_norm; got {keys}")
     embeddings = weights["learnable_embeddings"]
-    n_vip = len(raw.get("selected_visual_layers", []))
+    vip_visual_layers = list(family_fields.get("vip_visual_layers", raw.get("selected_visual_layers", [])))
+    n_vip = len(vip_visual_layers)
     fuser = weights["attn_fuser"]
     in_w = fuser.get("attn_in_proj.weight")
     cond_w = fuser.get("cond_in_projs.0.weight")
@@ -231,14 +236,14 @@ def import_reference(
         raise ValueError("attn_fuser lacks attn_in_proj.weight or cond_in_projs.0.weight")
     text_cfg = raw.get("text_config", raw)  # flat (4.x) or nested layout
     num_layers = int(text_cfg.get("num_hidden_layers", expected.num_layers if expected else 0))
-    config = GlimpsePruneConfig(
-        family=reference_model_types()[model_type],
+    fields = dict(
+        family=family,
         prune_layer=r + 1,
         hidden_size=int(embeddings.shape[-1]),
         num_heads=int(in_w.shape[1]),
         vision_hidden_size=int(cond_w.shape[1]),
         num_layers=num_layers,
-        vip_visual_layers=list(raw["selected_visual_layers"]),
+        vip_visual_layers=vip_visual_layers,
         glimpse_layers=list(raw.get("le_layers", [0])),
         glimpse_length=int(raw.get("le_length", 1)),
         glimpse_dropout=float(raw.get("le_dropout_prob", 0.0)),
@@ -252,6 +257,8 @@ def import_reference(
         max_keep_ratio=raw.get("max_remain_ratio"),
         min_keep=int(raw.get("min_remain_num", 1)),
     )
+    fields.update(family_fields)
+    config = GlimpsePruneConfig(**fields)
     if tuple(embeddings.shape[:2]) != (len(config.glimpse_layers), config.glimpse_length):
         raise ValueError(
             f"learnable_embeddings shape {tuple(embeddings.shape)} does not match le_layers/le_length "
@@ -309,6 +316,13 @@ def export_reference(directory: str | Path, config: GlimpsePruneConfig, glimpse:
         directory / REFERENCE_WEIGHTS,
     )
     model_type = {v: k for k, v in reference_model_types().items()}[config.family]
+    from .adapters.base import adapter_class
+
+    fixed = adapter_class(config.family).reference_config_fields({"selected_visual_layers": config.vip_visual_layers})
+    for name in ("vip_block", "vip_conditions", "glimpse_norm"):
+        if name in fixed and getattr(config, name) != fixed[name]:
+            raise ValueError(f"the reference format of {config.family!r} holds {name}={fixed[name]!r} only; "
+                             f"these modules have {getattr(config, name)!r}")
     raw = {
         "model_type": model_type,
         "num_hidden_layers": config.num_layers,

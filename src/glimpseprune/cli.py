@@ -216,7 +216,7 @@ def add_answer_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_answer(args) -> int:
     from .errors import UserError
     from .processing import load_image
-    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens
+    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens, grids_per_image
 
     if args.output and Path(args.output).is_dir():
         raise UserError(f"--output {args.output} is a directory; give a .png file path ('' to skip the drawing)")
@@ -260,17 +260,27 @@ def cmd_answer(args) -> int:
     if images and args.output:
         letterbox = model.adapter.letterboxes_images
         paths = []
-        # An image with several views (AnyRes) is drawn with its base view: a plain resize of the whole image.
-        drawn = [im for im in sample.images if im.view in (None, "base")]
-        for i, (image, pruned) in enumerate(zip(images, drawn)):
+        if any(im.view is not None for im in sample.images):
+            # Several views per image (AnyRes): the base view is a plain resize of the whole image and is drawn; the
+            # other views (the stitched crops) are counted in the caption, not drawn.
+            per_image = [[(im, (0.0, 0.0, 1.0, 1.0) if im.view == "base" else None)
+                          for im in sample.images if im.image == i] for i in range(len(images))]
+        else:
+            per_image = grids_per_image([im.size for im in images], sample.images,
+                                        lambda w, h: model.adapter.grid_regions(w, h, model.processor))
+        for i, (image, parts) in enumerate(zip(images, per_image)):
             path = Path(args.output)
             if len(images) > 1:
                 path = path.with_name(f"{path.stem}_{i}{path.suffix}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            view = "" if pruned.view is None else f" ({pruned.view} view)"
-            caption = (f"{KEPT_TOKENS_CAPTION}; kept {pruned.kept}/{pruned.total}{view} after layer "
-                       f"{state.prune_layer}, method {state.method}")
-            draw_kept_tokens(image, pruned, letterbox, caption=caption).save(path)
+            kept, total = sum(p.kept for p, _ in parts), sum(p.total for p, _ in parts)
+            caption = (f"{KEPT_TOKENS_CAPTION}; kept {kept}/{total} after layer {state.prune_layer}, "
+                       f"method {state.method}")
+            views = [p for p, region in parts if region is None]
+            if views:  # InternVL's thumbnail, AnyRes's crops view: counted above, not drawn
+                caption += (f" (second view of the whole image, not drawn: kept {sum(p.kept for p in views)}/"
+                            f"{sum(p.total for p in views)})")
+            draw_kept_tokens(image, parts, letterbox, caption=caption).save(path)
             paths.append(str(path))
         print(f"kept tokens drawn: {', '.join(paths)}")
     if args.json:

@@ -39,6 +39,14 @@ class GlimpsePruneConfig:
     vip_cond_size: int = 512  # C
     vip_heads: int = 4
     vip_rope_theta: float = 10000.0
+    # The VIP block variant (modules/vip.py): "rmsnorm_gated" (ours and the Qwen / LLaVA releases) or
+    # "layernorm_plain" (the authors' InternVL2.5 modules, docs/method.md §17.5).
+    vip_block: str = "rmsnorm_gated"
+    # What conditions the VIP blocks: "vit" = the ViT blocks in vip_visual_layers (one per block); "projected" = the
+    # projected visual tokens the LLM receives, the same tensor for every block (width hidden_size; the entries of
+    # vip_visual_layers then only count the blocks), as in the authors' InternVL2.5 modules. Only families whose
+    # adapter offers them (``FamilyAdapter.projected_conditions``) accept "projected".
+    vip_conditions: str = "vit"
     # True: raw q·k/sqrt(d) logits (Qwen releases); False: log-softmax over all keys (LLaVA releases).
     attention_logits: bool = True
     # Keep-policy defaults; every one can be overridden per generate() call.
@@ -74,13 +82,20 @@ class GlimpsePruneConfig:
             raise ConfigError(f"glimpse_layers has duplicates: {self.glimpse_layers}")
         if not self.vip_visual_layers:
             raise ConfigError("vip_visual_layers must name at least one ViT block (one VIP layer per entry)")
+        if self.vip_block not in ("rmsnorm_gated", "layernorm_plain"):
+            raise ConfigError(f"vip_block must be 'rmsnorm_gated' or 'layernorm_plain', got {self.vip_block!r}")
+        if self.vip_conditions not in ("vit", "projected"):
+            raise ConfigError(f"vip_conditions must be 'vit' or 'projected', got {self.vip_conditions!r}")
+        if self.vip_conditions == "projected" and self.vision_hidden_size != self.hidden_size:
+            raise ConfigError(f"projected-token conditions have the LLM width {self.hidden_size}, but "
+                              f"vision_hidden_size is {self.vision_hidden_size}")
         if len(set(self.vip_visual_layers)) != len(self.vip_visual_layers):
             raise ConfigError(f"vip_visual_layers has duplicates: {self.vip_visual_layers}")
         if self.base_model is not None:
             check_base_record(self.base_model)
             lo, hi = self.base_model.get("vit_layer_range") or (-math.inf, math.inf)
             bad = [x for x in self.vip_visual_layers if not lo <= x < hi]
-            if bad:
+            if bad and self.vip_conditions == "vit":  # projected conditions name no ViT block
                 raise ConfigError(
                     f"vip_visual_layers {bad} do not exist in the vision tower of the base model "
                     f"(valid indices: {lo}..{hi - 1})"
@@ -201,10 +216,12 @@ def check_base_record(record: dict) -> None:
 def check_same_base(config: GlimpsePruneConfig, base: GlimpsePruneConfig) -> None:
     """Refuse modules made for another family or shape (the checks PEFT makes for an adapter's base model)."""
     for name in ("family", "hidden_size", "num_heads", "vision_hidden_size", "num_layers"):
-        if getattr(config, name) != getattr(base, name):
+        # projected-token conditions have the LLM's width, whatever the ViT's
+        source = "hidden_size" if name == "vision_hidden_size" and config.vip_conditions == "projected" else name
+        if getattr(config, name) != getattr(base, source):
             raise ConfigError(
                 f"these GlimpsePrune modules were made for {name}={getattr(config, name)!r}, "
-                f"but the base model has {name}={getattr(base, name)!r}"
+                f"but the base model has {source}={getattr(base, source)!r}"
                 + _made_for(config)
             )
     saved, actual = config.base_model, base.base_model

@@ -84,6 +84,9 @@ class GlimpsePrune:
         self.glimpse, self.vip = glimpse, vip
         if (glimpse is None) != (vip is None) or (glimpse is not None and config is None):
             raise ValueError("glimpse, vip and config must be given together")
+        if config is not None and config.vip_conditions == "projected" and not self.adapter.offers_projected_conditions:
+            raise ValueError(f"these modules condition the VIP on projected visual tokens, which the "
+                             f"{self.adapter.family!r} adapter does not offer")
         if glimpse is not None:
             # Next to the layer whose attention row the VIP reads (on a split model, parameters may read as meta).
             read = max(config.prune_layer - 1, 0)

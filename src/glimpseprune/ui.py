@@ -53,7 +53,7 @@ def method_choices(model) -> list[str]:
 def ask(model, image, question: str, method: str, max_keep_ratio: float, max_new_tokens: int = 16) -> Answers:
     """Answer ``question`` about ``image`` unpruned and with ``method`` at the budget ``max_keep_ratio`` (the cap on
     the kept share of visual tokens after the cut; 1 = no cap, the method's own rule alone)."""
-    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens
+    from .viz import KEPT_TOKENS_CAPTION, draw_kept_tokens, grids_per_image
 
     if image is None:
         raise ValueError("upload an image or pick a benchmark scene first")
@@ -83,7 +83,9 @@ def ask(model, image, question: str, method: str, max_keep_ratio: float, max_new
     ])
     caption = f"{KEPT_TOKENS_CAPTION}; {sample.kept}/{sample.total} kept, method {state.method}"
     letterbox = model.adapter.letterboxes_images
-    return Answers(full_text, text, kept, timings, draw_kept_tokens(image, sample.images[0], letterbox, caption))
+    parts = grids_per_image([image.size], sample.images,
+                            lambda w, h: model.adapter.grid_regions(w, h, model.processor))[0]
+    return Answers(full_text, text, kept, timings, draw_kept_tokens(image, parts, letterbox, caption))
 
 
 def offline_theme():

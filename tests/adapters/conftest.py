@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from glimpseprune import GlimpsePrune
-from glimpseprune.testing.tiny import (TinyLlavaSpec, tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_qwen2_5_vl,
+from glimpseprune.testing.tiny import (TinyLlavaSpec, tiny_internvl, tiny_llava, tiny_llava_next, tiny_llava_onevision,
+                                       tiny_qwen2_5_vl,
                                        tiny_qwen2_vl, tiny_qwen3_vl)
 from glimpseprune.testing.tiny import tiny_qwen3_5
 
@@ -21,8 +22,10 @@ BUILDERS = {
     "llava_onevision": tiny_llava_onevision,  # AnyRes with SigLIP (no CLS), shrunk crops view, Qwen2 LLM
     # Hybrid [full, linear, full, linear]: the suite's cuts at 1 / 2 / 3 land on linear / full / linear layers
     "qwen3_5": tiny_qwen3_5,
+    "internvl": tiny_internvl,  # dynamic tiles + thumbnail: every tile its own 4 x 4 grid
 }
-FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls", "llava_next", "llava_onevision", "qwen3_5"]
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_cls", "llava_next", "llava_onevision", "qwen3_5",
+            "internvl"]
 ANYRES = ("llava_next", "llava_onevision")
 
 

@@ -31,7 +31,7 @@ def test_adapter_and_defaults(fam):
     assert layers == sorted(set(layers), reverse=True)  # distinct, deepest first
     if fam.name != "qwen2_5_vl":  # the tiny Qwen2.5-VL has only 2 full-attention blocks to condition on
         assert len(layers) == 4
-    assert cfg.attention_logits is (not fam.name.startswith("llava"))
+    assert cfg.attention_logits is (not fam.name.startswith(("llava", "internvl")))  # log-softmax rows
 
 
 @pytest.mark.parametrize("prune_layer", [1, 3])

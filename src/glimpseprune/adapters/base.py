@@ -78,6 +78,18 @@ class VitRequest(list):
         self.block_inputs = list(block_inputs)
 
 
+class ProjectedConditions(list):
+    """A ``vit_layers`` request for VIP conditions that are the projected visual tokens the LLM receives, one copy per
+    entry, instead of ViT block outputs (``GlimpsePruneConfig.vip_conditions == "projected"``, the authors'
+    InternVL2.5 modules; docs/method.md §17.5). Only adapters with ``offers_projected_conditions`` accept it."""
+
+
+def condition_request(config) -> list:
+    """What ``prepare`` is asked for so that it returns the VIP conditions ``config`` was made with."""
+    layers = list(config.vip_visual_layers)
+    return ProjectedConditions(layers) if config.vip_conditions == "projected" else layers
+
+
 @dataclass
 class ImageInfo:
     grid: tuple[int, int]  # merged visual-token grid (rows, cols) as the LLM sees it
@@ -121,6 +133,8 @@ class FamilyAdapter:
     family: str = ""
     reference_model_type: str | None = None  # the published GlimpsePrune code's model_type for this family
     letterboxes_images: bool = False  # the processor pads every image to a centred square (drawing keep masks)
+    # prepare() can condition the VIP on the projected visual tokens (a ``ProjectedConditions`` request)
+    offers_projected_conditions: bool = False
 
     def __init__(self, model):
         self.model = model
@@ -198,6 +212,23 @@ class FamilyAdapter:
     def flops_vision_dims(cls, config, lm_hidden: int) -> dict:
         """The fields of ``flops.VisionDims`` for this family's ViT and projector, read from its config."""
         raise NotImplementedError
+
+    @classmethod
+    def reference_config_fields(cls, raw: dict) -> dict:
+        """GlimpsePruneConfig fields that this family's reference-format checkpoint (``reference_model_type``) fixes
+        beyond the common ones read in ``checkpoint.import_reference``; raises on settings it cannot reproduce."""
+        # attn_fuse_global=false: VIP attention within ViT windows on Qwen (never released), meaningless on LLaVA.
+        if raw.get("attn_fuse_global", True) is False and cls.reference_model_type != "llava_llama_gp":
+            raise ValueError(
+                "window-local VIP attention (attn_fuse_global=false) was never released and is unsupported")
+        return {}
+
+    @classmethod
+    def grid_regions(cls, width: int, height: int, processor) -> list[tuple[float, float, float, float] | None]:
+        """Per visual-token grid the processor makes from a ``width x height`` image, in order: the part of the
+        image it shows as fractions (x0, y0, x1, y1), or None for a grid that is a second, coarser view of the whole
+        image (InternVL's thumbnail). Default: one grid showing the whole image."""
+        return [(0.0, 0.0, 1.0, 1.0)]
 
     def vit_scoring(self) -> VitScoring | None:
         """The declared capability to score this family's ViT attention (VisionZip, VScan); None: not offered."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..adapters.base import condition_request
 from ..config import GlimpsePruneConfig
 from ..modules import VIP, GlimpseToken
 from ..policy import KeepPolicy
@@ -20,7 +21,8 @@ class GlimpsePruneMethod(PruneMethod):
         self.config = config
         self.policy = policy.validate()
         self.prune_layer = config.prune_layer
-        self.vit_layers = list(config.vip_visual_layers)
+        # ViT blocks, or the projected visual tokens (docs/method.md §17.5)
+        self.vit_layers = condition_request(config)
 
     def logits(self, ctx: SelectContext) -> torch.Tensor:
         """Keep logits [T] over every visual token of the batch (all samples, all images, in order)."""

@@ -96,13 +96,22 @@ class GatedMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+# Block variants: the released Qwen / LLaVA modules; the authors' InternVL2.5 code (docs/method.md §17.5).
+VIP_BLOCKS = ("rmsnorm_gated", "layernorm_plain")
+
+
 class VIPBlock(nn.Module):
-    def __init__(self, size: int, cond_size: int, heads: int, eps: float = 1e-6):
+    def __init__(self, size: int, cond_size: int, heads: int, eps: float = 1e-6, variant: str = "rmsnorm_gated"):
         super().__init__()
-        self.norm1 = RMSNorm(size, eps)
+        if variant not in VIP_BLOCKS:
+            raise ValueError(f"unknown VIP block {variant!r}; expected one of {VIP_BLOCKS}")
+        plain = variant == "layernorm_plain"
+        # layernorm_plain: LayerNorm with bias (torch's default eps) and a two-matrix SiLU MLP of width 2F.
+        self.norm1 = nn.LayerNorm(size) if plain else RMSNorm(size, eps)
         self.attn = ConditionalAttention(size, cond_size, heads)
-        self.norm2 = RMSNorm(size, eps)
-        self.mlp = GatedMLP(size)
+        self.norm2 = nn.LayerNorm(size) if plain else RMSNorm(size, eps)
+        self.mlp = nn.Sequential(nn.Linear(size, 2 * size), nn.SiLU(), nn.Linear(2 * size, size)) if plain \
+            else GatedMLP(size)
 
     def forward(self, x, cond, cos, sin):
         x = x + self.attn(self.norm1(x), cond, cos, sin)
@@ -119,11 +128,12 @@ class VIP(nn.Module):
         cond_size: int = 512,
         heads: int = 4,
         rope_theta: float = 10000.0,
+        block: str = "rmsnorm_gated",
     ):
         super().__init__()
         self.in_proj = nn.Linear(row_width, size)
         self.cond_projs = nn.ModuleList([nn.Linear(vision_size, cond_size) for _ in range(num_layers)])
-        self.blocks = nn.ModuleList([VIPBlock(size, cond_size, heads) for _ in range(num_layers)])
+        self.blocks = nn.ModuleList([VIPBlock(size, cond_size, heads, variant=block) for _ in range(num_layers)])
         self.out_proj = nn.Linear(size, 1)
         self.rope = GridRoPE2D((size + cond_size) // heads, rope_theta)
         self.reset_parameters()
@@ -135,8 +145,10 @@ class VIP(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
                 nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, rows: torch.Tensor, conds: list[torch.Tensor], grids: list[tuple[int, int]]) -> torch.Tensor:
         """Keep logits [T] for T visual tokens of several images laid end to end.

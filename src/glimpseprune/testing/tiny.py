@@ -414,3 +414,113 @@ def tiny_qwen3_5(spec: TinyQwen3_5Spec | None = None, corpus: list[str] | None =
     spec = spec or TinyQwen3_5Spec()
     tok = build_qwen_tokenizer(corpus)
     return build_tiny_qwen3_5(tok, spec), build_qwen3_vl_processor(tok, patch_size=spec.patch_size)
+
+
+# ---- InternVL -----------------------------------------------------------------------------------------------------
+
+INTERNVL_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
+                           "<video>"]
+
+# The layout of the InternVL-hf chat templates (one ``<IMG_CONTEXT>`` line per image, which the processor expands to
+# ``<img>`` + tiles x tokens-per-tile context tokens + ``</img>``), without the default system turn.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class TinyInternVLSpec:
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_depth: int = 4  # >= 4 so that 4 distinct ViT blocks can condition the VIP
+    vision_hidden: int = 64
+    vision_heads: int = 4
+    tile_size: int = 112  # 8 x 8 patches per tile -> 4 x 4 LLM tokens after the 2 x 2 pixel shuffle
+    patch_size: int = 14
+    max_tiles: int = 4  # dynamic tiling: at most 4 tiles (+ the thumbnail when there are several)
+    seed: int = 0
+    initializer_range: float = 0.2  # see TinyQwenSpec
+
+    @property
+    def tokens_per_tile(self) -> int:
+        side = self.tile_size // self.patch_size // 2
+        return side * side
+
+
+def build_internvl_tokenizer(corpus: list[str] | None = None, vocab_size: int = 400) -> Qwen2Tokenizer:
+    """A ``Qwen2Tokenizer`` with InternVL's image tokens, named as the InternVL processor reads them."""
+    bpe = train_bpe(corpus or DEFAULT_CORPUS, INTERNVL_SPECIAL_TOKENS, vocab_size)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = Qwen2Tokenizer(
+        vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+    )
+    tok.add_special_tokens({"additional_special_tokens": INTERNVL_SPECIAL_TOKENS[1:]})
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_internvl(tokenizer, spec: TinyInternVLSpec | None = None):
+    """A randomly initialised ``InternVLForConditionalGeneration`` (InternViT with CLS + 2x2 pixel shuffle + Qwen2)."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    spec = spec or TinyInternVLSpec()
+    cfg = InternVLConfig(
+        vision_config=dict(
+            hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+            num_hidden_layers=spec.vision_depth, num_attention_heads=spec.vision_heads,
+            image_size=spec.tile_size, patch_size=spec.patch_size, initializer_range=spec.initializer_range,
+            # 0.1 (the default) keeps every ViT block close to the identity: the tiny tower's tokens would barely
+            # differ, so selections and conditions would be tested on near-duplicates.
+            layer_scale_init_value=1.0,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+            intermediate_size=4 * spec.hidden_size, num_hidden_layers=spec.num_layers,
+            num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+            max_position_embeddings=4096, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None, initializer_range=spec.initializer_range,
+        ),
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=spec.tokens_per_tile,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        initializer_range=spec.initializer_range,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = InternVLForConditionalGeneration(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def build_internvl_processor(tokenizer, spec: TinyInternVLSpec | None = None):
+    """InternVL's processor on the PIL tiling image processor (no torchvision, so no video processor)."""
+    from transformers import GotOcr2ImageProcessorPil
+
+    from ..adapters.internvl import OfflineInternVLProcessor
+
+    spec = spec or TinyInternVLSpec()
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": spec.tile_size, "width": spec.tile_size}, crop_to_patches=True, min_patches=1,
+        max_patches=spec.max_tiles,
+    )
+    return OfflineInternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                    image_seq_length=spec.tokens_per_tile, chat_template=INTERNVL_CHAT_TEMPLATE)
+
+
+def tiny_internvl(spec: TinyInternVLSpec | None = None, corpus: list[str] | None = None):
+    """(model, processor) for a tiny random InternVL (dynamic tiles + thumbnail, pixel shuffle), fully offline."""
+    tok = build_internvl_tokenizer(corpus)
+    return build_tiny_internvl(tok, spec), build_internvl_processor(tok, spec)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..adapters.base import condition_request
 from ..checkpoint import save_modules
 from ..config import GlimpsePruneConfig
 from ..policy import KeepPolicy
@@ -168,7 +169,7 @@ class Trainable(nn.Module):
         adapter, c = self.adapter, self.gp_config
         device = next(self.parameters()).device
         with torch.no_grad():  # embeddings and ViT features: nothing upstream trains
-            prepared = adapter.prepare(model_inputs(batch, device), c.vip_visual_layers)
+            prepared = adapter.prepare(model_inputs(batch, device), condition_request(c))
         labels = batch["labels"].to(device)
         if self.cfg.mode == "boxfree":
             parts, _ = boxfree_losses(

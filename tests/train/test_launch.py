@@ -23,12 +23,13 @@ from glimpseprune.state_io import load_state, state_exists
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/accelerate/cpu_2proc.yaml"
-STALL_S = 90  # no CPU used by any process of the launch for this long: hung (rendezvous waits are < 60 s)
+STALL_S = 90  # no process of the launch used CPU or waited for one this long: hung (rendezvous waits are < 60 s)
 
 
-def session_cpu_ticks(session: int) -> tuple[int, int]:
-    """(processes, user + system clock ticks used) of every live process in ``session``."""
+def session_cpu_ticks(session: int) -> tuple[int, int, bool]:
+    """(processes, user + system clock ticks used, whether any is runnable) over the live processes of ``session``."""
     count = ticks = 0
+    runnable = False
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
@@ -37,7 +38,8 @@ def session_cpu_ticks(session: int) -> tuple[int, int]:
         if int(fields[3]) == session and fields[0] != "Z":  # fields[3]: session id; Z: exited, not reaped
             count += 1
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return count, ticks
+            runnable |= fields[0] == "R"
+    return count, ticks, runnable
 
 
 def run_watched(cmd: list[str], log: Path, deadline_s: float, stall_s: float = STALL_S) -> str:
@@ -51,8 +53,9 @@ def run_watched(cmd: list[str], log: Path, deadline_s: float, stall_s: float = S
             while proc.poll() is None:
                 time.sleep(0.5)
                 now = time.monotonic()
-                processes, ticks = session_cpu_ticks(proc.pid)
-                if ticks != last_ticks:
+                processes, ticks, runnable = session_cpu_ticks(proc.pid)
+                # A runnable process waiting for a CPU (a niced run on a loaded machine) is slow, not hung.
+                if ticks != last_ticks or runnable:
                     last_ticks, last_progress = ticks, now
                 if now - last_progress > stall_s:
                     why = (f"hung: its {processes} processes used no CPU for {stall_s:.0f} s (waiting on each other, "

@@ -254,6 +254,7 @@ class GlimpsePrune:
         per_image: bool | None = None,
         generator: torch.Generator | None = None,
         generation_config=None,
+        prune_video: bool = True,
         streamer=None,
         **kwargs,
     ) -> GenerateOutput:
@@ -264,7 +265,10 @@ class GlimpsePrune:
         model's own, and keyword options override it; ``streamer`` (e.g. ``TextStreamer`` /
         ``TextIteratorStreamer``) gets ``put(input_ids)``, then ``put(tokens)`` at every step, then ``end()``.
         Greedy decoding and sampling only: beam search (``num_beams`` > 1) and several sequences per prompt are
-        refused with an error."""
+        refused with an error. ``prune_video=False`` keeps every video token (videos are then not pruning
+        candidates, docs/method.md §10)."""
+        if not isinstance(prune_video, bool):
+            raise ValueError(f"prune_video must be True or False, got {prune_video!r}")
         gen = {k: kwargs.pop(k) for k in list(kwargs) if k in _GENERATION_KEYS}
         inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_INPUT_KEYS}
         if kwargs:
@@ -288,6 +292,8 @@ class GlimpsePrune:
                                      allow_custom_entries=True)
         params = GenerationParams.resolve(generation_config or self.model.generation_config, **gen)
         batch = self.adapter.prepare(inputs, chosen.vit_layers if chosen is not None else None)
+        if not prune_video:
+            batch = batch.without_video()
         pre = prefill(self.adapter, batch, chosen)
         if streamer is not None:
             streamer.put(inputs["input_ids"].cpu())

@@ -15,9 +15,13 @@ from .budget import layer_averaged_retention_schedule
 
 @dataclass
 class ImagePruning:
-    grid: tuple[int, int]  # merged visual-token grid (rows, cols)
-    keep: torch.Tensor  # bool [rows * cols], raster order
+    """What was kept of one image, or of one whole video (``kind``; its frames one after the other)."""
+
+    grid: tuple[int, int]  # merged visual-token grid (rows, cols) of the image or of one video frame
+    keep: torch.Tensor  # bool [frames * rows * cols], raster order (frame after frame)
     scores: torch.Tensor | None  # keep probabilities (or a method's scores), same order
+    frames: int = 1
+    kind: str = "image"  # "image" or "video"
 
     @property
     def kept(self) -> int:
@@ -32,7 +36,8 @@ class ImagePruning:
         return self.kept / self.total if self.total else 1.0
 
     def keep_grid(self) -> torch.Tensor:
-        return self.keep.view(*self.grid)
+        """[rows, cols] for an image, [frames, rows, cols] for a video."""
+        return self.keep.view(*self.grid) if self.kind == "image" else self.keep.view(self.frames, *self.grid)
 
 
 @dataclass
@@ -116,7 +121,8 @@ class PruneState:
                     "total": s.total,
                     "ratio": s.ratio,
                     "images": [
-                        {"grid": list(im.grid), "kept": im.kept, "total": im.total, "ratio": im.ratio}
+                        {"grid": list(im.grid), "kept": im.kept, "total": im.total, "ratio": im.ratio,
+                         **({"kind": "video", "frames": im.frames} if im.kind == "video" else {})}
                         for im in s.images
                     ],
                 }

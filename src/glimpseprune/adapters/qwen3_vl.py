@@ -8,6 +8,9 @@ Same prompt layout, 4-row positions ([text; t; h; w] from ``get_rope_index``, no
   ``layer_additions``, which the one layer loop applies after each of those layers to the visual tokens STILL
   PRESENT: a cut before or inside the DeepStack layers drops the additions of the dropped tokens with them, and
   the kept tokens receive theirs at their own (never renumbered) positions. Video tokens get theirs too, as stock.
+- **Video frames and timestamps**: a video's placeholders are one run per merged frame, each after a
+  ``<x.x seconds>`` timestamp in plain text; the timestamps are text (never candidates) and the video's tokens are
+  still one pruning unit, found by counting placeholders across the runs (``split_visual_items``).
 - **Interleaved mRoPE**: the t/h/w frequency bands interleave; the stock text rotary embedding computes it from the
   same 3-row positions, so nothing here changes.
 - The ViT has no window attention and no CLS: the VIP conditions are mean-pooled 2×2 units (as Qwen2-VL); ViT
@@ -92,10 +95,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                 extras["image_grid_thw"] = image_grid_thw
         return embeds, conds
 
-    def video_features(self, pixel_values_videos, video_grid_thw, extras: dict) -> torch.Tensor:
-        out = self.model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    def keep_video_extras(self, out, extras: dict) -> None:
         extras["deepstack_video"] = [torch.cat(level, dim=0) for level in out.deepstack_features]
-        return torch.cat(out.pooler_output)
 
     def layer_additions(self, input_ids, attention_mask, extras: dict) -> LayerAdditions | None:
         """DeepStack: level i is added after LLM layer i to every image and video token, in sequence order."""

@@ -7,9 +7,10 @@ before / after Qwen3-VL's DeepStack layers; mixed image + video prompts; a batch
 stateless; the VIP's positions; per-video policy; a stage-1 training step; the baselines; bad inputs; and
 ``prune_video=False`` (the old pass-through).
 
-No torchvision here, so prompts are composed by hand at the token level: what a video processor returns is
-`pixel_values_videos` [t·h·w patches, 3·2·p·p] and `video_grid_thw` [[t, h, w]], with t·h·w/4 `<|video_pad|>`
-placeholders (Qwen2.5-VL: one run; Qwen3-VL: one run per frame, each after a ``<x.x seconds>`` timestamp).
+Most prompts here are composed by hand at the token level (random pixels, any grid): what a video processor returns
+is `pixel_values_videos` [t·h·w patches, 3·2·p·p] and `video_grid_thw` [[t, h, w]], with t·h·w/4 `<|video_pad|>`
+placeholders (Qwen2.5-VL: one run; Qwen3-VL: one run per frame, each after a ``<x.x seconds>`` timestamp). The last
+tests go through ``build_inputs(videos=...)``, which lays out real frames without torchvision.
 """
 
 import numpy as np
@@ -21,14 +22,18 @@ from glimpseprune.checkpoint import build_modules
 from glimpseprune.data.masks import boxes_to_grid_mask, frame_range_mask
 from glimpseprune.engine import prefill
 from glimpseprune.methods import FixedKeep, get_method
-from glimpseprune.testing.tiny import tiny_qwen2_5_vl, tiny_qwen3_vl
+from glimpseprune.adapters.qwen2_5_vl import video_patches
+from glimpseprune.errors import UserError
+from glimpseprune.processing import build_inputs
+from glimpseprune.testing.tiny import tiny_llava, tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 from glimpseprune.train.forward import training_forward
 from glimpseprune.train.losses import loc_loss
 
 from .adapters.reference import reference_generate
 from .conftest import scene
 
-FAMILIES = {"qwen2_5_vl": (tiny_qwen2_5_vl, 14), "qwen3_vl": (tiny_qwen3_vl, 16)}
+# Qwen2-VL shares Qwen2.5-VL's adapter (no absolute-time positions): its videos are pruned the same way.
+FAMILIES = {"qwen2_5_vl": (tiny_qwen2_5_vl, 14), "qwen3_vl": (tiny_qwen3_vl, 16), "qwen2_vl": (tiny_qwen2_vl, 14)}
 _CACHE = {}
 
 
@@ -340,3 +345,75 @@ def test_stage1_training_step_with_video(fam):
     assert all(p.grad is not None for p in vip.parameters())
     torch.optim.SGD(params, lr=1e-2).step()
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params))
+
+
+def test_video_patches_follow_the_stock_video_layout(fam):
+    """Frames through the image processor, paired into temporal patches: a video of two copies of one frame is
+    that frame's image patches; otherwise slot k of temporal patch j holds input frame 2j + k; an odd last frame
+    is repeated."""
+    ip = fam.processor.image_processor
+    a, b, c = scene(112, 84, 0), scene(112, 84, 1), scene(112, 84, 2)
+    image = {name: ip(images=[f], return_tensors="pt")["pixel_values"] for name, f in (("a", a), ("b", b), ("c", c))}
+    same = video_patches(ip, [a, a])
+    assert torch.equal(same["pixel_values_videos"], image["a"])
+    out = video_patches(ip, [a, b, c])
+    n = image["a"].shape[0]
+    assert out["video_grid_thw"].tolist() == [[2, *ip(images=[a], return_tensors="pt")["image_grid_thw"][0, 1:].tolist()]]
+    pix = out["pixel_values_videos"].view(2, n, 3, 2, -1)
+    for j, k, frame in [(0, 0, "a"), (0, 1, "b"), (1, 0, "c"), (1, 1, "c")]:
+        assert torch.equal(pix[j, :, :, k], image[frame].view(n, 3, 2, -1)[:, :, 0])
+    with pytest.raises(ValueError, match="one size"):
+        video_patches(ip, [a, scene(84, 112, 3)])
+
+
+def test_build_inputs_with_videos_equals_stock_generate(fam):
+    """Real frames laid out by build_inputs: keep-all == stock generate on a batch with an image + video row and a
+    two-video row; pruned rows == alone; each video is one unit with its frames."""
+    frames = [scene(112, 84, s) for s in range(5)]
+    questions = ["what moves?", "which clip is brighter?"]
+    kwargs = dict(model_type=fam.model.config.model_type, fps=2.0)
+    inputs = build_inputs(fam.processor, questions, [[scene(112, 112, 9)], []],
+                          videos=[[frames], [frames[:2], frames[2:4]]], **kwargs)
+    ours = fam.gp.generate(**inputs, threshold=0.0, max_new_tokens=6, min_new_tokens=6)
+    assert torch.equal(ours.sequences, stock(fam, inputs, 6))
+    assert [[(im.kind, im.frames) for im in s.images] for s in ours.pruning.samples] == \
+        [[("image", 1), ("video", 3)], [("video", 1), ("video", 1)]]
+    pruned = fam.gp.generate(**inputs, max_keep_ratio=0.2, max_new_tokens=4)
+    alone = fam.gp.generate(**build_inputs(fam.processor, questions[1:], [[]], videos=[[frames[:2], frames[2:4]]],
+                                           **kwargs), max_keep_ratio=0.2, max_new_tokens=4)
+    assert pruned.generated[1].tolist() == alone.generated[0].tolist()
+    assert torch.equal(pruned.pruning.samples[1].keep, alone.pruning.samples[0].keep)
+    text = fam.tok.decode(inputs["input_ids"][0])
+    assert text.index("<|image_pad|>") < text.index("<|video_pad|>") < text.index("what moves?")
+    if fam.name == "qwen3_vl":  # frames 0-1, 2-3, 4-4 at 2 fps: the stock rule's mean times
+        assert "<0.2 seconds>" in text and "<1.2 seconds>" in text and "<2.0 seconds>" in text
+
+
+def test_build_inputs_video_errors_are_one_line(fam):
+    frames = [scene(112, 84, 0), scene(112, 84, 1)]
+    mt = fam.model.config.model_type
+    with pytest.raises(UserError, match="model_type"):
+        build_inputs(fam.processor, ["q"], [[]], videos=[[frames]])
+    with pytest.raises(UserError, match="fps"):
+        build_inputs(fam.processor, ["q"], [[]], videos=[[frames]], model_type=mt, fps=0)
+    with pytest.raises(UserError, match="videos"):
+        build_inputs(fam.processor, ["q", "r"], [[], []], videos=[[frames]], model_type=mt)
+    with pytest.raises(UserError, match="list of frames"):
+        build_inputs(fam.processor, ["q"], [[]], videos=[[[]]], model_type=mt)
+    with pytest.raises(ValueError, match="one size"):
+        build_inputs(fam.processor, ["q"], [[]], videos=[[[frames[0], scene(84, 112, 2)]]], model_type=mt)
+
+
+def test_families_without_video_say_so():
+    model, processor = tiny_llava()
+    with pytest.raises(ValueError, match="takes no video input"):
+        build_inputs(processor, ["q"], [[]], videos=[[[scene(64, 64, 0)]]], model_type=model.config.model_type)
+
+
+def test_answer_takes_videos(fam):
+    frames = [scene(112, 84, s) for s in range(4)]
+    text, out = fam.gp.answer([scene(84, 84, 5)], "what moves?", videos=[frames], max_keep_ratio=0.3, max_new_tokens=3)
+    assert isinstance(text, str)
+    assert [(im.kind, im.frames) for im in out.pruning.samples[0].images] == [("image", 1), ("video", 2)]
+    with pytest.raises(UserError, match="videos must be a list"):
+        fam.gp.answer([], "what moves?", videos=frames[0])

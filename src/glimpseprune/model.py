@@ -309,8 +309,10 @@ class GlimpsePrune:
             new_tokens=dec.steps,
         )
 
-    def answer(self, images: list, question: str, **kwargs) -> tuple[str, GenerateOutput]:
-        """One question about zero or more images -> (answer text, full output)."""
+    def answer(self, images: list, question: str, videos: list | None = None, fps: float = 2.0,
+               **kwargs) -> tuple[str, GenerateOutput]:
+        """One question about zero or more images (and videos: each a list of frames sampled at ``fps``, on
+        families that take video) -> (answer text, full output)."""
         from .processing import build_inputs
 
         from .errors import UserError
@@ -322,7 +324,11 @@ class GlimpsePrune:
         if not isinstance(images, (list, tuple)):
             raise UserError(f"images must be a list (of paths or PIL images), got {type(images).__name__}; "
                             "wrap a single image in a list")
-        inputs = build_inputs(self.processor, [question], [list(images)])
+        if videos is not None and not isinstance(videos, (list, tuple)):
+            raise UserError(f"videos must be a list of videos (each a list of frames), got {type(videos).__name__}")
+        inputs = build_inputs(self.processor, [question], [list(images)],
+                              videos=None if videos is None else [list(videos)],
+                              model_type=self.model.config.model_type, fps=fps)
         out = self.generate(**inputs, **kwargs)
         text = self.processor.batch_decode(out.generated, skip_special_tokens=True)[0]
         return text.strip(), out

@@ -208,6 +208,12 @@ class FamilyAdapter:
         return {}
 
     @classmethod
+    def encode_video(cls, processor, frames: list, fps: float) -> tuple[dict, dict]:
+        """One video (decoded RGB frames sampled at ``fps``) -> (per-token tensors [L] of its placeholders, video
+        model inputs); families that take video override it."""
+        raise ValueError(f"family {cls.family!r} takes no video input")
+
+    @classmethod
     def box_token_mask(cls, boxes, width: int, height: int, encoding, processor):
         """Bool numpy mask over one image's visual-token grid (raster) covering pixel ``boxes`` of a
         ``width x height`` image, as the processor in ``encoding`` laid it out (empty boxes: all False)."""

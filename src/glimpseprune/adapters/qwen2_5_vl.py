@@ -27,6 +27,7 @@ from .base import FamilyAdapter, ImageInfo, PreparedBatch, left_align, register_
 # Published settings (docs/method.md §2, §17.2): K = reduce_layer + 1 per LLM depth.
 _PUBLISHED_PRUNE_LAYER = {28: 19, 36: 24}
 _PUBLISHED_VIT_LAYERS = {32: [31, 23, 15, 7]}
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"  # around every image's and video's placeholders
 
 
 def qwen_token_grid(
@@ -58,6 +59,34 @@ def qwen_box_mask(boxes_px, width: int, height: int, **grid_kwargs) -> np.ndarra
     """
     grid_h, grid_w = qwen_token_grid(width, height, **grid_kwargs)
     return boxes_to_grid_mask(normalize_boxes(boxes_px, width, height), grid_h, grid_w)
+
+
+def video_patches(image_processor, frames: list) -> dict:
+    """``pixel_values_videos`` [t·h·w, C·p_t·p·p] and ``video_grid_thw`` [[t, h, w]] of one video from its frames, through
+    a Qwen-format image processor (which makes every image one temporal patch by repeating it p_t times).
+
+    Patch layout (the stock video processor's): temporal patches in time order, each in the image's merge-unit
+    order; inside a patch, channel-major, then the p_t frames of the temporal patch, then the p × p pixels. So
+    frame k of temporal patch j is input frame j·p_t + k, and the last input frame is repeated to fill the last
+    patch. A video of p_t copies of one frame is therefore exactly that frame's image patches."""
+    if not frames:
+        raise ValueError("a video needs at least one frame")
+    sizes = sorted({frame.size for frame in frames})
+    if len(sizes) != 1:
+        raise ValueError(f"all frames of a video must have one size; got {sizes}")
+    p_t = image_processor.temporal_patch_size
+    enc = image_processor(images=list(frames), return_tensors="pt")
+    grids = enc["image_grid_thw"]
+    patches_per_frame = int(grids[0].prod())
+    n, dim = len(frames), enc["pixel_values"].shape[-1]
+    per_frame = enc["pixel_values"].view(n, patches_per_frame, -1, p_t, image_processor.patch_size**2)[:, :, :, 0]
+    if n % p_t:
+        per_frame = torch.cat([per_frame, per_frame[-1:].expand(p_t - n % p_t, *per_frame.shape[1:])])
+    t = per_frame.shape[0] // p_t
+    # [t, p_t, patches, C, p·p] -> [t, patches, C, p_t, p·p]
+    video = per_frame.view(t, p_t, *per_frame.shape[1:]).permute(0, 2, 3, 1, 4).reshape(t * patches_per_frame, dim)
+    _, h, w = (int(x) for x in grids[0])
+    return {"pixel_values_videos": video, "video_grid_thw": torch.tensor([[t, h, w]])}
 
 
 @contextmanager
@@ -235,6 +264,40 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             window_patches=(vc.window_size // vc.patch_size) ** 2,
             full_blocks=vc.fullatt_block_indexes,
         )
+
+    # ---- video inputs (no torchvision: frames go through the image processor) ---------------------------------
+    @classmethod
+    def encode_video(cls, processor, frames: list, fps: float) -> tuple[dict, dict]:
+        """One video given as decoded frames (``PIL`` images of one size, sampled at ``fps`` frames per second)
+        -> (per-token tensors [L] of its placeholder text: input_ids, attention_mask, mm_token_type_ids; video
+        tensors: pixel_values_videos, video_grid_thw and the family's timing input).
+
+        The stock video processors need torchvision; here every frame is resized and normalised by the image
+        processor exactly as an image (its ``size`` limits apply per frame; the stock video processor's budget
+        over all frames is not applied), then consecutive frames are paired into temporal patches, the last frame
+        repeated when the count is odd, in the stock video layout (``video_patches``)."""
+        tensors = video_patches(processor.image_processor, frames)
+        t, h, w = (int(x) for x in tensors["video_grid_thw"][0])
+        tokens_per_frame = h * w // processor.image_processor.merge_size**2
+        text = cls.video_placeholder(processor, t, tokens_per_frame, len(frames), fps)
+        ids = torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if int((ids == processor.video_token_id).sum()) != t * tokens_per_frame:
+            raise ValueError("the tokenizer does not keep the video placeholder token whole")
+        per_token = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                     "mm_token_type_ids": 2 * (ids == processor.video_token_id).long()}
+        tensors.update(cls.video_timing(processor, fps))
+        return per_token, tensors
+
+    @classmethod
+    def video_placeholder(cls, processor, frames: int, tokens_per_frame: int, input_frames: int, fps: float) -> str:
+        """The prompt text of one video: its placeholder tokens between the vision start and end markers."""
+        return VISION_START + processor.video_token * (frames * tokens_per_frame) + VISION_END
+
+    @classmethod
+    def video_timing(cls, processor, fps: float) -> dict:
+        """Model inputs that tell the positions how much time one temporal patch spans (Qwen2.5-VL's absolute-time
+        mRoPE: ``second_per_grid_ts`` = temporal patch size / fps)."""
+        return {"second_per_grid_ts": torch.tensor([processor.image_processor.temporal_patch_size / fps])}
 
     # ---- positions -----------------------------------------------------------------------------------------
     def rope(self, hidden, position_ids):

@@ -36,12 +36,14 @@ from transformers.models.qwen3_vl import modeling_qwen3_vl as modeling
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..layer_loop import LayerAdditions
 from .base import register_adapter
-from .qwen2_5_vl import NoVideoProcessorMixin, capture_block_inputs, capture_block_outputs, merger_vision_dims
+from .qwen2_5_vl import (VISION_END, VISION_START, NoVideoProcessorMixin, capture_block_inputs, capture_block_outputs,
+                         merger_vision_dims)
 from .qwen2_vl import Qwen2VLAdapter
 
 
 class OfflineQwen3VLProcessor(NoVideoProcessorMixin, Qwen3VLProcessor):
-    """``Qwen3VLProcessor`` without torchvision (images only: the video processor needs torchvision)."""
+    """``Qwen3VLProcessor`` without torchvision, so without its video processor (``build_inputs(videos=...)`` lays
+    out video frames through the image processor instead, ``encode_video``)."""
 
 
 def vip_layers_for(depth: int, deepstack: list[int]) -> list[int]:
@@ -76,6 +78,19 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                                   out_width=vc.out_hidden_size, window_patches=None, full_blocks=())
         dims["projector"] = dims["projector"] * (1 + len(vc.deepstack_visual_indexes))
         return dims
+
+    @classmethod
+    def video_placeholder(cls, processor, frames, tokens_per_frame, input_frames, fps) -> str:
+        # One run per temporal patch after its time: the mean time of the patch's first and last input frame, by
+        # the stock processor's own rule.
+        times = processor._calculate_timestamps(list(range(input_frames)), fps,
+                                                processor.image_processor.temporal_patch_size)
+        return "".join(f"<{s:.1f} seconds>{VISION_START}{processor.video_token * tokens_per_frame}{VISION_END}"
+                       for s in times)
+
+    @classmethod
+    def video_timing(cls, processor, fps: float) -> dict:
+        return {}  # the times are in the prompt text
 
     def apply_rotary(self, q, cos, sin):
         return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]

@@ -90,3 +90,17 @@ def test_command_line_writes_frames_and_records(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(len(r["frames"]) == 4 == len(r["bboxs"]) for r in records)
     assert all((tmp_path / f).is_file() for r in records for f in r["frames"])
+
+
+def test_mini_video_evaluation_runs_with_the_same_count_control():
+    """The measurement recipe on 4 clips (numbers themselves: docs/method.md §10.1): the control keeps exactly
+    GlimpsePrune's per-clip counts, every clip is scored by every method."""
+    from glimpseprune import assets
+    from glimpseprune.mini.evaluate_video import evaluate
+
+    model, _ = assets.default_model(device="cpu")
+    report = evaluate(model, generate_clips(4, seed=0, split="test"), batch_size=2)
+    assert report["items"] == len(report["rows"]) == 4
+    assert all(0 < row["kept"] < row["total"] == 256 for row in report["rows"])
+    assert set(report["accuracy"]) == {"none", "glimpse", "random_same_counts"}
+    assert report["glimpse_vs_random"]["n"] == 4

@@ -17,8 +17,8 @@ the evidence is one object on one frame range. ``bboxs`` has one list of pixel b
 range); :func:`clip_token_masks` turns them into the box target over a video's tokens (every temporal patch: the
 union of its frames' boxes on the merged grid; patches with no box are empty).
 
-Status: a data generator and mechanics only. The shipped mini model never saw video in pretraining, so its answers
-on these clips measure nothing yet; a video-capable mini model would have to be trained first.
+No model here was trained on these clips: the embedded mini model and its modules learnt from still images only.
+``python -m glimpseprune.mini.evaluate_video`` measures how they transfer (docs/method.md §10.1).
 
 Determinism: one ``random.Random`` per split seeded from ``(seed, split)``. Command line:
 ``python -m glimpseprune.data.video_shapes OUT_DIR --train N --val N --test N --seed S`` writes

@@ -35,6 +35,7 @@ RECIPES = {
     "glimpseprune.mini.glimpse_data": "mini model: writes its stage-1 data",
     "glimpseprune.mini.ksweep": "mini model: the K trade-off sweep (stage-1 training + evaluation per K)",
     "glimpseprune.mini.evaluate_plus": "mini model: GlimpsePrune+ evaluation driver",
+    "glimpseprune.mini.evaluate_video": "mini model: evaluation on glimpse-shapes video clips",
     "glimpseprune.train.plus": "GlimpsePrune+ training (Run A, merge, Run B), command line",
     "glimpseprune.train.rl_trainer": "GlimpsePrune+ Run A driver (GRPO on accelerate)",
     "glimpseprune.ui": "the browser demo (glimpseprune ui)",

@@ -212,8 +212,8 @@ def _prune_state(adapter, batch, method, selection, attention_mask, source, stag
         per_image, start = [], 0
         for im in images:
             part = slice(start, start + im.num_tokens)
-            per_image.append(ImagePruning(im.grid, keep[part], None if scores is None else scores[part], im.image,
-                                          im.view))
+            per_image.append(ImagePruning(im.grid, keep[part], None if scores is None else scores[part],
+                                          frames=im.frames, kind=im.kind, image=im.image, view=im.view))
             start += im.num_tokens
         seq = source[b][source[b] >= 0].sort().values
         if batch.source_index is not None:

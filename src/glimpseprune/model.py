@@ -261,6 +261,7 @@ class GlimpsePrune:
         per_image: bool | None = None,
         generator: torch.Generator | None = None,
         generation_config=None,
+        prune_video: bool = True,
         streamer=None,
         **kwargs,
     ) -> GenerateOutput:
@@ -271,7 +272,10 @@ class GlimpsePrune:
         model's own, and keyword options override it; ``streamer`` (e.g. ``TextStreamer`` /
         ``TextIteratorStreamer``) gets ``put(input_ids)``, then ``put(tokens)`` at every step, then ``end()``.
         Greedy decoding and sampling only: beam search (``num_beams`` > 1) and several sequences per prompt are
-        refused with an error."""
+        refused with an error. ``prune_video=False`` keeps every video token (videos are then not pruning
+        candidates, docs/method.md §10)."""
+        if not isinstance(prune_video, bool):
+            raise ValueError(f"prune_video must be True or False, got {prune_video!r}")
         gen = {k: kwargs.pop(k) for k in list(kwargs) if k in _GENERATION_KEYS}
         inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in _MODEL_INPUT_KEYS}
         if kwargs:
@@ -295,6 +299,8 @@ class GlimpsePrune:
                                      allow_custom_entries=True)
         params = GenerationParams.resolve(generation_config or self.model.generation_config, **gen)
         batch = self.adapter.prepare(inputs, chosen.vit_layers if chosen is not None else None)
+        if not prune_video:
+            batch = batch.without_video()
         pre = prefill(self.adapter, batch, chosen)
         if streamer is not None:
             streamer.put(inputs["input_ids"].cpu())
@@ -310,8 +316,10 @@ class GlimpsePrune:
             new_tokens=dec.steps,
         )
 
-    def answer(self, images: list, question: str, **kwargs) -> tuple[str, GenerateOutput]:
-        """One question about zero or more images -> (answer text, full output)."""
+    def answer(self, images: list, question: str, videos: list | None = None, fps: float = 2.0,
+               **kwargs) -> tuple[str, GenerateOutput]:
+        """One question about zero or more images (and videos: each a list of frames sampled at ``fps``, on
+        families that take video) -> (answer text, full output)."""
         from .processing import build_inputs
 
         from .errors import UserError
@@ -323,7 +331,11 @@ class GlimpsePrune:
         if not isinstance(images, (list, tuple)):
             raise UserError(f"images must be a list (of paths or PIL images), got {type(images).__name__}; "
                             "wrap a single image in a list")
-        inputs = build_inputs(self.processor, [question], [list(images)])
+        if videos is not None and not isinstance(videos, (list, tuple)):
+            raise UserError(f"videos must be a list of videos (each a list of frames), got {type(videos).__name__}")
+        inputs = build_inputs(self.processor, [question], [list(images)],
+                              videos=None if videos is None else [list(videos)],
+                              model_type=self.model.config.model_type, fps=fps)
         out = self.generate(**inputs, **kwargs)
         text = self.processor.batch_decode(out.generated, skip_special_tokens=True)[0]
         return text.strip(), out

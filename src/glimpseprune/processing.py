@@ -11,7 +11,9 @@ typed ``<|im_end|>`` or ``<image>`` is plain characters, never the chat template
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -86,52 +88,83 @@ def to_rgb(image: Image.Image, name: str | None = None) -> Image.Image:
     return image.convert("RGB")
 
 
-def user_message(question: str, num_images: int = 1) -> list[dict]:
+def user_message(question: str, num_images: int = 1, num_videos: int = 0) -> list[dict]:
     if not isinstance(question, str) or not question.strip():
         raise ValueError("the question must be a non-empty string")
-    content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": question}]
-    return [{"role": "user", "content": content}]
+    # A video is a text item holding its slot marker (replaced by its placeholder tokens in encode_prompt), so a
+    # chat template needs no video support of its own; it sits where the template puts text, before the question.
+    content = [{"type": "image"} for _ in range(num_images)]
+    content += [{"type": "text", "text": _video_slot(i)} for i in range(num_videos)]
+    return [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
 
 
 # Stands for the question while the chat template is rendered: private-use characters no template emits.
 _QUESTION_SLOT = "\ue000glimpseprune-question\ue001"
 
 
-def encode_prompt(processor, question: str, images: list, **processor_kwargs) -> tuple[dict, dict]:
-    """One chat prompt (user turn with ``images`` then ``question``, generation prompt added) as
-    (per-token tensors [L] such as input_ids / attention_mask / mm_token_type_ids, image tensors such as
-    pixel_values / image_grid_thw). The question is tokenised with special-token parsing off."""
+def _video_slot(i: int) -> str:
+    return f"\ue000glimpseprune-video-{i}\ue001"
+
+
+def encode_prompt(processor, question: str, images: list, videos: list | None = None,
+                  **processor_kwargs) -> tuple[dict, dict]:
+    """One chat prompt (user turn with ``images``, ``videos`` and ``question``, generation prompt added) as
+    (per-token tensors [L] such as input_ids / attention_mask / mm_token_type_ids, visual tensors such as
+    pixel_values / image_grid_thw / pixel_values_videos). The question is tokenised with special-token parsing off.
+    ``videos``: encoded videos, each the (per-token tensors, video tensors) pair of ``video_encoder`` output."""
     import torch
 
     tokenizer = getattr(processor, "tokenizer", processor)
+    videos = list(videos or [])
     user_message(question)  # the question's own checks
-    prompt = processor.apply_chat_template(user_message(_QUESTION_SLOT, len(images)), add_generation_prompt=True,
-                                           tokenize=False)
-    if prompt.count(_QUESTION_SLOT) != 1:
-        raise ValueError("the chat template must place the question text exactly once")
-    head, tail = prompt.split(_QUESTION_SLOT)
+    prompt = processor.apply_chat_template(user_message(_QUESTION_SLOT, len(images), len(videos)),
+                                           add_generation_prompt=True, tokenize=False)
+    slots = [_QUESTION_SLOT] + [_video_slot(i) for i in range(len(videos))]
+    if any(prompt.count(slot) != 1 for slot in slots):
+        raise ValueError("the chat template must place the question text (and every video) exactly once")
+    # The prompt as pieces: template text (through the processor, with the images it holds), each video's
+    # placeholder tokens, and the question (user text).
+    pieces = re.split("(" + "|".join(map(re.escape, slots)) + ")", prompt)
+    q = pieces.index(_QUESTION_SLOT)
     # Whitespace before the question belongs to its first word for byte-level BPE ("USER: what" -> "Ġwhat"):
     # tokenise it with the question so ordinary prompts get exactly the ids of the whole string.
-    lead = head[len(head.rstrip(" ")):]
-    head = head[:len(head) - len(lead)]
-    # The images sit in the head (image first, the usual order) or in the tail (a text-first template).
+    before = pieces[q - 1]
+    lead = before[len(before.rstrip(" ")):]
+    pieces[q - 1] = before[:len(before) - len(lead)]
     image_token = getattr(processor, "image_token", None)
-    n_head = head.count(image_token) if image_token and images else len(images)
-    per_token, image_part = _encode_piece(processor, head, list(images[:n_head]), True, processor_kwargs)
-    text = torch.tensor(encode_user_text(tokenizer, lead + question), dtype=per_token["input_ids"].dtype)
-    tail_tokens, tail_images = _encode_piece(processor, tail, list(images[n_head:]), False, processor_kwargs)
-    pieces = [per_token, {"input_ids": text}, tail_tokens]
-    for key in dict.fromkeys([*per_token, *tail_tokens]):
-        like = per_token.get(key, tail_tokens.get(key))
+    remaining = list(images)
+    per_token_parts, visual_part, first = [], {}, True
+    for j, piece in enumerate(pieces):
+        if piece == _QUESTION_SLOT:
+            per_token_parts.append({"input_ids": torch.tensor(encode_user_text(tokenizer, lead + question),
+                                                              dtype=torch.long)})
+            continue
+        if piece in slots:
+            tokens, tensors = videos[slots.index(piece) - 1]
+            per_token_parts.append(tokens)
+        else:
+            if not piece and not first:
+                continue
+            # The images sit in the pieces whose text holds their tokens (without an image token: the first).
+            n = piece.count(image_token) if image_token and remaining else (len(remaining) if first else 0)
+            tokens, tensors = _encode_piece(processor, piece, remaining[:n], first, processor_kwargs)
+            remaining = remaining[n:]
+            first = False
+            per_token_parts.append(tokens)
+        for key, value in tensors.items():
+            visual_part[key] = torch.cat([visual_part[key], value]) if key in visual_part else value
+    if remaining:
+        raise ValueError(f"the chat template placed {len(images) - len(remaining)} of {len(images)} images")
+    per_token = {}
+    for key in dict.fromkeys(k for part in per_token_parts for k in part):
+        like = next(part[key] for part in per_token_parts if key in part)
         fill = 1 if key == "attention_mask" else 0  # a key a piece lacks (e.g. mm_token_type_ids): plain text
         per_token[key] = torch.cat([
-            piece[key] if key in piece
-            else torch.full((len(piece["input_ids"]), *like.shape[1:]), fill, dtype=like.dtype)
-            for piece in pieces
+            part[key].to(like.dtype) if key in part
+            else torch.full((len(part["input_ids"]), *like.shape[1:]), fill, dtype=like.dtype)
+            for part in per_token_parts
         ])
-    for key, value in tail_images.items():
-        image_part[key] = torch.cat([image_part[key], value]) if key in image_part else value
-    return per_token, image_part
+    return per_token, visual_part
 
 
 def _encode_piece(processor, text: str, images: list, first: bool, processor_kwargs: dict) -> tuple[dict, dict]:
@@ -154,12 +187,17 @@ def encode_user_text(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
-def build_inputs(processor, questions: list[str], images: list[list], device=None):
-    """Processor inputs for a batch: one chat prompt per question, each with its own list of images (may be empty).
+def build_inputs(processor, questions: list[str], images: list[list], device=None, videos: list[list] | None = None,
+                 model_type: str | None = None, fps: float = 2.0):
+    """Processor inputs for a batch: one chat prompt per question, each with its own list of images (may be empty)
+    and, optionally, its own list of videos (``videos[i]``: videos of prompt i, each a list of frames: paths or
+    PIL images of one size, sampled at ``fps`` frames per second). Videos need the base model's ``model_type``:
+    its adapter knows the video placeholders and tensors (``FamilyAdapter.encode_video``); they go where the chat
+    template puts text, after the images and before the question.
 
-    Each prompt is three pieces: the template up to the question (with its images, through the processor), the
-    question (tokenised with special-token parsing off: user text stays text) and the template's tail. Padding is
-    on the left, which is what generation needs.
+    Each prompt is pieces: the template around the question (with its images, through the processor), each
+    video's placeholder tokens, and the question (tokenised with special-token parsing off: user text stays
+    text). Padding is on the left, which is what generation needs.
     """
     if isinstance(questions, str) or not isinstance(questions, (list, tuple)):
         raise UserError(f"questions must be a list of strings, got {type(questions).__name__}"
@@ -175,10 +213,13 @@ def build_inputs(processor, questions: list[str], images: list[list], device=Non
     import torch
     from transformers import BatchFeature
 
+    encode_video = _video_encoder(questions, videos, model_type, fps)
     tokenizer = getattr(processor, "tokenizer", processor)
     rows, image_parts = [], []
-    for question, imgs in zip(questions, images):
-        per_token, image_part = encode_prompt(processor, question, [load_image(im) for im in imgs])
+    for i, (question, imgs) in enumerate(zip(questions, images)):
+        encoded = [encode_video(processor, [load_image(frame) for frame in video], fps)
+                   for video in (videos[i] if videos is not None else [])]
+        per_token, image_part = encode_prompt(processor, question, [load_image(im) for im in imgs], encoded)
         rows.append(per_token)
         image_parts.append(image_part)
     length = max(r["input_ids"].shape[0] for r in rows)
@@ -214,6 +255,25 @@ def concat_image_tensors(values: list):
             v = torch.nn.functional.pad(v, pad)
         padded.append(v)
     return torch.cat(padded)
+
+
+def _video_encoder(questions, videos, model_type, fps):
+    """The family's ``encode_video`` after checking the ``videos`` argument's shape (None: no videos)."""
+    if videos is None:
+        return None
+    if not isinstance(videos, (list, tuple)) or len(videos) != len(questions):
+        raise UserError(f"videos must be a list with one list of videos per question ({len(questions)})")
+    for i, row in enumerate(videos):
+        if not isinstance(row, (list, tuple)) or any(not isinstance(v, (list, tuple)) or not v for v in row):
+            raise UserError(f"videos[{i}] must be a list of videos, each a non-empty list of frames (paths or PIL "
+                            "images)")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise UserError(f"fps must be a positive number, got {fps!r}")
+    if model_type is None:
+        raise UserError("videos need model_type= (the base model's config.model_type): its adapter lays them out")
+    from .adapters import adapter_class
+
+    return adapter_class(model_type).encode_video
 
 
 def load_processor(path: str | os.PathLike, model_type: str):

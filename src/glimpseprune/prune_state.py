@@ -15,9 +15,13 @@ from .budget import layer_averaged_retention_schedule
 
 @dataclass
 class ImagePruning:
-    grid: tuple[int, int]  # merged visual-token grid (rows, cols)
-    keep: torch.Tensor  # bool [rows * cols], raster order
+    """What was kept of one image, or of one whole video (``kind``; its frames one after the other)."""
+
+    grid: tuple[int, int]  # merged visual-token grid (rows, cols) of the image or of one video frame
+    keep: torch.Tensor  # bool [frames * rows * cols], raster order (frame after frame)
     scores: torch.Tensor | None  # keep probabilities (or a method's scores), same order
+    frames: int = 1
+    kind: str = "image"  # "image" or "video"
     image: int | None = None  # the sample's image this grid shows, when an image has several views (AnyRes)
     view: str | None = None  # that view's name ("base", "crops"); None: the grid is the whole image
 
@@ -34,7 +38,8 @@ class ImagePruning:
         return self.kept / self.total if self.total else 1.0
 
     def keep_grid(self) -> torch.Tensor:
-        return self.keep.view(*self.grid)
+        """[rows, cols] for an image, [frames, rows, cols] for a video."""
+        return self.keep.view(*self.grid) if self.kind == "image" else self.keep.view(self.frames, *self.grid)
 
 
 @dataclass
@@ -130,6 +135,7 @@ class PruneState:
                     "ratio": s.ratio,
                     "images": [
                         {"grid": list(im.grid), "kept": im.kept, "total": im.total, "ratio": im.ratio,
+                         **({"kind": "video", "frames": im.frames} if im.kind == "video" else {}),
                          **({"image": im.image, "view": im.view} if im.view is not None else {})}
                         for im in s.images
                     ],

@@ -8,7 +8,7 @@ and decoding are the same for every family whose layers follow the transformers 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -92,12 +92,22 @@ def condition_request(config) -> list:
 
 @dataclass
 class ImageInfo:
-    grid: tuple[int, int]  # merged visual-token grid (rows, cols) as the LLM sees it
-    num_tokens: int
+    """One pruning unit of a sample: an image, or a whole video (every frame of it, docs/method.md §10)."""
+
+    grid: tuple[int, int]  # merged visual-token grid (rows, cols) of one image or one video frame, as the LLM sees it
+    num_tokens: int  # frames * rows * cols
+    frames: int = 1  # temporal grid: a video's merged frames (Qwen: video_grid_thw t); 1 for an image
+    kind: str = "image"  # "image" or "video"
     # Where one image has several grids (AnyRes: a base view and a stitched crops view), the index of that image in
     # its sample and the view's name; None for families with one grid per image.
     image: int | None = None
     view: str | None = None
+
+    @property
+    def vip_grid(self) -> tuple[int, ...]:
+        """The grid the VIP's positions follow (modules/vip.py): (rows, cols), or (frames, rows, cols) for a video
+        of several frames."""
+        return self.grid if self.frames == 1 else (self.frames, *self.grid)
 
 
 @dataclass
@@ -108,13 +118,36 @@ class PreparedBatch:
     attention_mask: torch.Tensor  # [bs, L] long
     inputs_embeds: torch.Tensor  # [bs, L, D]
     position_ids: torch.Tensor  # family layout, sequence in the last dim (Qwen [4, bs, L], Llama [bs, L])
-    visual_mask: torch.Tensor  # [bs, L] bool: prunable image tokens (video tokens are never included)
-    images: list[list[ImageInfo]]  # per sample, in sequence order
+    visual_mask: torch.Tensor  # [bs, L] bool: the pruning candidates (image tokens, and video tokens on Qwen)
+    images: list[list[ImageInfo]]  # per sample, in sequence order: every image and video (``kind``)
     vit_features: list[torch.Tensor] | None = None  # per VIP layer: [T, D_v], all images of the batch in order
     source_index: torch.Tensor | None = None  # [bs, L]: column in the caller's input row of every position
     # Residual additions after some layers, owned by visual columns (Qwen3-VL's DeepStack); None for most families.
     layer_additions: LayerAdditions | None = None
     extras: dict = field(default_factory=dict)
+
+    @property
+    def has_video(self) -> bool:
+        return any(im.kind == "video" for images in self.images for im in images)
+
+    def without_video(self) -> "PreparedBatch":
+        """The same batch with its videos no longer pruning candidates: their tokens stay like text (the behaviour
+        before video pruning existed, ``generate(prune_video=False)``). Embeddings, positions and layer additions
+        are untouched; only ``visual_mask``, ``images`` and the VIP conditions lose the video tokens."""
+        if not self.has_video:
+            return self
+        flags = [im.kind == "video" for images in self.images for im in images]
+        item_tokens = [im.num_tokens for images in self.images for im in images]
+        keep_token = torch.cat([torch.full((n,), not f, dtype=torch.bool) for n, f in zip(item_tokens, flags)])
+        video_cols = self.visual_mask.clone()
+        video_cols[self.visual_mask] = ~keep_token.to(self.visual_mask.device)
+        conds = None if self.vit_features is None else [c[keep_token.to(c.device)] for c in self.vit_features]
+        return replace(
+            self,
+            visual_mask=self.visual_mask & ~video_cols,
+            images=[[im for im in images if im.kind != "video"] for images in self.images],
+            vit_features=conds,
+        )
 
 
 def hub_identity(name_or_path: str) -> tuple[str | None, str | None]:
@@ -201,6 +234,12 @@ class FamilyAdapter:
     def image_size_kwargs(cls, processor, min_pixels: int | None, max_pixels: int | None) -> dict:
         """Processor keyword arguments that bound the image size in pixels (families with a dynamic grid)."""
         return {}
+
+    @classmethod
+    def encode_video(cls, processor, frames: list, fps: float) -> tuple[dict, dict]:
+        """One video (decoded RGB frames sampled at ``fps``) -> (per-token tensors [L] of its placeholders, video
+        model inputs); families that take video override it."""
+        raise ValueError(f"family {cls.family!r} takes no video input")
 
     @classmethod
     def box_token_mask(cls, boxes, width: int, height: int, encoding, processor):
@@ -393,3 +432,46 @@ def left_align(attention_mask: torch.Tensor) -> torch.Tensor | None:
     valid = attention_mask.bool()
     # Stable sort on "is valid" puts pads first and keeps the order of valid tokens.
     return torch.sort(valid.to(torch.int8), dim=1, stable=True).indices
+
+
+def split_visual_items(kinds: torch.Tensor, items: dict[int, list[ImageInfo]], names: dict[int, str]) -> list[list[ImageInfo]]:
+    """Assign the batch's images and videos to samples in sequence order (docs/method.md §10).
+
+    ``kinds`` [bs, L]: 0 for text and padding, else the item kind of the placeholder (e.g. 1 image, 2 video);
+    ``items[kind]``: that kind's items in the order their features were supplied; ``names[kind]``: its word in
+    errors. Each item takes the next ``num_tokens`` placeholders of the row, which must all be of its kind (text
+    may sit between them: Qwen3-VL writes a timestamp before every video frame). Any disagreement between
+    placeholders and supplied items is one clear error, never features scattered into the wrong slots.
+    """
+    cursor = {kind: 0 for kind in items}
+    per_sample: list[list[ImageInfo]] = []
+    for row in kinds:
+        seq = row[row > 0].tolist()
+        infos, j = [], 0
+        while j < len(seq):
+            kind = seq[j]
+            name = names[kind]
+            queue = items.get(kind, [])
+            if cursor[kind] >= len(queue):
+                raise ValueError(f"more {name} placeholder tokens in the prompts than {name} features supplied; "
+                                 f"the number of {name}s does not match the {name} placeholders")
+            item = queue[cursor[kind]]
+            span = seq[j: j + item.num_tokens]
+            if len(span) < item.num_tokens or any(k != kind for k in span):
+                raise ValueError(
+                    f"a {name} needs {item.num_tokens} placeholder tokens in one prompt but only {span.count(kind)} "
+                    f"follow before the prompt or the run ends; the number of {name}s does not match the {name} "
+                    "placeholders"
+                )
+            infos.append(item)
+            cursor[kind] += 1
+            j += item.num_tokens
+        per_sample.append(infos)
+    for kind, queue in items.items():
+        if cursor[kind] != len(queue):
+            name = names[kind]
+            raise ValueError(
+                f"{len(queue)} {name}s supplied but the prompts have placeholders for only {cursor[kind]}; "
+                f"the number of {name}s does not match the {name} placeholders"
+            )
+    return per_sample

@@ -2,7 +2,9 @@
 
 Family specifics: 3-axis mRoPE positions from ``get_rope_index`` (passed as [4, bs, L]: the text row that
 transformers uses for masks, then t/h/w), a dynamic merged grid per image (``image_grid_thw / 2``), and VIP
-conditions pooled from several ViT blocks, which run in *window order*.
+conditions pooled from several ViT blocks, which run in *window order*. Videos (``pixel_values_videos``,
+``video_grid_thw`` = t merged frames × h × w patches) are pruning units like images (docs/method.md §10.1): their
+conditions come from the same blocks during the stock video-tower call, pooled per frame the same way.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from transformers.vision_utils import get_vision_window_index
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..data.masks import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, boxes_to_grid_mask, normalize_boxes
 from ..vit_scoring import VitScoring, packed_block_scores
-from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
+from .base import FamilyAdapter, ImageInfo, PreparedBatch, left_align, register_adapter, split_visual_items
 
 # Published settings (docs/method.md §2, §17.2): K = reduce_layer + 1 per LLM depth.
 _PUBLISHED_PRUNE_LAYER = {28: 19, 36: 24}
 _PUBLISHED_VIT_LAYERS = {32: [31, 23, 15, 7]}
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"  # around every image's and video's placeholders
 
 
 def qwen_token_grid(
@@ -56,6 +59,34 @@ def qwen_box_mask(boxes_px, width: int, height: int, **grid_kwargs) -> np.ndarra
     """
     grid_h, grid_w = qwen_token_grid(width, height, **grid_kwargs)
     return boxes_to_grid_mask(normalize_boxes(boxes_px, width, height), grid_h, grid_w)
+
+
+def video_patches(image_processor, frames: list) -> dict:
+    """``pixel_values_videos`` [t·h·w, C·p_t·p·p] and ``video_grid_thw`` [[t, h, w]] of one video from its frames, through
+    a Qwen-format image processor (which makes every image one temporal patch by repeating it p_t times).
+
+    Patch layout (the stock video processor's): temporal patches in time order, each in the image's merge-unit
+    order; inside a patch, channel-major, then the p_t frames of the temporal patch, then the p × p pixels. So
+    frame k of temporal patch j is input frame j·p_t + k, and the last input frame is repeated to fill the last
+    patch. A video of p_t copies of one frame is therefore exactly that frame's image patches."""
+    if not frames:
+        raise ValueError("a video needs at least one frame")
+    sizes = sorted({frame.size for frame in frames})
+    if len(sizes) != 1:
+        raise ValueError(f"all frames of a video must have one size; got {sizes}")
+    p_t = image_processor.temporal_patch_size
+    enc = image_processor(images=list(frames), return_tensors="pt")
+    grids = enc["image_grid_thw"]
+    patches_per_frame = int(grids[0].prod())
+    n, dim = len(frames), enc["pixel_values"].shape[-1]
+    per_frame = enc["pixel_values"].view(n, patches_per_frame, -1, p_t, image_processor.patch_size**2)[:, :, :, 0]
+    if n % p_t:
+        per_frame = torch.cat([per_frame, per_frame[-1:].expand(p_t - n % p_t, *per_frame.shape[1:])])
+    t = per_frame.shape[0] // p_t
+    # [t, p_t, patches, C, p·p] -> [t, patches, C, p_t, p·p]
+    video = per_frame.view(t, p_t, *per_frame.shape[1:]).permute(0, 2, 3, 1, 4).reshape(t * patches_per_frame, dim)
+    _, h, w = (int(x) for x in grids[0])
+    return {"pixel_values_videos": video, "video_grid_thw": torch.tensor([[t, h, w]])}
 
 
 @contextmanager
@@ -259,6 +290,40 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             full_blocks=vc.fullatt_block_indexes,
         )
 
+    # ---- video inputs (no torchvision: frames go through the image processor) ---------------------------------
+    @classmethod
+    def encode_video(cls, processor, frames: list, fps: float) -> tuple[dict, dict]:
+        """One video given as decoded frames (``PIL`` images of one size, sampled at ``fps`` frames per second)
+        -> (per-token tensors [L] of its placeholder text: input_ids, attention_mask, mm_token_type_ids; video
+        tensors: pixel_values_videos, video_grid_thw and the family's timing input).
+
+        The stock video processors need torchvision; here every frame is resized and normalised by the image
+        processor exactly as an image (its ``size`` limits apply per frame; the stock video processor's budget
+        over all frames is not applied), then consecutive frames are paired into temporal patches, the last frame
+        repeated when the count is odd, in the stock video layout (``video_patches``)."""
+        tensors = video_patches(processor.image_processor, frames)
+        t, h, w = (int(x) for x in tensors["video_grid_thw"][0])
+        tokens_per_frame = h * w // processor.image_processor.merge_size**2
+        text = cls.video_placeholder(processor, t, tokens_per_frame, len(frames), fps)
+        ids = torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if int((ids == processor.video_token_id).sum()) != t * tokens_per_frame:
+            raise ValueError("the tokenizer does not keep the video placeholder token whole")
+        per_token = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                     "mm_token_type_ids": 2 * (ids == processor.video_token_id).long()}
+        tensors.update(cls.video_timing(processor, fps))
+        return per_token, tensors
+
+    @classmethod
+    def video_placeholder(cls, processor, frames: int, tokens_per_frame: int, input_frames: int, fps: float) -> str:
+        """The prompt text of one video: its placeholder tokens between the vision start and end markers."""
+        return VISION_START + processor.video_token * (frames * tokens_per_frame) + VISION_END
+
+    @classmethod
+    def video_timing(cls, processor, fps: float) -> dict:
+        """Model inputs that tell the positions how much time one temporal patch spans (Qwen2.5-VL's absolute-time
+        mRoPE: ``second_per_grid_ts`` = temporal patch size / fps)."""
+        return {"second_per_grid_ts": torch.tensor([processor.image_processor.temporal_patch_size / fps])}
+
     # ---- positions -----------------------------------------------------------------------------------------
     def rope(self, hidden, position_ids):
         return self.text_model.rotary_emb(hidden, position_ids[1:])
@@ -300,6 +365,11 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         )
 
     def vit_token_scores(self, batch: PreparedBatch, block: int, max_elems: int):
+        if batch.has_video:
+            # The raw block inputs are captured from the image tower call only; a video's frames would need their
+            # own pass through the scoring, which is not written: refuse rather than score the wrong tokens.
+            raise ValueError("ViT-attention scoring (visionzip, vscan) covers images only; this batch has video "
+                             "tokens: generate with prune_video=False or use a method that needs no ViT scoring")
         hidden, kwargs = batch.extras["vit_block_inputs"][block]
         grid_thw = batch.extras["image_grid_thw"]
         return packed_block_scores(self.visual.blocks[block], hidden, kwargs, self.vision_rotary,
@@ -343,39 +413,40 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             source_index = order
 
         pixel_values, grid_thw = inputs.get("pixel_values"), inputs.get("image_grid_thw")
-        visual_mask = (input_ids == cfg.image_token_id) & attention_mask.bool()
-        n_placeholders = int(visual_mask.sum())
-        if (pixel_values is None) != (grid_thw is None):
-            raise ValueError("pixel_values and image_grid_thw must be given together")
-        if pixel_values is None and n_placeholders:
-            raise ValueError(f"the prompts contain {n_placeholders} image placeholder tokens but no image was given")
-
+        valid = attention_mask.bool()
+        image_mask = (input_ids == cfg.image_token_id) & valid
+        video_mask = (input_ids == cfg.video_token_id) & valid
+        visual_mask = image_mask | video_mask  # images and videos are both pruning candidates (docs/method.md §10)
         embeds = self.embed_tokens(input_ids)
-        images, conds, extras = [[] for _ in range(input_ids.shape[0])], None, {}
-        if pixel_values is not None:
-            unit = self.merge_size**2
-            tokens = (grid_thw.prod(-1) // unit).tolist()
-            if sum(tokens) != n_placeholders:
-                raise ValueError(
-                    f"{len(tokens)} image(s) need {sum(tokens)} placeholder tokens but the prompts have "
-                    f"{n_placeholders}; the number of images does not match the image placeholders"
-                )
-            grids = [(int(h) // self.merge_size, int(w) // self.merge_size) for _, h, w in grid_thw.tolist()]
-            images = split_images(visual_mask, tokens, grids)
-            image_embeds, conds = self.image_features(pixel_values, grid_thw, vit_layers, extras)
-            embeds = embeds.masked_scatter(visual_mask[..., None], image_embeds.to(embeds.device, embeds.dtype))
-
-        video_grid = inputs.get("video_grid_thw")
-        if inputs.get("pixel_values_videos") is not None:
-            # Video tokens pass through unpruned: they are embedded like stock and never enter visual_mask.
-            video_embeds = self.video_features(inputs["pixel_values_videos"], video_grid, extras)
-            video_mask = (input_ids == cfg.video_token_id) & attention_mask.bool()
-            if int(video_mask.sum()) != video_embeds.shape[0]:
-                raise ValueError("the number of videos does not match the video placeholders")
-            embeds = embeds.masked_scatter(video_mask[..., None], video_embeds.to(embeds.device, embeds.dtype))
+        extras = {}
+        image_items, image_embeds, image_conds = self._visual_part(
+            "image", pixel_values, grid_thw, image_mask, vit_layers, extras)
+        video_items, video_embeds, video_conds = self._visual_part(
+            "video", inputs.get("pixel_values_videos"), inputs.get("video_grid_thw"), video_mask, vit_layers, extras)
+        for mask, features in ((image_mask, image_embeds), (video_mask, video_embeds)):
+            if features is not None:
+                embeds = embeds.masked_scatter(mask[..., None], features.to(embeds.device, embeds.dtype))
+        kinds = image_mask.long() + 2 * video_mask.long()
+        images = split_visual_items(kinds, {1: image_items, 2: video_items}, {1: "image", 2: "video"})
+        conds = None
+        if vit_layers:
+            # One condition row per visual token in sequence order: images and videos interleave as in the prompt.
+            is_video = video_mask[visual_mask]
+            conds = []
+            for i in range(len(vit_layers)):
+                parts = [c[i] for c in (image_conds, video_conds) if c is not None]
+                if not parts:
+                    break
+                joint = parts[0].new_zeros(int(visual_mask.sum()), parts[0].shape[-1])
+                if image_conds is not None:
+                    joint[~is_video.to(joint.device)] = image_conds[i].to(joint.dtype)
+                if video_conds is not None:
+                    joint[is_video.to(joint.device)] = video_conds[i].to(joint.dtype)
+                conds.append(joint)
+            conds = conds or None
 
         position_ids = self.position_ids(
-            input_ids, attention_mask, mm_types, grid_thw, video_grid, inputs.get("second_per_grid_ts")
+            input_ids, attention_mask, mm_types, grid_thw, inputs.get("video_grid_thw"), inputs.get("second_per_grid_ts")
         )
         batch = PreparedBatch(
             input_ids=input_ids,
@@ -391,9 +462,45 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         batch.layer_additions = self.layer_additions(input_ids, attention_mask, extras)
         return batch
 
-    def video_features(self, pixel_values_videos, video_grid_thw, extras: dict) -> torch.Tensor:
-        out = self.model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
-        return torch.cat(out.pooler_output)
+    def _visual_part(self, kind, pixel_values, grid_thw, placeholders, vit_layers, extras):
+        """(items, embeddings [T, D], VIP conditions per layer or None) of one modality (``"image"``/``"video"``),
+        after checking its pixels, grids and placeholder count agree."""
+        n_placeholders = int(placeholders.sum())
+        if (pixel_values is None) != (grid_thw is None):
+            names = ("pixel_values", "image_grid_thw") if kind == "image" else ("pixel_values_videos", "video_grid_thw")
+            raise ValueError(f"{names[0]} and {names[1]} must be given together")
+        if pixel_values is None:
+            if n_placeholders:
+                raise ValueError(f"the prompts contain {n_placeholders} {kind} placeholder tokens but no {kind} was given")
+            return [], None, None
+        unit = self.merge_size**2
+        tokens = (grid_thw.prod(-1) // unit).tolist()
+        if sum(tokens) != n_placeholders:
+            raise ValueError(
+                f"{len(tokens)} {kind}(s) need {sum(tokens)} placeholder tokens but the prompts have "
+                f"{n_placeholders}; the number of {kind}s does not match the {kind} placeholders"
+            )
+        m = self.merge_size
+        if kind == "image":
+            items = [ImageInfo(grid=(h // m, w // m), num_tokens=n) for (_, h, w), n in zip(grid_thw.tolist(), tokens)]
+            embeds, conds = self.image_features(pixel_values, grid_thw, vit_layers, extras)
+        else:
+            items = [ImageInfo(grid=(h // m, w // m), num_tokens=n, frames=t, kind="video")
+                     for (t, h, w), n in zip(grid_thw.tolist(), tokens)]
+            embeds, conds = self.video_features(pixel_values, grid_thw, vit_layers, extras)
+        return items, embeds, conds
+
+    def video_features(self, pixel_values_videos, video_grid_thw, vit_layers, extras: dict):
+        """(embeddings, VIP conditions) of the videos: the same ViT blocks as for images, pooled the same way
+        (every frame's merge units in raster order, frame after frame, as the placeholders)."""
+        with capture_block_outputs(self.visual.blocks, vit_layers or []) as captured:
+            out = self.model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+        conds = [self.pool_block_output(captured[i], video_grid_thw) for i in vit_layers] if vit_layers else None
+        self.keep_video_extras(out, extras)
+        return torch.cat(out.pooler_output), conds
+
+    def keep_video_extras(self, out, extras: dict) -> None:
+        """What the video tower's output leaves for later (nothing on this family; DeepStack levels on Qwen3-VL)."""
 
     def layer_additions(self, input_ids, attention_mask, extras: dict):
         """Per-layer residual additions owned by visual tokens (none on this family)."""

@@ -55,6 +55,10 @@ class Qwen2VLAdapter(Qwen2_5_VLAdapter):
     def apply_rotary(self, q, cos, sin):
         return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]
 
+    @classmethod
+    def video_timing(cls, processor, fps: float) -> dict:
+        return {}  # no absolute-time positions on Qwen2-VL
+
     def rope_index_extras(self, second_per_grid_ts) -> dict:
         return {}  # Qwen2-VL's get_rope_index takes no second_per_grid_ts
 

@@ -8,6 +8,9 @@ Same prompt layout, 4-row positions ([text; t; h; w] from ``get_rope_index``, no
   ``layer_additions``, which the one layer loop applies after each of those layers to the visual tokens STILL
   PRESENT: a cut before or inside the DeepStack layers drops the additions of the dropped tokens with them, and
   the kept tokens receive theirs at their own (never renumbered) positions. Video tokens get theirs too, as stock.
+- **Video frames and timestamps**: a video's placeholders are one run per merged frame, each after a
+  ``<x.x seconds>`` timestamp in plain text; the timestamps are text (never candidates) and the video's tokens are
+  still one pruning unit, found by counting placeholders across the runs (``split_visual_items``).
 - **Interleaved mRoPE**: the t/h/w frequency bands interleave; the stock text rotary embedding computes it from the
   same 3-row positions, so nothing here changes.
 - The ViT has no window attention and no CLS: the VIP conditions are mean-pooled 2×2 units (as Qwen2-VL); ViT
@@ -33,12 +36,14 @@ from transformers.models.qwen3_vl import modeling_qwen3_vl as modeling
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..layer_loop import LayerAdditions
 from .base import register_adapter
-from .qwen2_5_vl import NoVideoProcessorMixin, capture_block_inputs, capture_block_outputs, merger_vision_dims
+from .qwen2_5_vl import (VISION_END, VISION_START, NoVideoProcessorMixin, capture_block_inputs, capture_block_outputs,
+                         merger_vision_dims)
 from .qwen2_vl import Qwen2VLAdapter
 
 
 class OfflineQwen3VLProcessor(NoVideoProcessorMixin, Qwen3VLProcessor):
-    """``Qwen3VLProcessor`` without torchvision (images only: the video processor needs torchvision)."""
+    """``Qwen3VLProcessor`` without torchvision, so without its video processor (``build_inputs(videos=...)`` lays
+    out video frames through the image processor instead, ``encode_video``)."""
 
 
 def vip_layers_for(depth: int, deepstack: list[int]) -> list[int]:
@@ -74,6 +79,19 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         dims["projector"] = dims["projector"] * (1 + len(vc.deepstack_visual_indexes))
         return dims
 
+    @classmethod
+    def video_placeholder(cls, processor, frames, tokens_per_frame, input_frames, fps) -> str:
+        # One run per temporal patch after its time: the mean time of the patch's first and last input frame, by
+        # the stock processor's own rule.
+        times = processor._calculate_timestamps(list(range(input_frames)), fps,
+                                                processor.image_processor.temporal_patch_size)
+        return "".join(f"<{s:.1f} seconds>{VISION_START}{processor.video_token * tokens_per_frame}{VISION_END}"
+                       for s in times)
+
+    @classmethod
+    def video_timing(cls, processor, fps: float) -> dict:
+        return {}  # the times are in the prompt text
+
     def apply_rotary(self, q, cos, sin):
         return modeling.apply_rotary_pos_emb(q, q, cos, sin)[0]
 
@@ -92,10 +110,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                 extras["image_grid_thw"] = image_grid_thw
         return embeds, conds
 
-    def video_features(self, pixel_values_videos, video_grid_thw, extras: dict) -> torch.Tensor:
-        out = self.model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    def keep_video_extras(self, out, extras: dict) -> None:
         extras["deepstack_video"] = [torch.cat(level, dim=0) for level in out.deepstack_features]
-        return torch.cat(out.pooler_output)
 
     def layer_additions(self, input_ids, attention_mask, extras: dict) -> LayerAdditions | None:
         """DeepStack: level i is added after LLM layer i to every image and video token, in sequence order."""

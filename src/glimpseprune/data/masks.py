@@ -141,3 +141,19 @@ def mask_metrics(pred_bool, target_bool) -> dict[str, float]:
         "iou": _ratio(tp, tp + fp + fn, both_empty),
         "keep_ratio": (tp + fp) / pred.size,
     }
+
+
+def frame_range_mask(frame_mask, frames: int, first: int, last: int) -> np.ndarray:
+    """A video's box target (docs/method.md §10.1): ``frame_mask`` (one frame's flat ``h * w`` mask, e.g. from
+    :func:`boxes_to_grid_mask`) on merged frames ``first .. last`` (inclusive, counted from 0) and empty on every
+    other frame, flat in the video's token order (frame after frame, each raster). Input frames ``i .. j`` of a
+    model that merges ``p`` frames per temporal patch (Qwen: ``temporal_patch_size`` 2) are merged frames
+    ``i // p .. j // p``."""
+    frame_mask = np.asarray(frame_mask, dtype=bool).reshape(-1)
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"frames must be a positive integer, got {frames!r}")
+    if not 0 <= first <= last < frames:
+        raise ValueError(f"frame range {first}..{last} is not inside the video's {frames} merged frames")
+    out = np.zeros((frames, frame_mask.size), dtype=bool)
+    out[first: last + 1] = frame_mask
+    return out.reshape(-1)

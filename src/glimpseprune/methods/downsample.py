@@ -67,9 +67,10 @@ class Downsample(PruneMethod):
             k_parts, r_parts = [], []
             for part, im in zip(feats.split([im.num_tokens for im in images]), images):
                 h, w = im.grid
-                k, r = pool_grid(part, h, w, self.cell_for(h, w))
-                k_parts.append(k)
-                r_parts.append(r)
+                for frame in part.split(h * w):  # a video pools every frame on its own grid
+                    k, r = pool_grid(frame, h, w, self.cell_for(h, w))
+                    k_parts.append(k)
+                    r_parts.append(r)
             keep.append(torch.cat(k_parts) if k_parts else feats.new_zeros(0, dtype=torch.bool))
             replace.append(torch.cat(r_parts) if r_parts else feats[:0])
         return Selection(keep=keep, replace=replace)

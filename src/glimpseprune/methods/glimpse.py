@@ -29,7 +29,7 @@ class GlimpsePruneMethod(PruneMethod):
         rows = ctx.visual_columns(ctx.glimpse_rows)
         if rows.shape[0] == 0:  # text-only batch: nothing to score
             return rows.new_zeros(0, dtype=torch.float32)
-        grids = [im.grid for images in ctx.batch.images for im in images]
+        grids = [im.vip_grid for images in ctx.batch.images for im in images]
         device = self.vip.in_proj.weight.device  # rows come from layer K-1's device, ViT features from the ViT's
         return self.vip(rows.to(device), [c.to(device) for c in ctx.batch.vit_features], grids)
 

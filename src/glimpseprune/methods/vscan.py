@@ -75,15 +75,17 @@ def local_order_scores(scores: torch.Tensor, window: torch.Tensor) -> torch.Tens
 
 
 def grid_windows(batch, size: int, device) -> torch.Tensor:
-    """Window id [T] of every visual token of the batch (raster per image): size × size squares of the token grid."""
+    """Window id [T] of every visual token of the batch (raster per image or video frame): size × size squares of the
+    token grid."""
     ids, offset = [], 0
     for images in batch.images:
         for im in images:
             h, w = im.grid
             r = torch.arange(h, device=device)[:, None] // size
             c = torch.arange(w, device=device)[None, :] // size
-            ids.append((offset + r * math.ceil(w / size) + c).reshape(-1))
-            offset += math.ceil(h / size) * math.ceil(w / size)
+            for _ in range(im.frames):  # a video's frames each have their own windows
+                ids.append((offset + r * math.ceil(w / size) + c).reshape(-1))
+                offset += math.ceil(h / size) * math.ceil(w / size)
     return torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long, device=device)
 
 

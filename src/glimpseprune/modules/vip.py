@@ -6,6 +6,11 @@ over the image's merged grid) then a gated-SiLU MLP. A linear head after the las
 token. Attention never crosses images. Images of equal token count are batched into one SDPA call with no mask,
 so no N×N mask is ever built and the fused attention kernels stay usable.
 
+A video is one block too, attended as a whole: frame f's token at (row r, col c) of an h × w frame takes the 2-D
+position (f·h + r, c), i.e. the frames stacked top to bottom in time order into one (t·h) × w grid
+(docs/method.md §10). A one-frame video is exactly an image; within a frame the geometry is the image's; no two
+tokens of a video share a position; the same cell in consecutive frames is h rows apart.
+
 The Q/K head width ((F+C)/H, 192 at the published size) is larger than the V head width (F/H, 64). SDPA's fused
 kernels (flash on CPU and CUDA, memory-efficient on CUDA) need equal widths; with unequal ones SDPA falls back to its
 math path, which materialises the H·N×N score and probability maps (gigabytes at the released 16,384-token limit).
@@ -150,14 +155,17 @@ class VIP(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, rows: torch.Tensor, conds: list[torch.Tensor], grids: list[tuple[int, int]]) -> torch.Tensor:
-        """Keep logits [T] for T visual tokens of several images laid end to end.
+    def forward(self, rows: torch.Tensor, conds: list[torch.Tensor], grids: list[tuple[int, ...]]) -> torch.Tensor:
+        """Keep logits [T] for T visual tokens of several images (and videos) laid end to end.
 
         rows: [T, S·H] glimpse attention rows; conds: one [T, D_v] tensor per VIP layer (deepest ViT block first);
-        grids: (h, w) merged-token grid of every image, in order, with sum(h·w) == T.
+        grids: the merged-token grid of every image, (h, w), or video, (t, h, w) with frames in raster order one
+        after the other, in order, with sum(t·h·w) == T.
         """
         if len(conds) != len(self.blocks):
             raise ValueError(f"VIP has {len(self.blocks)} layers but got {len(conds)} condition tensors")
+        # A video of t frames is positioned as the (t·h) × w grid of its frames stacked in time order.
+        grids = [(g[0] * g[1], g[2]) if len(g) == 3 else tuple(g) for g in grids]
         sizes = [h * w for h, w in grids]
         if sum(sizes) != rows.shape[0]:
             raise ValueError(f"image grids {grids} cover {sum(sizes)} tokens, rows have {rows.shape[0]}")

@@ -162,7 +162,7 @@ def explicit_masks(
 class TrainForward:
     vip_logits: torch.Tensor  # [T] keep logits over every visual token of the batch (samples, images, in order)
     tokens_per_sample: list[int]  # how T splits over the samples
-    grids: list[list[tuple[int, int]]]  # per sample, per image: merged grid
+    grids: list[list[tuple[int, ...]]]  # per sample, per image or video: its VIP grid (ImageInfo.vip_grid)
     lm_loss: torch.Tensor | None  # mean next-token CE over answer tokens (None when not computed)
     answer_logits: torch.Tensor | None  # [A, V] float32 logits predicting the answer tokens (when asked)
     layout: GlimpseLayout
@@ -277,7 +277,7 @@ def training_forward(
     source = torch.where(layout.is_glimpse, torch.full_like(layout.source, -1), layout.source)
     seq = DecoderSequence(h, pos, am, cos, sin, None, source, batch.layer_additions, masks)
 
-    grids = [[im.grid for im in images] for images in batch.images]
+    grids = [[im.vip_grid for im in images] for images in batch.images]
     tokens = [sum(im.num_tokens for im in images) for images in batch.images]
     hooks = _TrainingHooks(
         adapter, batch, layout, vip, prune_layer, attention_logits, slot_vectors, gmask, isolate, keep_bias_fn,

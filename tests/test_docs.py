@@ -88,3 +88,11 @@ def test_readme_demo_time_is_the_measured_one():
     assert float(m.group(2)) == round(results["seconds"])
     assert float(m.group(3)) == results["load_average"][0]
     assert "few seconds" not in text
+
+
+def test_readme_lists_the_extras_install_sh_installs():
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    extras = re.search(r'extras="\$\{1:-([\w,]+)\}"', script).group(1).split(",")
+    m = re.search(r"then this package with its ((?:`\w+`, )*`\w+` and `\w+`) extras", _readme())
+    assert m, "the README's sentence naming the extras scripts/install.sh installs"
+    assert sorted(re.findall(r"`(\w+)`", m.group(1))) == sorted(extras)

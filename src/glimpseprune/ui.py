@@ -83,8 +83,13 @@ def ask(model, image, question: str, method: str, max_keep_ratio: float, max_new
     ])
     caption = f"{KEPT_TOKENS_CAPTION}; {sample.kept}/{sample.total} kept, method {state.method}"
     letterbox = model.adapter.letterboxes_images
-    parts = grids_per_image([image.size], sample.images,
-                            lambda w, h: model.adapter.grid_regions(w, h, model.processor))[0]
+    if any(im.view is not None for im in sample.images):
+        # Several views of the image (AnyRes): the base view is a plain resize of the whole image and is drawn, as
+        # in the CLI; the other views are not.
+        parts = [(im, (0.0, 0.0, 1.0, 1.0) if im.view == "base" else None) for im in sample.images]
+    else:
+        parts = grids_per_image([image.size], sample.images,
+                                lambda w, h: model.adapter.grid_regions(w, h, model.processor))[0]
     return Answers(full_text, text, kept, timings, draw_kept_tokens(image, parts, letterbox, caption))
 
 

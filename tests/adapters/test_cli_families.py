@@ -28,3 +28,13 @@ def test_answer_detects_family_from_checkpoint(fam, saved, capsys):
     sample = result["pruning"]["samples"][0]
     assert sample["total"] > 0 and sample["kept"] <= int(0.25 * sample["total"])
     assert (saved / f"{fam.name}.png").is_file()
+
+
+def test_ui_ask_draws_every_family(fam):
+    """The web UI's ``ask`` draws the kept tokens for every family: one grid per image, tiles on their regions
+    (InternVL), or the base view of several (AnyRes)."""
+    from glimpseprune.assets import example_image
+    from glimpseprune.ui import ask
+
+    answers = ask(fam.gp, example_image(224), "is there a red circle?", "glimpse", 0.25, max_new_tokens=2)
+    assert answers.kept_image.size[0] == 224

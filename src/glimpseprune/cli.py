@@ -204,6 +204,10 @@ def add_answer_arguments(p: argparse.ArgumentParser) -> None:
     add_policy_arguments(p)
     p.add_argument("--image", action="append", help="image file (repeat for several images; default: a built-in "
                                                      "benchmark scene when --model is not given)")
+    p.add_argument("--video", action="append", nargs="+", metavar="FRAME",
+                   help="one video as its frame image files in time order (repeat for several videos; families "
+                        "that take video: Qwen2-VL, Qwen2.5-VL, Qwen3-VL)")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second of the --video frames")
     p.add_argument("--question", help="the question (default with the built-in scene: 'what colour is the triangle?')")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--output", default="kept_tokens.png", help="PNG with the kept tokens drawn ('' to skip)")
@@ -226,17 +230,19 @@ def cmd_answer(args) -> int:
     with progress_bars(not (args.quiet or args.json)):
         model, description = load_model(args)
     images = [load_image(p) for p in args.image] if args.image else []
-    if not images and not args.model:
+    videos = [[load_image(p) for p in frames] for frames in args.video] if args.video else None
+    if not images and not videos and not args.model:
         from . import assets
 
         images = [assets.example_image()]
         if not args.quiet:
             print("no --image given: using a built-in example scene")
-    question = args.question or ("what colour is the triangle?" if not args.image else None)
+    question = args.question or ("what colour is the triangle?" if not (args.image or args.video) else None)
     if not question:
-        raise UserError("--question is required with --image")
+        raise UserError("--question is required with --image / --video")
     text, out = model.answer(
-        images, question, method=args.method, max_new_tokens=args.max_new_tokens, **policy_kwargs(args)
+        images, question, videos=videos, fps=args.fps, method=args.method, max_new_tokens=args.max_new_tokens,
+        **policy_kwargs(args)
     )
     state = out.pruning
     sample = state.samples[0]
@@ -249,6 +255,8 @@ def cmd_answer(args) -> int:
               f"method {state.method}, K = {state.prune_layer}")
         for i, im in enumerate(sample.images):
             name = f"image {i}" if im.view is None else f"image {im.image} {im.view} view"
+            if im.kind == "video":
+                name = f"video {i} ({im.frames} frames)"
             print(f"  {name}: grid {im.grid[0]}x{im.grid[1]}, kept {im.kept} / {im.total}")
     kv_where = ""
     if state.kv_layers and len(state.kv_layers) < state.num_layers:  # hybrid: the other layers hold fixed-size states
@@ -260,13 +268,14 @@ def cmd_answer(args) -> int:
     if images and args.output:
         letterbox = model.adapter.letterboxes_images
         paths = []
-        if any(im.view is not None for im in sample.images):
+        drawn = [im for im in sample.images if im.kind == "image"]  # videos are listed, not drawn
+        if any(im.view is not None for im in drawn):
             # Several views per image (AnyRes): the base view is a plain resize of the whole image and is drawn; the
             # other views (the stitched crops) are counted in the caption, not drawn.
             per_image = [[(im, (0.0, 0.0, 1.0, 1.0) if im.view == "base" else None)
-                          for im in sample.images if im.image == i] for i in range(len(images))]
+                          for im in drawn if im.image == i] for i in range(len(images))]
         else:
-            per_image = grids_per_image([im.size for im in images], sample.images,
+            per_image = grids_per_image([im.size for im in images], drawn,
                                         lambda w, h: model.adapter.grid_regions(w, h, model.processor))
         for i, (image, parts) in enumerate(zip(images, per_image)):
             path = Path(args.output)

@@ -104,3 +104,27 @@ def test_mini_video_evaluation_runs_with_the_same_count_control():
     assert all(0 < row["kept"] < row["total"] == 256 for row in report["rows"])
     assert set(report["accuracy"]) == {"none", "glimpse", "random_same_counts"}
     assert report["glimpse_vs_random"]["n"] == 4
+
+
+def test_cli_answer_takes_video_frames(tmp_path, capsys):
+    """`glimpseprune answer --video FRAME ...` on the embedded mini model: the clip is one pruned unit, listed with
+    its frames; only the image is drawn."""
+    from glimpseprune.cli import main
+
+    (clip, record), = generate_clips(1, seed=0, split="test")
+    frames = []
+    for k, frame in enumerate(render_clip(clip)):
+        frames.append(str(tmp_path / f"{k}.png"))
+        frame.save(frames[-1])
+    render_clip(clip)[0].save(tmp_path / "still.png")
+    out = tmp_path / "kept.png"
+    code = main(["answer", "--video", *frames, "--image", str(tmp_path / "still.png"), "--question",
+                 record["question"], "--max-new-tokens", "3", "--output", str(out), "--json", "--device", "cpu"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    items = result["pruning"]["samples"][0]["images"]
+    assert sorted(item.get("kind", "image") for item in items) == ["image", "video"]
+    assert [item["frames"] for item in items if item.get("kind") == "video"] == [4]
+    assert out.is_file()
+    assert main(["answer", "--video", frames[0], str(tmp_path / "missing.png"), "--question", "q",
+                 "--device", "cpu", "--output", ""]) == 2

@@ -319,7 +319,7 @@ def test_every_shipped_architecture_builds_its_config_through_its_adapter():
 
 
 CONFIG_ONLY_BUILDERS = {"llava": "tiny_llava", "qwen2_5_vl": "tiny_qwen2_5_vl", "qwen2_vl": "tiny_qwen2_vl",
-                        "qwen3_vl": "tiny_qwen3_vl"}
+                        "qwen3_vl": "tiny_qwen3_vl", "qwen3_5": "tiny_qwen3_5"}
 
 
 def test_the_families_offering_config_only_builds_are_the_tested_ones():

@@ -68,6 +68,7 @@ class AnyResAdapter(LlavaAdapter):
 
     letterboxes_images = False  # the base view is a plain resize; the crops view is drawn through its own geometry
     vit_has_cls = True  # the vision tower puts a CLS token first (CLIP); False: every position is a patch (SigLIP)
+    offers_config_only = False  # LlavaAdapter.config_only builds LLaVA-1.5's fixed-grid config and processor
 
     # ---- family hooks (subclasses) -------------------------------------------------------------------------
     def crops_per_image(self, image_sizes, batch_num_images) -> list[int]:

@@ -31,7 +31,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from ..config import default_prune_layer
 from ..data.masks import boxes_to_grid_mask, normalize_boxes
 from ..vit_scoring import VitScoring, received_attention
-from .base import PreparedBatch, left_align, split_images
+from .base import PreparedBatch, left_aligned_prompt, split_images
 from .llava import LlavaAdapter, cls_attention
 from .qwen2_5_vl import capture_block_inputs
 
@@ -173,16 +173,7 @@ class AnyResAdapter(LlavaAdapter):
     # ---- the batch -----------------------------------------------------------------------------------------
     def prepare(self, inputs: dict, vit_layers: list[int] | None = None) -> PreparedBatch:
         cfg = self.model.config
-        input_ids = inputs["input_ids"]
-        attention_mask = inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.long()
-        source_index = None
-        order = left_align(attention_mask)
-        if order is not None:
-            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
-            source_index = order
+        input_ids, attention_mask, source_index = left_aligned_prompt(inputs)
         if inputs.get("pixel_values_videos") is not None:
             raise ValueError(f"video inputs are not supported for {self.family} (images only)")
 

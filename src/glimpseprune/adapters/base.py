@@ -424,6 +424,20 @@ def split_images(visual_mask: torch.Tensor, image_tokens: list[int], grids: list
     return per_sample
 
 
+def left_aligned_prompt(inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(input_ids, attention_mask (long, all ones when not given), source_index) of a batch moved to left padding;
+    ``source_index`` is :func:`left_align`'s gather index, None when the rows already were left-padded."""
+    input_ids = inputs["input_ids"]
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.long()
+    order = left_align(attention_mask)
+    if order is not None:
+        input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
+    return input_ids, attention_mask, order
+
+
 def left_align(attention_mask: torch.Tensor) -> torch.Tensor | None:
     """Index [bs, L] that moves every row's valid tokens to the right end (left padding), or None if already so."""
     if attention_mask is None or bool(attention_mask[:, -1].all()):

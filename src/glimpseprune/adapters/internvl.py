@@ -32,7 +32,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..data.masks import boxes_to_grid_mask, normalize_boxes
 from ..vit_scoring import VitScoring
-from .base import FamilyAdapter, PreparedBatch, ProjectedConditions, left_align, register_adapter, split_images
+from .base import (FamilyAdapter, PreparedBatch, ProjectedConditions, left_aligned_prompt, register_adapter,
+                   split_images)
 from .qwen2_5_vl import NoVideoProcessorMixin, capture_block_inputs, capture_block_outputs
 
 # The reference code's InternVL2.5 default (reduce_layer 21, so K = 22) for its 32-layer LLM; other depths: 2/3 L.
@@ -328,16 +329,7 @@ class InternVLAdapter(FamilyAdapter):
         cfg = self.model.config
         if cfg.vision_feature_select_strategy != "default":
             raise ValueError("InternVL needs vision_feature_select_strategy 'default' (CLS dropped before the shuffle)")
-        input_ids = inputs["input_ids"]
-        attention_mask = inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.long()
-        source_index = None
-        order = left_align(attention_mask)
-        if order is not None:
-            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
-            source_index = order
+        input_ids, attention_mask, source_index = left_aligned_prompt(inputs)
 
         placeholders = (input_ids == cfg.image_token_id) & attention_mask.bool()
         n_placeholders = int(placeholders.sum())

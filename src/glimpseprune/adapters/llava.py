@@ -21,7 +21,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..data.masks import llava_box_mask
 from ..vit_scoring import VitScoring
-from .base import FamilyAdapter, PreparedBatch, left_align, register_adapter, split_images
+from .base import FamilyAdapter, PreparedBatch, left_aligned_prompt, register_adapter, split_images
 from .qwen2_5_vl import capture_block_inputs
 
 # Published settings (docs/method.md §13): K = reduce_layer + 1 per LLM depth; conditions for the 24-layer CLIP-L/336.
@@ -222,16 +222,7 @@ class LlavaAdapter(FamilyAdapter):
     # ---- the batch -----------------------------------------------------------------------------------------
     def prepare(self, inputs: dict, vit_layers: list[int] | None = None) -> PreparedBatch:
         cfg = self.model.config
-        input_ids = inputs["input_ids"]
-        attention_mask = inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.long()
-        source_index = None
-        order = left_align(attention_mask)
-        if order is not None:
-            input_ids, attention_mask = input_ids.gather(1, order), attention_mask.gather(1, order)
-            source_index = order
+        input_ids, attention_mask, source_index = left_aligned_prompt(inputs)
 
         placeholders = (input_ids == cfg.image_token_id) & attention_mask.bool()
         n_placeholders = int(placeholders.sum())

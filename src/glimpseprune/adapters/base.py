@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..config import GlimpsePruneConfig
 from ..layer_loop import LayerAdditions, layer_types
@@ -422,6 +423,21 @@ def split_images(visual_mask: torch.Tensor, image_tokens: list[int], grids: list
             "the number of images does not match the image placeholders"
         )
     return per_sample
+
+
+class PlainRopeMixin:
+    """The position hooks of a family whose LLM uses plain rotate-half RoPE over 1-D text positions (a Llama- or
+    Qwen2-style decoder behind the projector): cos/sin from the text model's own rotary table, the positions as
+    transformers passes them to mask creation, and the stock rotation."""
+
+    def rope(self, hidden, position_ids):
+        return self.text_model.rotary_emb(hidden, position_ids)
+
+    def mask_positions(self, position_ids):
+        return position_ids
+
+    def apply_rotary(self, q, cos, sin):
+        return apply_rotary_pos_emb(q, q, cos, sin)[0]
 
 
 def left_aligned_prompt(inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from transformers import InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..data.masks import boxes_to_grid_mask, normalize_boxes
 from ..vit_scoring import VitScoring
-from .base import (FamilyAdapter, PreparedBatch, ProjectedConditions, left_aligned_prompt, register_adapter,
-                   split_images)
+from .base import (FamilyAdapter, PlainRopeMixin, PreparedBatch, ProjectedConditions, left_aligned_prompt,
+                   register_adapter, split_images)
 from .qwen2_5_vl import NoVideoProcessorMixin, capture_block_inputs, capture_block_outputs
 
 # The reference code's InternVL2.5 default (reduce_layer 21, so K = 22) for its 32-layer LLM; other depths: 2/3 L.
@@ -106,7 +105,7 @@ def internvl_box_mask(boxes_px, width: int, height: int, cols: int, rows: int, t
 
 
 @register_adapter
-class InternVLAdapter(FamilyAdapter):
+class InternVLAdapter(PlainRopeMixin, FamilyAdapter):
     model_types = ("internvl",)
     family = "internvl"
     reference_model_type = "internvl2_5_gp"  # the authors' InternVL2.5 modules (docs/method.md §17.5)
@@ -255,16 +254,6 @@ class InternVLAdapter(FamilyAdapter):
             projector=((width, lm_hidden), (lm_hidden, lm_hidden)),  # LayerNorm, Linear, GELU, Linear
             extra_tokens_per_image=1,  # the CLS token of every tile, dropped after the ViT
         )
-
-    # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------
-    def rope(self, hidden, position_ids):
-        return self.text_model.rotary_emb(hidden, position_ids)
-
-    def mask_positions(self, position_ids):
-        return position_ids
-
-    def apply_rotary(self, q, cos, sin):
-        return apply_rotary_pos_emb(q, q, cos, sin)[0]
 
     # ---- vision --------------------------------------------------------------------------------------------
     def vit_scoring(self) -> VitScoring:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..config import GlimpsePruneConfig, default_prune_layer
 from ..data.masks import llava_box_mask
 from ..vit_scoring import VitScoring
-from .base import FamilyAdapter, PreparedBatch, left_aligned_prompt, register_adapter, split_images
+from .base import (FamilyAdapter, PlainRopeMixin, PreparedBatch, left_aligned_prompt, register_adapter,
+                   split_images)
 from .qwen2_5_vl import capture_block_inputs
 
 # Published settings (docs/method.md §13): K = reduce_layer + 1 per LLM depth; conditions for the 24-layer CLIP-L/336.
@@ -48,7 +48,7 @@ def cls_attention(layer, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 @register_adapter
-class LlavaAdapter(FamilyAdapter):
+class LlavaAdapter(PlainRopeMixin, FamilyAdapter):
     model_types = ("llava",)
     family = "llava"
     reference_model_type = "llava_llama_gp"
@@ -163,16 +163,6 @@ class LlavaAdapter(FamilyAdapter):
         processor = build_llava_processor(tok, image_size=vision["image_size"], patch_size=vision["patch_size"],
                                           vision_feature_select_strategy=strategy)
         return hf, processor
-
-    # ---- positions: 1-D [bs, L] ----------------------------------------------------------------------------
-    def rope(self, hidden, position_ids):
-        return self.text_model.rotary_emb(hidden, position_ids)
-
-    def mask_positions(self, position_ids):
-        return position_ids
-
-    def apply_rotary(self, q, cos, sin):
-        return apply_rotary_pos_emb(q, q, cos, sin)[0]
 
     # ---- vision --------------------------------------------------------------------------------------------
     def vit_scoring(self) -> VitScoring:

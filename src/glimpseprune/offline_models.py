@@ -36,6 +36,19 @@ class TinyQwenSpec:
     text_overrides: tuple = ()
 
 
+def seeded_model(model_cls, cfg, tokenizer, seed: int, set_bos: bool = False):
+    """``model_cls(cfg)`` randomly initialised under ``seed`` (the caller's RNG state untouched), in eval mode, with
+    the tokenizer's eos and pad ids (and its bos id with ``set_bos``) on its generation config."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_cls(cfg)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if set_bos:
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.eval()
+
+
 def qwen_text_config(tokenizer, spec: "TinyQwenSpec", rope_extra: dict | None = None) -> dict:
     """The LLM half of a tiny Qwen-VL config (shared by Qwen2.5-VL and Qwen2-VL)."""
     h = spec.hidden_size
@@ -75,12 +88,7 @@ def build_qwen_family(config_cls, model_cls, tokenizer, spec: "TinyQwenSpec", vi
     )
     cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
     cfg.text_config.eos_token_id = tokenizer.eos_token_id
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = model_cls(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
+    return seeded_model(model_cls, cfg, tokenizer, spec.seed)
 
 
 def build_tiny_qwen2_5_vl(tokenizer: Qwen2Tokenizer, spec: TinyQwenSpec | None = None):

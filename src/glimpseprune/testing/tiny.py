@@ -35,6 +35,7 @@ from ..offline_models import (  # noqa: E402,F401
     tiny_qwen2_5_vl,
 )
 from ..offline_models import build_qwen_family as _build_qwen_family  # noqa: E402
+from ..offline_models import seeded_model  # noqa: E402
 from ..offline_models import qwen_text_config as _qwen_text_config  # noqa: E402,F401
 
 
@@ -172,13 +173,7 @@ def build_tiny_llava(tokenizer, spec: TinyLlavaSpec | None = None):
         initializer_range=spec.initializer_range,
     )
     cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = LlavaForConditionalGeneration(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model.eval()
+    return seeded_model(LlavaForConditionalGeneration, cfg, tokenizer, spec.seed, set_bos=True)
 
 
 def tiny_llava(spec: TinyLlavaSpec | None = None, corpus: list[str] | None = None):
@@ -227,13 +222,7 @@ def _anyres_text_config(tokenizer, spec: TinyAnyResSpec) -> dict:
 
 def _seeded(model_cls, cfg, tokenizer, spec):
     cfg.text_config.initializer_range = cfg.vision_config.initializer_range = spec.initializer_range
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = model_cls(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model.eval()
+    return seeded_model(model_cls, cfg, tokenizer, spec.seed, set_bos=True)
 
 
 def build_tiny_llava_next(tokenizer, spec: TinyAnyResSpec | None = None):
@@ -497,12 +486,7 @@ def build_tiny_internvl(tokenizer, spec: TinyInternVLSpec | None = None):
         vision_feature_select_strategy="default",
         initializer_range=spec.initializer_range,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(spec.seed)
-        model = InternVLForConditionalGeneration(cfg)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval()
+    return seeded_model(InternVLForConditionalGeneration, cfg, tokenizer, spec.seed)
 
 
 def build_internvl_processor(tokenizer, spec: TinyInternVLSpec | None = None):

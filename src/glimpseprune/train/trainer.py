@@ -368,12 +368,9 @@ class Stage1Trainer:
                 "world_size": self.acc.num_processes,
             }
             save_state(state, directory / STATE_NAME)  # complete only once its JSON is renamed into place
-            self._prune_checkpoints()
+            prune_checkpoints(self.output_dir, STATE_NAME, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
         return directory
-
-    def _prune_checkpoints(self) -> None:
-        prune_checkpoints(self.output_dir, STATE_NAME, self.cfg.keep_checkpoints)
 
     def load(self, directory: str | Path) -> None:
         from ..checkpoint import WEIGHTS_NAME, load_weights
